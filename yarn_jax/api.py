@@ -1,0 +1,78 @@
+"""Public entry point: `yarn_jax.from_pretrained(path, rope_scaling=None, dtype="float32")`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from yarn_jax.checkpoint import load_checkpoint, save_hf_checkpoint
+from yarn_jax.config import LlamaConfig
+from yarn_jax.errors import ConfigError
+from yarn_jax.model import Llama, model_from_params, model_params
+
+
+class PretrainedModel:
+    """A loaded LLaMA: `.config` (LlamaConfig), `.module` (the NNX Llama), `.logits(input_ids)`."""
+
+    def __init__(self, module: Llama, source: str | None = None, tokenizer_dir: str | None = None):
+        self.module = module
+        self.config: LlamaConfig = module.config
+        self.source = source
+        self.tokenizer_dir = tokenizer_dir
+        self._graphdef, self._state = nnx.split(module)
+        self._logits = jax.jit(lambda state, ids, pos: nnx.merge(self._graphdef, state)(ids, pos))
+
+    def logits(self, input_ids, positions=None) -> jax.Array:
+        """input_ids int [B, T] (or [T]) -> float32 logits [B, T, vocab] (or [T, vocab])."""
+        ids = jnp.asarray(input_ids)
+        squeeze = ids.ndim == 1
+        if squeeze:
+            ids = ids[None]
+        if ids.ndim != 2 or not jnp.issubdtype(ids.dtype, jnp.integer):
+            raise ConfigError(f"input_ids must be an integer array [B, T], got {ids.dtype} {ids.shape}")
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(ids.shape[1], dtype=jnp.int32), ids.shape)
+        out = self._logits(self._state, ids.astype(jnp.int32), jnp.asarray(positions, jnp.int32))
+        return out[0] if squeeze else out
+
+    def tokenizer(self):
+        """The HF fast tokenizer (tokenizers library) saved next to the weights, if any."""
+        from tokenizers import Tokenizer
+
+        if self.tokenizer_dir is None or not (Path(self.tokenizer_dir) / "tokenizer.json").exists():
+            raise ConfigError(f"{self.source}: no tokenizer.json next to the checkpoint")
+        return Tokenizer.from_file(str(Path(self.tokenizer_dir) / "tokenizer.json"))
+
+    def params(self) -> dict[tuple[str, ...], np.ndarray]:
+        return {k: np.asarray(v) for k, v in model_params(self.module).items()}
+
+    def save_pretrained(self, path: str | os.PathLike, dtype: str = "float32") -> Path:
+        """Write an HF directory (config.json with this model's rope configuration, safetensors)."""
+        return save_hf_checkpoint(path, self.config, self.params(), dtype=dtype, tokenizer_dir=self.tokenizer_dir)
+
+
+def from_pretrained(
+    path: str | os.PathLike,
+    rope_scaling: Mapping[str, Any] | None = None,
+    dtype: str = "float32",
+    *,
+    param_dtype: str = "float32",
+    attention_backend: str = "reference",
+) -> PretrainedModel:
+    """Load an HF directory or `.gguf` file; `rope_scaling` (an HF-style dict) overrides the checkpoint's.
+
+    `dtype` is the compute dtype; parameters are stored in `param_dtype`.
+    """
+    cfg, params = load_checkpoint(path)
+    if rope_scaling is not None:
+        cfg = cfg.with_rope(rope_scaling, where="rope_scaling argument")
+    module = model_from_params(cfg, params, dtype=dtype, param_dtype=param_dtype,
+                               attention_backend=attention_backend)
+    p = Path(path)
+    return PretrainedModel(module, source=str(p), tokenizer_dir=str(p if p.is_dir() else p.parent))

@@ -1,0 +1,130 @@
+"""GGUF (llama.cpp) LLaMA files -> config + HF-named float32 tensors, torch-free.
+
+Quantized tensors are dequantized with the `gguf` package. llama.cpp stores the q/k projection rows in the
+interleaved rotary layout; they are permuted back to HF's half-split layout here, once, at the boundary.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from yarn_jax.config import LlamaConfig
+from yarn_jax.errors import CheckpointError
+
+_LAYER_NAMES = {
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+_GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+
+
+def unpermute_rotary_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo llama.cpp's q/k row permutation: interleaved pairs (2j, 2j+1) -> half-split (j, j+D/2)."""
+    rows, cols = w.shape
+    return w.reshape(n_heads, rows // n_heads // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
+
+
+def _field(reader, key: str, default: Any = None) -> Any:
+    f = reader.fields.get(key)
+    if f is None:
+        return default
+    value = f.contents()
+    if isinstance(value, float):
+        value = float(f"{value:.7g}")  # GGUF stores float32: 9.99999975e-06 -> 1e-05
+    return value
+
+
+def read_gguf(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """GGUF file -> (HF config.json dict, HF-named float32 tensors)."""
+    import gguf
+
+    path = Path(path)
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: GGUF file not found") from None
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable GGUF file ({e})") from None
+    arch = _field(reader, "general.architecture")
+    if arch != "llama":
+        raise CheckpointError(f"{path}: general.architecture={arch!r} is not supported (only 'llama')")
+
+    def meta(key: str, default: Any = None, required: bool = True) -> Any:
+        value = _field(reader, f"llama.{key}", default)
+        if value is None and required:
+            raise CheckpointError(f"{path}: GGUF metadata 'llama.{key}' is missing")
+        return value
+
+    heads = meta("attention.head_count")
+    kv_heads = meta("attention.head_count_kv", heads)
+    hidden = meta("embedding_length")
+    head_dim = meta("attention.key_length", hidden // heads, required=False)
+    rot_dim = meta("rope.dimension_count", head_dim, required=False)
+
+    tensors: dict[str, np.ndarray] = {}
+    for t in reader.tensors:
+        parts = t.name.split(".")
+        if parts[0] == "blk" and len(parts) == 4 and parts[2] in _LAYER_NAMES:
+            name = f"model.layers.{parts[1]}.{_LAYER_NAMES[parts[2]]}.{parts[3]}"
+        elif len(parts) == 2 and parts[0] in _GLOBAL_NAMES:
+            name = f"{_GLOBAL_NAMES[parts[0]]}.{parts[1]}"
+        elif t.name == "rope_freqs.weight":
+            raise CheckpointError(f"{path}: tensor 'rope_freqs.weight' (llama3 frequency factors) is not supported")
+        else:
+            raise CheckpointError(f"{path}: unexpected GGUF tensor '{t.name}'")
+        w = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
+        shape = tuple(int(s) for s in reversed(t.shape))  # ggml lists dims innermost first
+        w = w.reshape(shape)
+        if parts[-2:] == ["attn_q", "weight"]:
+            w = unpermute_rotary_rows(w, heads)
+        elif parts[-2:] == ["attn_k", "weight"]:
+            w = unpermute_rotary_rows(w, kv_heads)
+        tensors[name] = w
+
+    if "model.embed_tokens.weight" not in tensors:
+        raise CheckpointError(f"{path}: GGUF tensor 'token_embd.weight' is missing")
+    config: dict[str, Any] = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+        "vocab_size": int(tensors["model.embed_tokens.weight"].shape[0]),
+        "hidden_size": hidden, "intermediate_size": meta("feed_forward_length"),
+        "num_hidden_layers": meta("block_count"), "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+        "head_dim": head_dim, "max_position_embeddings": meta("context_length"),
+        "rms_norm_eps": meta("attention.layer_norm_rms_epsilon"),
+        "rope_theta": meta("rope.freq_base", 10000.0, required=False),
+        "tie_word_embeddings": "lm_head.weight" not in tensors,
+        "bos_token_id": _field(reader, "tokenizer.ggml.bos_token_id"),
+        "eos_token_id": _field(reader, "tokenizer.ggml.eos_token_id"),
+        "pad_token_id": _field(reader, "tokenizer.ggml.padding_token_id"),
+    }
+    if rot_dim != head_dim:
+        config["partial_rotary_factor"] = rot_dim / head_dim
+    scaling = meta("rope.scaling.type", None, required=False)
+    if scaling not in (None, "none"):
+        if scaling not in ("linear", "yarn"):
+            raise CheckpointError(f"{path}: GGUF 'llama.rope.scaling.type'={scaling!r} is not supported")
+        rope = {"rope_type": scaling, "factor": meta("rope.scaling.factor")}
+        if scaling == "yarn":
+            rope["original_max_position_embeddings"] = meta("rope.scaling.original_context_length")
+        config["rope_scaling"] = rope
+    return config, tensors
+
+
+def load_gguf_checkpoint(path: str | os.PathLike):
+    """GGUF file -> (LlamaConfig, params keyed by our param paths)."""
+    from yarn_jax.checkpoint.hf import check_tensor_names, hf_to_params
+
+    config, tensors = read_gguf(path)
+    cfg = LlamaConfig.from_hf_dict(config, where=f"{path} (GGUF metadata)")
+    check_tensor_names(cfg, {k: v.shape for k, v in tensors.items()}, str(path))
+    return cfg, hf_to_params(cfg, tensors.__getitem__)

@@ -1,0 +1,148 @@
+"""Model configuration: HF ``config.json`` for LlamaForCausalLM <-> LlamaConfig."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Mapping
+
+from yarn_jax.errors import ConfigError
+from yarn_jax.rope import RopeConfig, parse_rope_config
+
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    """A LLaMA-family decoder (RMSNorm, SwiGLU, GQA, rotary). Hashable: usable as a static jit argument."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rope: RopeConfig
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = None
+    eos_token_id: int | tuple[int, ...] | None = None
+    pad_token_id: int | None = None
+    initializer_range: float = 0.02
+
+    def __post_init__(self):
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                     "num_attention_heads", "num_key_value_heads", "head_dim"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"config field '{name}' must be a positive integer, got {value!r}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError(
+                f"config field 'num_attention_heads'={self.num_attention_heads} must be a multiple of "
+                f"'num_key_value_heads'={self.num_key_value_heads}"
+            )
+        if self.rope.head_dim != self.head_dim:
+            raise ConfigError(f"rope head_dim {self.rope.head_dim} != config 'head_dim' {self.head_dim}")
+
+    @property
+    def max_position_embeddings(self) -> int:
+        return self.rope.max_position_embeddings
+
+    def with_rope(self, rope_scaling: Mapping[str, Any] | None, where: str = "rope_scaling") -> "LlamaConfig":
+        """A copy with another HF-style rope dict; theta and partial rotary default to the current ones."""
+        rope = parse_rope_config(
+            rope_scaling, head_dim=self.head_dim, max_position_embeddings=self.max_position_embeddings,
+            rope_theta=self.rope.theta, partial_rotary_factor=self.rope.partial_rotary_factor, where=where,
+        )
+        return dataclasses.replace(self, rope=rope)
+
+    @classmethod
+    def from_hf_dict(cls, d: Mapping[str, Any], where: str = "config.json") -> "LlamaConfig":
+        """Parse an HF LlamaForCausalLM config dict (transformers 4 or 5 field names)."""
+        archs = d.get("architectures") or []
+        model_type = d.get("model_type")
+        if model_type not in (None, "llama") or (archs and not set(archs) & set(SUPPORTED_ARCHITECTURES)):
+            raise ConfigError(
+                f"{where}: unsupported architecture {archs or model_type!r} (model_type={model_type!r}); "
+                f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+            )
+        act = d.get("hidden_act", "silu")
+        if act != "silu":
+            raise ConfigError(f"{where}['hidden_act']={act!r} is not supported (LLaMA uses 'silu')")
+        for flag in ("attention_bias", "mlp_bias"):
+            if d.get(flag):
+                raise ConfigError(f"{where}['{flag}']=true is not supported (LLaMA projections have no bias)")
+        for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
+            if key not in d:
+                raise ConfigError(f"{where} is missing required field '{key}'")
+        heads = d["num_attention_heads"]
+        head_dim = d.get("head_dim") or d["hidden_size"] // heads
+        max_pos = d.get("max_position_embeddings", 2048)
+        # transformers 5 writes `rope_parameters` (with rope_theta inside); transformers 4 `rope_scaling`.
+        if d.get("rope_parameters") is not None:
+            rope_dict, rope_where = d["rope_parameters"], f"{where}['rope_parameters']"
+        else:
+            rope_dict, rope_where = d.get("rope_scaling"), f"{where}['rope_scaling']"
+        if rope_dict is not None and not isinstance(rope_dict, Mapping):
+            raise ConfigError(f"{rope_where} must be a dict, got {type(rope_dict).__name__}")
+        rope = parse_rope_config(
+            rope_dict, head_dim=head_dim, max_position_embeddings=max_pos, rope_theta=d.get("rope_theta"),
+            partial_rotary_factor=d.get("partial_rotary_factor"),
+            original_max_position_embeddings=d.get("original_max_position_embeddings"), where=rope_where,
+        )
+        eos = d.get("eos_token_id")
+        return cls(
+            vocab_size=d["vocab_size"], hidden_size=d["hidden_size"], intermediate_size=d["intermediate_size"],
+            num_hidden_layers=d["num_hidden_layers"], num_attention_heads=heads,
+            num_key_value_heads=d.get("num_key_value_heads") or heads, head_dim=head_dim, rope=rope,
+            rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
+            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+            bos_token_id=d.get("bos_token_id"), eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
+            pad_token_id=d.get("pad_token_id"), initializer_range=float(d.get("initializer_range", 0.02)),
+        )
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> "LlamaConfig":
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        return cls.from_hf_dict(d, where=str(path))
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """An HF config.json dict that transformers' LlamaForCausalLM loads, carrying the rope used.
+
+        The paper-only methods are written as their exact HF equivalents: `ntk` as `default` with the
+        changed base, `ntk_by_parts` as `yarn` with attention_factor 1. `dynamic_yarn` has no HF
+        equivalent and raises ConfigError.
+        """
+        rope = self.rope
+        if rope.rope_type == "dynamic_yarn":
+            raise ConfigError("rope_type 'dynamic_yarn' has no transformers equivalent; cannot write an HF config")
+        if rope.rope_type == "ntk":
+            d = rope.rotary_dim
+            rope = dataclasses.replace(rope, rope_type="default", theta=rope.theta * rope.factor ** (d / (d - 2)),
+                                       factor=1.0)
+        rope_parameters = rope.to_dict()
+        if rope.rope_type == "ntk_by_parts":
+            rope_parameters.update(rope_type="yarn", attention_factor=1.0)
+        out = {
+            "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+            "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size, "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads, "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim, "max_position_embeddings": self.max_position_embeddings,
+            "rms_norm_eps": self.rms_norm_eps, "tie_word_embeddings": self.tie_word_embeddings,
+            "initializer_range": self.initializer_range, "attention_bias": False, "mlp_bias": False,
+            "rope_parameters": rope_parameters, "torch_dtype": "float32",
+        }
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = list(value) if isinstance(value, tuple) else value
+        return out

@@ -1,0 +1,188 @@
+"""Flax NNX LLaMA: RMSNorm, SwiGLU, GQA with explicit head_dim, rotary from `yarn_jax.rope`.
+
+Layers are created stacked (leading `layers` axis, via `nnx.vmap`) and run with `jax.lax.scan`, so
+compile time does not grow with depth. Every parameter carries logical axis names in its `out_sharding`
+metadata (`vocab, embed, heads, kv_heads, head_dim, mlp, norm, layers`); the sharding module maps them
+onto a device mesh.
+
+Weight layouts (HF's `nn.Linear` [out, in] is transposed on import):
+  embed_tokens [V, E]; q_proj [E, H, D]; k_proj, v_proj [E, K, D]; o_proj [H, D, E];
+  gate_proj, up_proj [E, F]; down_proj [F, E]; norms [E]; lm_head [E, V] (absent when tied).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from yarn_jax.attention import attention
+from yarn_jax.config import LlamaConfig
+from yarn_jax.errors import ConfigError
+from yarn_jax.rope import apply_rotary, rope_frequencies, rotary_cos_sin
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+# jax.checkpoint policies for the scanned layer body, by name.
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def as_dtype(dtype: Any):
+    """'float32' / 'bfloat16' / a jnp dtype -> jnp dtype (ConfigError naming the value otherwise)."""
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ConfigError(f"dtype {dtype!r} is not supported; choose from {sorted(DTYPES)}")
+        return DTYPES[dtype]
+    return jnp.dtype(dtype).type
+
+
+def _param(rngs: nnx.Rngs, shape, names, dtype, std: float | None):
+    """A parameter with logical axis names; normal(0, std) or ones when std is None."""
+    value = jnp.ones(shape, dtype) if std is None else std * jax.random.normal(rngs.params(), shape, dtype)
+    return nnx.Param(value, sharding_names=names, eager_sharding=False)
+
+
+def _dot(spec: str, x, w, dtype):
+    """einsum in the compute dtype with float32 accumulation (fast bf16 on CPU/TPU), result in dtype."""
+    return jnp.einsum(spec, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32).astype(dtype)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, *, param_dtype, rngs: nnx.Rngs):
+        self.weight = _param(rngs, (dim,), ("norm",), param_dtype, None)
+        self.eps = eps
+
+    def __call__(self, x):
+        """HF LlamaRMSNorm: normalise in float32, cast back to x's dtype, then scale."""
+        xf = x.astype(jnp.float32)
+        xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        return self.weight[...].astype(x.dtype) * xf.astype(x.dtype)
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, *, dtype, param_dtype, attention_backend: str, rngs: nnx.Rngs):
+        e, h, k, d, f = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
+                         cfg.intermediate_size)
+        std = cfg.initializer_range
+        self.input_norm = RMSNorm(e, cfg.rms_norm_eps, param_dtype=param_dtype, rngs=rngs)
+        self.q_proj = _param(rngs, (e, h, d), ("embed", "heads", "head_dim"), param_dtype, std)
+        self.k_proj = _param(rngs, (e, k, d), ("embed", "kv_heads", "head_dim"), param_dtype, std)
+        self.v_proj = _param(rngs, (e, k, d), ("embed", "kv_heads", "head_dim"), param_dtype, std)
+        self.o_proj = _param(rngs, (h, d, e), ("heads", "head_dim", "embed"), param_dtype, std)
+        self.post_attention_norm = RMSNorm(e, cfg.rms_norm_eps, param_dtype=param_dtype, rngs=rngs)
+        self.gate_proj = _param(rngs, (e, f), ("embed", "mlp"), param_dtype, std)
+        self.up_proj = _param(rngs, (e, f), ("embed", "mlp"), param_dtype, std)
+        self.down_proj = _param(rngs, (f, e), ("mlp", "embed"), param_dtype, std)
+        self.dtype = dtype
+        self.attention_backend = attention_backend
+
+    def __call__(self, x, cos, sin, segment_ids):
+        """x [B, T, E] -> [B, T, E]; cos/sin [B, T, d] already scaled by the rope attention factor."""
+        dt = self.dtype
+        h = self.input_norm(x)
+        q = apply_rotary(_dot("bte,ehd->bthd", h, self.q_proj[...], dt), cos, sin)  # [B, T, H, D]
+        k = apply_rotary(_dot("bte,ekd->btkd", h, self.k_proj[...], dt), cos, sin)  # [B, T, K, D]
+        v = _dot("bte,ekd->btkd", h, self.v_proj[...], dt)
+        o = attention(q, k, v, backend=self.attention_backend, causal=True,
+                      q_segment_ids=segment_ids, kv_segment_ids=segment_ids)  # [B, T, H, D]
+        x = x + _dot("bthd,hde->bte", o, self.o_proj[...], dt)
+        h = self.post_attention_norm(x)
+        gated = jax.nn.silu(_dot("bte,ef->btf", h, self.gate_proj[...], dt)) * _dot(
+            "bte,ef->btf", h, self.up_proj[...], dt)  # SwiGLU [B, T, F]
+        return x + _dot("btf,fe->bte", gated, self.down_proj[...], dt)
+
+
+class Llama(nnx.Module):
+    """LLaMA decoder. `__call__(input_ids [B, T]) -> logits [B, T, V] float32`."""
+
+    def __init__(self, cfg: LlamaConfig, *, dtype="float32", param_dtype="float32",
+                 attention_backend: str = "reference", remat: str = "none", rngs: nnx.Rngs | None = None):
+        if remat not in REMAT_POLICIES:
+            raise ConfigError(f"remat policy {remat!r} is not supported; choose from {sorted(REMAT_POLICIES)}")
+        rngs = rngs if rngs is not None else nnx.Rngs(0)
+        self.config = cfg
+        self.dtype = as_dtype(dtype)
+        self.remat = remat
+        pdt = as_dtype(param_dtype)
+        self.embed_tokens = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), pdt,
+                                   cfg.initializer_range)
+
+        @nnx.split_rngs(splits=cfg.num_hidden_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+        def make_layers(r):
+            return DecoderLayer(cfg, dtype=self.dtype, param_dtype=pdt, attention_backend=attention_backend,
+                                rngs=r)
+
+        self.layers = make_layers(rngs)
+        self.final_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=pdt, rngs=rngs)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), pdt,
+                                  cfg.initializer_range)
+
+    def rotary(self, positions):
+        """cos, sin [B, T, d] for positions [B, T]; dynamic methods see seq_len = max(positions) + 1."""
+        seq_len = jnp.max(positions) + 1  # traced: no recompilation per length
+        inv_freq, attention_factor = rope_frequencies(self.config.rope, seq_len)
+        return rotary_cos_sin(positions, inv_freq, attention_factor)
+
+    def hidden_states(self, input_ids, positions=None, segment_ids=None):
+        """input_ids [B, T] int -> final-normed hidden states [B, T, E] in the compute dtype."""
+        b, t = input_ids.shape
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        cos, sin = self.rotary(positions)
+        x = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.dtype)  # [B, T, E]
+        graphdef, layer_state = nnx.split(self.layers)
+
+        def body(h, one_layer_state):
+            return nnx.merge(graphdef, one_layer_state)(h, cos, sin, segment_ids), None
+
+        policy = REMAT_POLICIES[self.remat]
+        if self.remat != "none":
+            body = jax.checkpoint(body, policy=policy, prevent_cse=False)
+        x, _ = jax.lax.scan(body, x, layer_state)
+        return self.final_norm(x)
+
+    def lm_head_weight(self):
+        """[E, V]: the untied head, or the transposed embedding when tied."""
+        return self.embed_tokens[...].T if self.config.tie_word_embeddings else self.lm_head[...]
+
+    def logits_from_hidden(self, h):
+        """h [B, T, E] -> logits [B, T, V] float32."""
+        w = self.lm_head_weight()
+        return jnp.einsum("bte,ev->btv", h, w.astype(h.dtype), preferred_element_type=jnp.float32)
+
+    def __call__(self, input_ids, positions=None, segment_ids=None):
+        return self.logits_from_hidden(self.hidden_states(input_ids, positions, segment_ids))
+
+
+def model_from_params(cfg: LlamaConfig, params, *, dtype="float32", param_dtype="float32",
+                      attention_backend: str = "reference", remat: str = "none") -> Llama:
+    """Build a Llama whose parameters are `params` ({param path tuple: array}), without random init."""
+    pdt = as_dtype(param_dtype)
+    abstract = nnx.eval_shape(lambda: Llama(cfg, dtype=dtype, param_dtype=pdt,
+                                            attention_backend=attention_backend, remat=remat))
+    graphdef, state = nnx.split(abstract)
+    flat = nnx.to_flat_state(state)
+    missing = [path for path, _ in flat if tuple(path) not in params]
+    if missing:
+        raise ConfigError(f"parameters missing for {['/'.join(map(str, p)) for p in missing]}")
+    for path, var in flat:
+        value = params[tuple(path)]
+        if tuple(value.shape) != tuple(var.shape):
+            raise ConfigError(f"parameter {'/'.join(map(str, path))} has shape {tuple(value.shape)}, "
+                              f"expected {tuple(var.shape)}")
+        var.set_value(jnp.asarray(value, pdt))
+    return nnx.merge(graphdef, state)
+
+
+def model_params(model: Llama) -> dict[tuple[str, ...], Any]:
+    """{param path tuple: array} of a model (the inverse of `model_from_params`)."""
+    return {tuple(path): var.get_value() for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
