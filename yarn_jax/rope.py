@@ -18,7 +18,9 @@ import math
 import warnings
 from typing import Any, Callable, Mapping
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from yarn_jax.errors import ConfigError
 
@@ -238,13 +240,23 @@ def get_mscale(scale, mscale: float = 1.0):
     return jnp.where(scale <= 1, 1.0, 0.1 * mscale * jnp.log(jnp.maximum(scale, 1.0)) + 1.0)
 
 
-def _exponents(dim: int):
+def _exponents(dim: int) -> np.ndarray:
     """2j/d for j = 0 .. d/2-1 (float32), as HF: arange(0, d, 2).float() / d."""
-    return jnp.arange(0, dim, 2, dtype=jnp.float32) / dim
+    return np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)
+
+
+def theta_powers(theta: float, dim: int) -> np.ndarray:
+    """theta^(2j/d) [d/2] float32, evaluated eagerly even under jit (XLA's powf agrees with torch's to the
+    bit far more often than numpy's; the rest of the static math runs in float32 numpy, whose divisions
+    are exact IEEE operations like torch's, where XLA may rewrite a division by a constant)."""
+    with jax.ensure_compile_time_eval():
+        return np.asarray(jnp.float32(theta) ** jnp.asarray(_exponents(dim)))
 
 
 def default_inv_freq(theta, dim: int):
-    """omega_j = theta^(-2j/d) [d/2]."""
+    """omega_j = theta^(-2j/d) [d/2]; host constant for a static theta, traced otherwise."""
+    if isinstance(theta, (int, float)):
+        return np.float32(1.0) / theta_powers(theta, dim)
     return 1.0 / (jnp.asarray(theta, jnp.float32) ** _exponents(dim))
 
 
@@ -265,21 +277,26 @@ def yarn_correction_range(cfg: RopeConfig) -> tuple[float, float]:
     return max(low, 0), min(high, d - 1)
 
 
-def yarn_inv_freq(cfg: RopeConfig, scale):
-    """NTK-by-parts frequencies (ramp in the pair index, as every implementation does) [d/2].
-
-    inv_j = (omega_j / s) * ramp_j + omega_j * (1 - ramp_j), ramp_j = clamp((j - low)/(high - low), 0, 1).
-    `scale` may be traced (Dynamic-YaRN); the ramp depends only on d, b, L0 and the betas.
-    """
-    d = cfg.rotary_dim
-    pos_freqs = jnp.asarray(cfg.theta, jnp.float32) ** _exponents(d)
-    extrapolation = 1.0 / pos_freqs
-    interpolation = 1.0 / (jnp.asarray(scale, jnp.float32) * pos_freqs)
+def yarn_ramp(cfg: RopeConfig) -> np.ndarray:
+    """ramp_j = clamp((j - low)/(high - low), 0, 1) [d/2] float32: 0 keeps omega_j, 1 divides it by s."""
     low, high = yarn_correction_range(cfg)
     if low == high:
         high += 0.001  # HF: prevent a zero-width ramp
-    ramp = jnp.clip((jnp.arange(d // 2, dtype=jnp.float32) - low) / (high - low), 0.0, 1.0)
-    extrapolation_weight = 1.0 - ramp
+    ramp = (np.arange(cfg.rotary_dim // 2, dtype=np.float32) - np.float32(low)) / np.float32(high - low)
+    return np.clip(ramp, 0.0, 1.0)
+
+
+def yarn_inv_freq(cfg: RopeConfig, scale):
+    """NTK-by-parts frequencies (ramp in the pair index, as every implementation does) [d/2].
+
+    inv_j = (omega_j / s) * ramp_j + omega_j * (1 - ramp_j). `scale` may be traced (Dynamic-YaRN); the
+    ramp depends only on d, b, L0 and the betas.
+    """
+    xp = np if isinstance(scale, (int, float)) else jnp
+    pos_freqs = theta_powers(cfg.theta, cfg.rotary_dim)
+    extrapolation = np.float32(1.0) / pos_freqs
+    interpolation = 1.0 / (xp.asarray(scale, xp.float32) * pos_freqs)
+    extrapolation_weight = np.float32(1.0) - yarn_ramp(cfg)
     return interpolation * (1.0 - extrapolation_weight) + extrapolation * extrapolation_weight
 
 
@@ -310,7 +327,7 @@ def _default(cfg: RopeConfig, seq_len):
 
 def _linear(cfg: RopeConfig, seq_len):
     """Position Interpolation: omega / s."""
-    return default_inv_freq(cfg.theta, cfg.rotary_dim) / jnp.float32(cfg.factor), 1.0
+    return default_inv_freq(cfg.theta, cfg.rotary_dim) / np.float32(cfg.factor), 1.0
 
 
 def _ntk(cfg: RopeConfig, seq_len):
@@ -332,16 +349,17 @@ def _dynamic_ntk(cfg: RopeConfig, seq_len):
 
 
 def _llama3(cfg: RopeConfig, seq_len):
-    """Llama-3.1 wavelength bands (HF `_compute_llama3_parameters`, same float32 ops)."""
+    """Llama-3.1 wavelength bands (HF `_compute_llama3_parameters`, the same float32 operations)."""
+    f32 = np.float32
     inv = default_inv_freq(cfg.theta, cfg.rotary_dim)
-    s, lf, hf, l0 = cfg.factor, cfg.low_freq_factor, cfg.high_freq_factor, cfg.original_max_position_embeddings
+    s, lf, hf, l0 = f32(cfg.factor), cfg.low_freq_factor, cfg.high_freq_factor, cfg.original_max_position_embeddings
     low_wavelen, high_wavelen = l0 / lf, l0 / hf
-    wavelen = 2 * math.pi / inv
-    inv_llama = jnp.where(wavelen > low_wavelen, inv / s, inv)
-    smooth = (l0 / wavelen - lf) / (hf - lf)
+    wavelen = f32(2 * math.pi) / inv
+    inv_llama = np.where(wavelen > low_wavelen, inv / s, inv)
+    smooth = (f32(l0) / wavelen - f32(lf)) / f32(hf - lf)
     smoothed = (1 - smooth) * inv_llama / s + smooth * inv_llama
     is_medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
-    return jnp.where(is_medium, smoothed, inv_llama), 1.0
+    return np.where(is_medium, smoothed, inv_llama).astype(np.float32), 1.0
 
 
 def _longrope(cfg: RopeConfig, seq_len):
@@ -351,9 +369,10 @@ def _longrope(cfg: RopeConfig, seq_len):
         af = cfg.attention_factor
     else:
         af = 1.0 if cfg.factor <= 1.0 else math.sqrt(1 + math.log(cfg.factor) / math.log(l0))
-    ext = jnp.where(jnp.asarray(seq_len) > l0, jnp.asarray(cfg.long_factor, jnp.float32),
-                    jnp.asarray(cfg.short_factor, jnp.float32))
-    return 1.0 / (ext * jnp.float32(cfg.theta) ** _exponents(cfg.rotary_dim)), af
+    pos_freqs = theta_powers(cfg.theta, cfg.rotary_dim)
+    short = np.float32(1.0) / (np.asarray(cfg.short_factor, np.float32) * pos_freqs)
+    long = np.float32(1.0) / (np.asarray(cfg.long_factor, np.float32) * pos_freqs)
+    return jnp.where(jnp.asarray(seq_len) > l0, long, short), af
 
 
 ROPE_FUNCTIONS: dict[str, Callable[[RopeConfig, Any], tuple[Any, Any]]] = {

