@@ -33,7 +33,7 @@ def tiny_hf_dict(rope=None, *, tie=False, layers=2, heads=4, kv_heads=2, head_di
     }
 
 
-def random_params(cfg, seed=0, std=0.3):
+def random_params(cfg, seed=0, std=0.2):
     """Random parameters for our model; larger than init std so attention patterns are not uniform."""
     from flax import nnx
 
@@ -65,8 +65,14 @@ def torch_llama(hf_dict, hf_tensors):
     return model
 
 
-def torch_logits(model, ids):
+def torch_logits(model, ids, float64=False):
+    """Logits of a transformers model; `float64=True` runs a double-precision copy (the rounding-free truth)."""
+    import copy
+
     import torch
 
+    if float64:
+        model = copy.deepcopy(model).double()
     with torch.no_grad():
-        return model(torch.as_tensor(np.asarray(ids))).logits.float().numpy()
+        out = model(torch.as_tensor(np.asarray(ids))).logits
+    return out.numpy() if float64 else out.float().numpy()
