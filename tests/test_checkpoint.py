@@ -1,0 +1,179 @@
+"""HF checkpoint import/export: round trips through transformers, sharded indexes, bf16, and the errors
+that name the offending tensor or field."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import random_params, tiny_hf_dict, torch_logits
+from safetensors.numpy import load_file, save_file
+from transformers import LlamaConfig as HFLlamaConfig
+from transformers import LlamaForCausalLM
+
+import yarn_jax
+from yarn_jax.checkpoint import load_checkpoint, load_hf_checkpoint, save_hf_checkpoint
+from yarn_jax.config import LlamaConfig
+from yarn_jax.errors import CheckpointError, ConfigError
+
+YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}
+
+
+def hf_saved_model(tmp_path, tie=False, rope=YARN, seed=0):
+    """A random LlamaForCausalLM saved by transformers itself (the independent writer)."""
+    torch.manual_seed(seed)
+    d = tiny_hf_dict(rope, tie=tie, max_pos=128)
+    model = LlamaForCausalLM(HFLlamaConfig(**d)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    path = tmp_path / f"hf_{'tied' if tie else 'untied'}"
+    model.save_pretrained(path)
+    model.config._attn_implementation = "eager"
+    return path, model
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_round_trip_hf_params_hf_gives_identical_logits(tmp_path, tie):
+    """transformers save -> our params -> our save -> transformers load: bit-identical weights and logits."""
+    path, original = hf_saved_model(tmp_path, tie=tie)
+    ours = yarn_jax.from_pretrained(path)
+    out = ours.save_pretrained(tmp_path / "exported")
+    reloaded = LlamaForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
+    assert reloaded.config.rope_parameters["rope_type"] == "yarn"
+    assert reloaded.config.rope_parameters["factor"] == 4.0
+    assert reloaded.config.rope_parameters["original_max_position_embeddings"] == 32
+    for (name, a), (_, b) in zip(original.state_dict().items(), reloaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    ids = np.random.default_rng(0).integers(0, 97, size=(2, 90))
+    np.testing.assert_array_equal(torch_logits(original, ids), torch_logits(reloaded, ids))
+    np.testing.assert_allclose(np.asarray(ours.logits(ids)), torch_logits(original, ids), atol=1e-4)
+
+
+def test_exported_rope_override_is_what_transformers_runs(tmp_path):
+    """from_pretrained(rope_scaling=...) overrides the checkpoint's rope; the export carries it."""
+    path, _ = hf_saved_model(tmp_path, rope=None)
+    rope = {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 16, "beta_fast": 24.0}
+    ours = yarn_jax.from_pretrained(path, rope_scaling=rope)
+    assert ours.config.rope.factor == 8.0 and ours.config.rope.beta_fast == 24.0
+    out = ours.save_pretrained(tmp_path / "exported")
+    reloaded = LlamaForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
+    ids = np.random.default_rng(1).integers(0, 97, size=(1, 100))
+    np.testing.assert_allclose(np.asarray(ours.logits(ids)), torch_logits(reloaded, ids), atol=1e-4)
+
+
+def test_sharded_index_and_bf16(tmp_path):
+    cfg = LlamaConfig.from_hf_dict(tiny_hf_dict(YARN, max_pos=128))
+    params = random_params(cfg)
+    out = save_hf_checkpoint(tmp_path / "sharded", cfg, params, max_shard_bytes=20_000)
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 2
+    cfg2, params2 = load_hf_checkpoint(out)
+    assert cfg2 == cfg
+    for k in params:
+        np.testing.assert_array_equal(params[k], params2[k])
+    reloaded = LlamaForCausalLM.from_pretrained(out, attn_implementation="eager").eval()  # transformers too
+    ids = np.random.default_rng(2).integers(0, 97, size=(1, 40))
+    model = yarn_jax.from_pretrained(out)
+    np.testing.assert_allclose(np.asarray(model.logits(ids)), torch_logits(reloaded, ids), atol=1e-4)
+
+    bf16 = save_hf_checkpoint(tmp_path / "bf16", cfg, params, dtype="bfloat16")
+    _, params3 = load_hf_checkpoint(bf16)
+    for k in params:
+        np.testing.assert_allclose(np.asarray(params3[k], np.float32), params[k], rtol=1e-2, atol=1e-2)
+
+
+def test_old_checkpoints_rotary_buffers_are_ignored(tmp_path):
+    path, _ = hf_saved_model(tmp_path)
+    tensors = load_file(str(path / "model.safetensors"))
+    tensors["model.layers.0.self_attn.rotary_emb.inv_freq"] = np.ones(8, np.float32)
+    save_file(tensors, str(path / "model.safetensors"))
+    load_hf_checkpoint(path)
+
+
+# ---- errors that name the tensor / field --------------------------------------------------------------
+
+
+def _mutate_tensors(path, fn):
+    tensors = load_file(str(path / "model.safetensors"))
+    fn(tensors)
+    save_file(tensors, str(path / "model.safetensors"))
+
+
+def _mutate_config(path, fn):
+    d = json.loads((path / "config.json").read_text())
+    fn(d)
+    (path / "config.json").write_text(json.dumps(d))
+
+
+@pytest.mark.parametrize("mutation,message", [
+    (lambda t: t.pop("model.layers.1.mlp.up_proj.weight"), "missing tensors ['model.layers.1.mlp.up_proj.weight']"),
+    (lambda t: t.update({"model.layers.0.self_attn.q_proj.bias": np.zeros(64, np.float32)}),
+     "unexpected tensors ['model.layers.0.self_attn.q_proj.bias']"),
+    (lambda t: t.update({"model.layers.0.self_attn.k_proj.weight": np.zeros((16, 48), np.float32)}),
+     "tensor 'model.layers.0.self_attn.k_proj.weight' has shape (16, 48), expected (32, 48)"),
+])
+def test_bad_tensors_are_named(tmp_path, mutation, message):
+    path, _ = hf_saved_model(tmp_path)
+    _mutate_tensors(path, mutation)
+    with pytest.raises(CheckpointError, match=message.replace("[", r"\[").replace("]", r"\]")
+                       .replace("(", r"\(").replace(")", r"\)")):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("mutation,message", [
+    (lambda d: d.update(architectures=["MistralForCausalLM"], model_type="mistral"), "unsupported architecture"),
+    (lambda d: d.update(attention_bias=True), "'attention_bias'"),
+    (lambda d: d.pop("hidden_size"), "missing required field 'hidden_size'"),
+    (lambda d: d.update(num_key_value_heads=3), "'num_key_value_heads'=3"),
+    (lambda d: d["rope_parameters"].update(rope_type="xpos"), r"\['rope_type'\]='xpos' is not supported"),
+    (lambda d: d["rope_parameters"].update(factor=0.5), r"\['factor'\] must be >= 1"),
+    (lambda d: d["rope_parameters"].pop("original_max_position_embeddings"),
+     r"\['original_max_position_embeddings'\] is required for rope_type 'yarn'"),
+    (lambda d: d["rope_parameters"].update(beta_fast=1.0, beta_slow=32.0), r"\['beta_fast'\]=1.0 must be >="),
+    (lambda d: d.update(rope_parameters={"rope_type": "longrope", "rope_theta": 1e4, "factor": 4.0,
+                                         "short_factor": [1.0] * 8, "long_factor": [1.0] * 7}),
+     r"\['long_factor'\] has length 7, expected rotary_dim/2 = 8"),
+    (lambda d: d.update(rope_parameters={"rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0,
+                                         "low_freq_factor": 4.0, "high_freq_factor": 1.0}),
+     r"\['high_freq_factor'\]=1.0 must be >"),
+])
+def test_bad_configs_are_named(tmp_path, mutation, message):
+    path, _ = hf_saved_model(tmp_path)
+    _mutate_config(path, mutation)
+    with pytest.raises(ConfigError, match=message):
+        load_checkpoint(path)
+
+
+def test_bad_rope_override_is_named(tmp_path):
+    path, _ = hf_saved_model(tmp_path)
+    with pytest.raises(ConfigError, match=r"rope_scaling argument\['factor'\] must be >= 1"):
+        yarn_jax.from_pretrained(path, rope_scaling={"rope_type": "linear", "factor": 0.25})
+    with pytest.raises(ConfigError, match="rope_scaling argument\\['rope_type'\\]='ntk_aware' is not supported"):
+        yarn_jax.from_pretrained(path, rope_scaling={"type": "ntk_aware", "factor": 2})
+
+
+def test_missing_paths_and_pickles_are_refused(tmp_path):
+    with pytest.raises(CheckpointError, match="no such file or directory"):
+        load_checkpoint(tmp_path / "nope")
+    (tmp_path / "pickled").mkdir()
+    (tmp_path / "pickled" / "config.json").write_text(json.dumps(tiny_hf_dict(None)))
+    (tmp_path / "pickled" / "pytorch_model.bin").write_bytes(b"\x80\x04not loaded")
+    with pytest.raises(CheckpointError, match="never unpickles"):
+        load_checkpoint(tmp_path / "pickled")
+    (tmp_path / "bad.gguf").write_bytes(b"not a gguf file at all")
+    with pytest.raises(CheckpointError, match="bad.gguf: not a readable GGUF file"):
+        load_checkpoint(tmp_path / "bad.gguf")
+
+
+def test_hf_config_round_trip_for_paper_variants():
+    cfg = LlamaConfig.from_hf_dict(tiny_hf_dict({"rope_type": "ntk", "factor": 4.0}))
+    d = cfg.to_hf_dict()
+    assert d["rope_parameters"]["rope_type"] == "default"
+    assert d["rope_parameters"]["rope_theta"] == pytest.approx(1e4 * 4.0 ** (16 / 14))
+    cfg = LlamaConfig.from_hf_dict(tiny_hf_dict({"rope_type": "dynamic_yarn", "factor": 4.0,
+                                                 "original_max_position_embeddings": 32}))
+    with pytest.raises(ConfigError, match="dynamic_yarn"):
+        cfg.to_hf_dict()
