@@ -228,6 +228,39 @@ def parse_rope_config(
     return RopeConfig(**kw)
 
 
+def parse_rope_spec(spec: str) -> dict[str, Any] | None:
+    """A rope dict from the command line: HF-style JSON, or the short form
+    `yarn:factor=4,original_max_position_embeddings=8192` (`default` or `none` for no scaling)."""
+    spec = spec.strip()
+    if spec.startswith("{"):
+        import json
+
+        try:
+            d = json.loads(spec)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"rope spec {spec!r} is not valid JSON ({e})") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"rope spec {spec!r} must be a JSON object")
+        return d
+    rope_type, _, rest = spec.partition(":")
+    if rope_type in ("", "none", "default") and not rest:
+        return None
+    d: dict[str, Any] = {"rope_type": rope_type}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ConfigError(f"rope spec {spec!r}: expected key=value, got {item!r}")
+        if value.lower() in ("true", "false"):
+            d[key.strip()] = value.lower() == "true"
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"rope spec {spec!r}: value of {key!r} must be a number or true/false") from None
+        d[key.strip()] = int(number) if number.is_integer() and "." not in value and "e" not in value else number
+    return d
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Frequencies. All arrays float32, shapes [d/2]; `seq_len` is an int or a traced integer scalar.
 

@@ -1,0 +1,21 @@
+# Fresh-machine entry points. Each target sets up what it needs (idempotent).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup assets demo test
+
+$(VENV)/.installed: requirements.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+setup: $(VENV)/.installed
+
+assets: setup
+	$(PY) -m yarn_jax.assets
+
+demo: assets
+	$(PY) -m yarn_jax.demo
+
+test: assets
+	$(PY) -m pytest -q

@@ -1,0 +1,89 @@
+"""Demo (the main job until eval.py lands): SmolLM2-135M with and without YaRN, perplexity of a play
+excerpt in yarn_jax next to transformers' PyTorch LlamaForCausalLM on the same tokens.
+
+    python -m yarn_jax.demo [--play hamlet] [--tokens 2048] [--rope yarn:factor=4,original_max_position_embeddings=8192]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jax
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+import yarn_jax
+from yarn_jax import assets
+from yarn_jax.rope import parse_rope_spec
+
+
+def mean_nll(logits: np.ndarray, ids: np.ndarray) -> float:
+    """Mean next-token NLL of ids [1, T] under logits [1, T, V] (float32 log-softmax)."""
+    log_probs = jax.nn.log_softmax(logits[0, :-1].astype(np.float32), axis=-1)
+    return float(-np.mean(np.take_along_axis(np.asarray(log_probs), ids[0, 1:, None], axis=-1)))
+
+
+def transformers_logits(model_dir: str, rope: dict | None, ids: np.ndarray) -> np.ndarray:
+    import torch
+    from transformers import LlamaForCausalLM
+
+    kwargs = {} if rope is None else {"rope_parameters": {**rope, "rope_theta": 1e5}}
+    model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa",
+                                             **kwargs).eval()
+    with torch.no_grad():
+        return model(torch.as_tensor(ids)).logits.numpy()
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--play", default="hamlet", help="play (file stem) from the Shakespeare corpus")
+    parser.add_argument("--tokens", type=int, default=2048, help="excerpt length in tokens")
+    parser.add_argument("--rope", action="append", default=None,
+                        help="rope configuration(s) to compare (JSON or short form); repeatable")
+    parser.add_argument("--no-reference", action="store_true", help="skip the transformers comparison")
+    args = parser.parse_args(argv)
+    specs = args.rope or ["default", "yarn:factor=4,original_max_position_embeddings=8192"]
+    ropes = [parse_rope_spec(s) for s in specs]  # fail on a bad spec before any compute
+
+    console = Console(stderr=True)
+    model_dir = str(assets.smollm2())
+    model = yarn_jax.from_pretrained(model_dir)
+    text = assets.play_text(args.play)
+    ids = np.asarray([model.tokenizer().encode(text).ids[: args.tokens]], dtype=np.int32)
+    console.print(f"SmolLM2-135M-Instruct, {ids.shape[1]} tokens of {args.play}, float32")
+
+    table = Table(title=f"Perplexity of {ids.shape[1]} tokens of {args.play}")
+    for col in ("rope", "yarn_jax ppl", "transformers ppl", "max |Δlogit|", "yarn_jax s (incl. compile)",
+                "transformers s (incl. load)"):
+        table.add_column(col, justify="right" if col != "rope" else "left")
+    rows = []
+    for spec, rope in zip(specs, ropes):
+        m = yarn_jax.from_pretrained(model_dir, rope_scaling=rope) if rope else model
+        with console.status(f"yarn_jax forward ({spec})"):
+            t0 = time.perf_counter()
+            ours = np.asarray(m.logits(ids))
+            t_ours = time.perf_counter() - t0
+        row = {"rope": spec, "yarn_jax_ppl": float(np.exp(mean_nll(ours, ids))), "yarn_jax_seconds": t_ours}
+        hf_supported = rope is None or rope.get("rope_type", rope.get("type")) in (
+            "linear", "dynamic", "yarn", "llama3", "longrope")
+        if not args.no_reference and hf_supported:
+            with console.status(f"transformers forward ({spec})"):
+                t0 = time.perf_counter()
+                ref = transformers_logits(model_dir, rope, ids)
+                row["transformers_seconds"] = time.perf_counter() - t0
+            row["transformers_ppl"] = float(np.exp(mean_nll(ref, ids)))
+            row["max_abs_logit_diff"] = float(np.abs(ours - ref).max())
+        rows.append(row)
+        fmt = lambda k, f: f.format(row[k]) if k in row else "—"  # noqa: E731
+        table.add_row(spec, fmt("yarn_jax_ppl", "{:.4f}"), fmt("transformers_ppl", "{:.4f}"),
+                      fmt("max_abs_logit_diff", "{:.2e}"), fmt("yarn_jax_seconds", "{:.1f}"),
+                      fmt("transformers_seconds", "{:.1f}"))
+    Console(width=160).print(table)
+    print(json.dumps({"play": args.play, "tokens": int(ids.shape[1]), "results": rows}))
+
+
+if __name__ == "__main__":
+    main()
