@@ -1,0 +1,188 @@
+"""Memory-linear blockwise attention (online softmax, FlashAttention-style) in plain JAX, with a
+memory-linear backward (custom VJP) — the CPU path and a portable fallback for long contexts.
+
+Layout inside: queries grouped per KV head, q [B, K, G, T, D] against k/v [B, K, S, D], so GQA never
+repeats K/V. Only the output and the per-row log-sum-exp [B, K, G, T] are saved for the backward pass;
+scores exist one [block_q, block_k] tile at a time. Under causal masking the key loop of each query
+block stops at the diagonal (and the dK/dV loop starts there), so fully-masked tiles are skipped.
+Lengths need not divide the block sizes: inputs are padded inside and padded keys are masked.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+MASK = -1e30  # finite, so a fully-masked tile gives exp(0) = 1 rather than NaN; later real scores reset it
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _pad_to(x, axis: int, size: int):
+    pad = size - x.shape[axis]
+    if pad == 0:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, pad)
+    return jnp.pad(x, widths)
+
+
+class _Dims:
+    """Static geometry of one call."""
+
+    def __init__(self, t: int, s: int, block_q: int, block_k: int, causal: bool):
+        self.t, self.s, self.causal = t, s, causal
+        self.bq, self.bk = min(block_q, t), min(block_k, s)
+        self.nq, self.nk = _cdiv(t, self.bq), _cdiv(s, self.bk)
+        self.tp, self.sp = self.nq * self.bq, self.nk * self.bk
+        self.offset = s - t  # queries are the last t of the s positions
+
+    def k_blocks_for(self, i):
+        """Number of key blocks query block i needs (causal: up to its last row's diagonal)."""
+        if not self.causal:
+            return self.nk
+        last_pos = (i + 1) * self.bq - 1 + self.offset
+        return jnp.clip(last_pos // self.bk + 1, 0, self.nk)
+
+    def first_q_block_for(self, j):
+        """First query block that sees key block j (causal), else 0."""
+        if not self.causal:
+            return 0
+        return jnp.clip((j * self.bk - self.offset) // self.bq, 0, self.nq)
+
+    def allowed(self, i, j, q_seg, k_seg):
+        """[B or 1, 1, 1, bq, bk] mask of tile (i, j)."""
+        q_pos = i * self.bq + jnp.arange(self.bq) + self.offset
+        k_pos = j * self.bk + jnp.arange(self.bk)
+        ok = (k_pos < self.s)[None, :]
+        if self.causal:
+            ok = ok & (k_pos[None, :] <= q_pos[:, None])
+        ok = ok[None]
+        if q_seg is not None:
+            qs = lax.dynamic_slice_in_dim(q_seg, i * self.bq, self.bq, axis=1)
+            ks = lax.dynamic_slice_in_dim(k_seg, j * self.bk, self.bk, axis=1)
+            ok = ok & (qs[:, :, None] == ks[:, None, :])
+        return ok[:, None, None]
+
+
+def _scores(qi, kj, scale, ok):
+    """qi [B, K, G, bq, D], kj [B, K, bk, D] -> masked float32 scores [B, K, G, bq, bk]."""
+    s = jnp.einsum("bkgqd,bkcd->bkgqc", qi, kj, preferred_element_type=jnp.float32) * scale
+    return jnp.where(ok, s, MASK)
+
+
+def _forward(q, k, v, q_seg, k_seg, scale, dims: _Dims):
+    """q [B, K, G, Tp, D], k/v [B, K, Sp, D] -> out [B, K, G, Tp, D] (q dtype), lse [B, K, G, Tp] f32."""
+    b, kh, g, _, d = q.shape
+
+    def q_block(i):
+        qi = lax.dynamic_slice_in_dim(q, i * dims.bq, dims.bq, axis=3)
+
+        def body(j, carry):
+            m, l, acc = carry
+            kj = lax.dynamic_slice_in_dim(k, j * dims.bk, dims.bk, axis=2)
+            vj = lax.dynamic_slice_in_dim(v, j * dims.bk, dims.bk, axis=2)
+            s = _scores(qi, kj, scale, dims.allowed(i, j, q_seg, k_seg))
+            m_new = jnp.maximum(m, s.max(-1))
+            p = jnp.exp(s - m_new[..., None])
+            correction = jnp.exp(m - m_new)
+            l = l * correction + p.sum(-1)
+            pv = jnp.einsum("bkgqc,bkcd->bkgqd", p.astype(v.dtype), vj, preferred_element_type=jnp.float32)
+            return m_new, l, acc * correction[..., None] + pv
+
+        init = (jnp.full((b, kh, g, dims.bq), MASK, jnp.float32), jnp.zeros((b, kh, g, dims.bq), jnp.float32),
+                jnp.zeros((b, kh, g, dims.bq, d), jnp.float32))
+        m, l, acc = lax.fori_loop(0, dims.k_blocks_for(i), body, init)
+        l = jnp.maximum(l, 1e-30)
+        return (acc / l[..., None]).astype(q.dtype), m + jnp.log(l)
+
+    out, lse = lax.map(q_block, jnp.arange(dims.nq))  # [nq, B, K, G, bq, (D)]
+    out = jnp.moveaxis(out, 0, 3).reshape(b, kh, g, dims.tp, d)
+    lse = jnp.moveaxis(lse, 0, 3).reshape(b, kh, g, dims.tp)
+    return out, lse
+
+
+def _backward(q, k, v, q_seg, k_seg, out, lse, dout, scale, dims: _Dims):
+    """FlashAttention-2 backward from the saved log-sum-exp; one tile of scores at a time."""
+    b, kh, g, _, d = q.shape
+    delta = jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)  # [B, K, G, Tp]
+
+    def tile(i, j):
+        qi = lax.dynamic_slice_in_dim(q, i * dims.bq, dims.bq, axis=3)
+        kj = lax.dynamic_slice_in_dim(k, j * dims.bk, dims.bk, axis=2)
+        vj = lax.dynamic_slice_in_dim(v, j * dims.bk, dims.bk, axis=2)
+        doi = lax.dynamic_slice_in_dim(dout, i * dims.bq, dims.bq, axis=3)
+        lse_i = lax.dynamic_slice_in_dim(lse, i * dims.bq, dims.bq, axis=3)
+        delta_i = lax.dynamic_slice_in_dim(delta, i * dims.bq, dims.bq, axis=3)
+        ok = dims.allowed(i, j, q_seg, k_seg)
+        p = jnp.where(ok, jnp.exp(_scores(qi, kj, scale, ok) - lse_i[..., None]), 0.0)  # [B,K,G,bq,bk]
+        dp = jnp.einsum("bkgqd,bkcd->bkgqc", doi, vj, preferred_element_type=jnp.float32)
+        ds = p * (dp - delta_i[..., None]) * scale
+        return qi, kj, doi, p, ds
+
+    def dq_block(i):
+        def body(j, acc):
+            _, kj, _, _, ds = tile(i, j)
+            return acc + jnp.einsum("bkgqc,bkcd->bkgqd", ds.astype(k.dtype), kj, preferred_element_type=jnp.float32)
+
+        return lax.fori_loop(0, dims.k_blocks_for(i), body, jnp.zeros((b, kh, g, dims.bq, d), jnp.float32))
+
+    def dkv_block(j):
+        def body(i, carry):
+            dk, dv = carry
+            qi, _, doi, p, ds = tile(i, j)
+            dv = dv + jnp.einsum("bkgqc,bkgqd->bkcd", p.astype(dout.dtype), doi, preferred_element_type=jnp.float32)
+            dk = dk + jnp.einsum("bkgqc,bkgqd->bkcd", ds.astype(q.dtype), qi, preferred_element_type=jnp.float32)
+            return dk, dv
+
+        zeros = jnp.zeros((b, kh, dims.bk, d), jnp.float32)
+        return lax.fori_loop(dims.first_q_block_for(j), dims.nq, body, (zeros, zeros))
+
+    dq = jnp.moveaxis(lax.map(dq_block, jnp.arange(dims.nq)), 0, 3).reshape(q.shape)
+    dk, dv = lax.map(dkv_block, jnp.arange(dims.nk))
+    dk = jnp.moveaxis(dk, 0, 2).reshape(k.shape)
+    dv = jnp.moveaxis(dv, 0, 2).reshape(v.shape)
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _attention_core(q, k, v, q_seg, k_seg, scale, dims):
+    return _forward(q, k, v, q_seg, k_seg, scale, dims)[0]
+
+
+def _core_fwd(q, k, v, q_seg, k_seg, scale, dims):
+    out, lse = _forward(q, k, v, q_seg, k_seg, scale, dims)
+    return out, (q, k, v, q_seg, k_seg, out, lse)
+
+
+def _core_bwd(scale, dims, residuals, dout):
+    q, k, v, q_seg, k_seg, out, lse = residuals
+    dq, dk, dv = _backward(q, k, v, q_seg, k_seg, out, lse, dout, scale, dims)
+    return dq, dk, dv, None, None
+
+
+_attention_core.defvjp(_core_fwd, _core_bwd)
+
+
+def blockwise_attention(q, k, v, *, causal: bool = True, q_segment_ids=None, kv_segment_ids=None, scale=None,
+                        block_q: int = 512, block_k: int = 512):
+    """q [B, T, H, D], k/v [B, S, K, D] -> [B, T, H, D]; memory O(T + S) beyond one score tile."""
+    b, t, h, d = q.shape
+    s, kh = k.shape[1], k.shape[2]
+    g = h // kh
+    scale = float(d ** -0.5 if scale is None else scale)
+    dims = _Dims(t, s, block_q, block_k, causal)
+    qg = _pad_to(jnp.moveaxis(q.reshape(b, t, kh, g, d), 1, 3), 3, dims.tp)  # [B, K, G, Tp, D]
+    kk = _pad_to(jnp.moveaxis(k, 1, 2), 2, dims.sp)  # [B, K, Sp, D]
+    vv = _pad_to(jnp.moveaxis(v, 1, 2), 2, dims.sp)
+    q_seg = k_seg = None
+    if q_segment_ids is not None:
+        q_seg = _pad_to(jnp.asarray(q_segment_ids, jnp.int32), 1, dims.tp)
+        k_seg = _pad_to(jnp.asarray(kv_segment_ids, jnp.int32), 1, dims.sp)
+    out = _attention_core(qg, kk, vv, q_seg, k_seg, scale, dims)[:, :, :, :t]  # [B, K, G, T, D]
+    return jnp.moveaxis(out, 3, 1).reshape(b, t, h, d)
