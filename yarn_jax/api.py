@@ -63,7 +63,7 @@ def from_pretrained(
     dtype: str = "float32",
     *,
     param_dtype: str = "float32",
-    attention_backend: str = "reference",
+    attention_backend: str = "auto",
 ) -> PretrainedModel:
     """Load an HF directory or `.gguf` file; `rope_scaling` (an HF-style dict) overrides the checkpoint's.
 

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from yarn_jax.attention import attention
+from yarn_jax.attention import attention, resolve_backend
 from yarn_jax.config import LlamaConfig
 from yarn_jax.errors import ConfigError
 from yarn_jax.rope import apply_rotary, rope_frequencies, rotary_cos_sin
@@ -103,9 +103,10 @@ class Llama(nnx.Module):
     """LLaMA decoder. `__call__(input_ids [B, T]) -> logits [B, T, V] float32`."""
 
     def __init__(self, cfg: LlamaConfig, *, dtype="float32", param_dtype="float32",
-                 attention_backend: str = "reference", remat: str = "none", rngs: nnx.Rngs | None = None):
+                 attention_backend: str = "auto", remat: str = "none", rngs: nnx.Rngs | None = None):
         if remat not in REMAT_POLICIES:
             raise ConfigError(f"remat policy {remat!r} is not supported; choose from {sorted(REMAT_POLICIES)}")
+        resolve_backend(attention_backend, 1, 1)  # an unknown backend fails here, before any compute
         rngs = rngs if rngs is not None else nnx.Rngs(0)
         self.config = cfg
         self.dtype = as_dtype(dtype)
@@ -164,7 +165,7 @@ class Llama(nnx.Module):
 
 
 def model_from_params(cfg: LlamaConfig, params, *, dtype="float32", param_dtype="float32",
-                      attention_backend: str = "reference", remat: str = "none") -> Llama:
+                      attention_backend: str = "auto", remat: str = "none") -> Llama:
     """Build a Llama whose parameters are `params` ({param path tuple: array}), without random init."""
     pdt = as_dtype(param_dtype)
     abstract = nnx.eval_shape(lambda: Llama(cfg, dtype=dtype, param_dtype=pdt,
@@ -186,3 +187,11 @@ def model_from_params(cfg: LlamaConfig, params, *, dtype="float32", param_dtype=
 def model_params(model: Llama) -> dict[tuple[str, ...], Any]:
     """{param path tuple: array} of a model (the inverse of `model_from_params`)."""
     return {tuple(path): var.get_value() for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def next_token_log_probs(model: Llama, input_ids, positions=None, segment_ids=None, *, chunk: int = 1024):
+    """log p(input_ids[:, t+1] | input_ids[:, :t+1]) [B, T-1] float32 via the chunked head (no [T, V] logits)."""
+    from yarn_jax.loss import token_log_probs
+
+    h = model.hidden_states(input_ids, positions, segment_ids)
+    return token_log_probs(h[:, :-1], model.lm_head_weight(), input_ids[:, 1:], chunk=chunk)

@@ -1,27 +1,62 @@
 """One attention entry point with selectable backends.
 
-`attention(q, k, v, ...)` takes q [B, T, H, D] and k/v [B, S, K, D] (GQA: H a multiple of K) and returns
-[B, T, H, D]. The YaRN temperature is already folded into q and k by the rotary (cos/sin times the
-attention factor), so every backend is a plain scaled-dot-product attention.
+`attention(q, k, v, ...)` takes q [B, T, H, D] and k/v [B, S, K, D] (GQA: H a multiple of K; queries are
+the last T of the S positions) and returns [B, T, H, D]. The YaRN temperature is already folded into q
+and k by the rotary (cos/sin times the attention factor), so every backend is a plain
+scaled-dot-product attention.
+
+Backends: `reference` (dense, for tests), `blockwise` (memory-linear online softmax in plain JAX with a
+custom VJP; the CPU path), `splash` (Pallas TPU splash attention), `gpu_flash` (Pallas GPU/Triton flash
+attention), and `auto` (by platform and length).
 """
 
 from __future__ import annotations
 
+import jax
+
+from yarn_jax.attention.blockwise import blockwise_attention
+from yarn_jax.attention.kernels import gpu_flash_attention, splash_attention
 from yarn_jax.attention.reference import reference_attention
 from yarn_jax.errors import ConfigError
 
-BACKENDS = {"reference": reference_attention}
+BACKENDS = {
+    "reference": reference_attention,
+    "blockwise": blockwise_attention,
+    "splash": splash_attention,
+    "gpu_flash": gpu_flash_attention,
+}
+# On CPU, dense attention is faster for short sequences; above this many scores per head, go blockwise.
+AUTO_DENSE_MAX_SCORES = 1024 * 1024
 
 
-def attention(q, k, v, *, backend: str = "reference", causal: bool = True, q_segment_ids=None,
+def resolve_backend(backend: str, t: int, s: int, platform: str | None = None) -> str:
+    """The concrete backend for `auto` (TPU: splash; GPU: gpu_flash; CPU: reference when short, else
+    blockwise); other names are checked and returned."""
+    if backend == "auto":
+        platform = platform or jax.default_backend()
+        if platform == "tpu":
+            return "splash"
+        if platform in ("gpu", "cuda", "rocm"):
+            return "gpu_flash"
+        return "reference" if t * s <= AUTO_DENSE_MAX_SCORES else "blockwise"
+    if backend not in BACKENDS:
+        raise ConfigError(f"attention backend {backend!r} is not available; choose from "
+                          f"{sorted([*BACKENDS, 'auto'])}")
+    return backend
+
+
+def attention(q, k, v, *, backend: str = "auto", causal: bool = True, q_segment_ids=None,
               kv_segment_ids=None, scale=None):
     """Scaled-dot-product attention through the backend named by `backend`."""
-    if backend not in BACKENDS:
-        raise ConfigError(f"attention backend {backend!r} is not available; choose from {sorted(BACKENDS)}")
     if (q_segment_ids is None) != (kv_segment_ids is None):
         raise ConfigError("attention: pass both q_segment_ids and kv_segment_ids, or neither")
-    return BACKENDS[backend](q, k, v, causal=causal, q_segment_ids=q_segment_ids,
-                             kv_segment_ids=kv_segment_ids, scale=scale)
+    if q.shape[2] % k.shape[2] or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
+        raise ConfigError(f"attention: q {q.shape} and k {k.shape} / v {v.shape} do not fit "
+                          "[B, T, H, D] / [B, S, K, D] with H a multiple of K")
+    name = resolve_backend(backend, q.shape[1], k.shape[1])
+    return BACKENDS[name](q, k, v, causal=causal, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
+                          scale=scale)
 
 
-__all__ = ["attention", "reference_attention", "BACKENDS"]
+__all__ = ["attention", "resolve_backend", "BACKENDS", "reference_attention", "blockwise_attention",
+           "splash_attention", "gpu_flash_attention"]

@@ -1,0 +1,121 @@
+"""Accelerator kernels behind the attention entry point: jax's Pallas TPU splash attention and the
+Pallas GPU (Triton) flash attention. Off their hardware both run with `interpret=True` (the CPU tests).
+
+splash: GQA-native — one MQA kernel per KV head serves its G query heads, so K/V are never repeated.
+gpu_flash: the Pallas Triton `mha` kernel needs as many K/V heads as query heads, so K/V are repeated
+per group (memory still linear in S); it takes one segment-id array, so it serves self-attention
+(T == S); other shapes fall back to the blockwise backend. cuDNN through
+`jax.nn.dot_product_attention` is GQA-native but takes no segment ids, hence not the default.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from yarn_jax.errors import ConfigError
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _pad(x, axis: int, size: int, value=0):
+    pad = size - x.shape[axis]
+    if pad == 0:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, pad)
+    return jnp.pad(x, widths, constant_values=value)
+
+
+def _padded_segments(q_segment_ids, kv_segment_ids, b: int, t: int, s: int, tp: int, sp: int):
+    """Segment ids with padding: real tokens keep theirs (0 when none given), padded positions get -1 on
+    both sides so padded queries attend only to padded keys (never an empty row) and real queries never
+    see a padded key."""
+    if q_segment_ids is None:
+        q_segment_ids = jnp.zeros((b, t), jnp.int32)
+        kv_segment_ids = jnp.zeros((b, s), jnp.int32)
+    return (_pad(jnp.asarray(q_segment_ids, jnp.int32), 1, tp, -1),
+            _pad(jnp.asarray(kv_segment_ids, jnp.int32), 1, sp, -1))
+
+
+@functools.lru_cache(maxsize=64)
+def _splash_kernel(t: int, s: int, offset: int, groups: int, causal: bool, block_q: int, block_kv: int,
+                   interpret: bool):
+    """A splash MQA kernel for padded lengths (t, s); query i sits at key position i + offset."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+
+    if causal:
+        head_mask = sm.CausalMask((t, s), offset=offset)
+    else:
+        head_mask = sm.FullMask((t, s))
+    mask = sm.MultiHeadMask([head_mask] * groups)
+    sizes = sk.BlockSizes(block_q=block_q, block_kv=block_kv, block_kv_compute=block_kv, block_q_dkv=block_q,
+                          block_kv_dkv=block_kv, block_kv_dkv_compute=block_kv, block_q_dq=block_q,
+                          block_kv_dq=block_kv)
+    return sk.make_splash_mqa_single_device(mask, block_sizes=sizes, interpret=interpret)
+
+
+def splash_attention(q, k, v, *, causal: bool = True, q_segment_ids=None, kv_segment_ids=None, scale=None,
+                     block_q: int = 512, block_kv: int = 512, interpret: bool | None = None):
+    """q [B, T, H, D], k/v [B, S, K, D] -> [B, T, H, D] through Pallas TPU splash attention (MQA per KV head)."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+
+    if interpret is None:
+        interpret = jax.default_backend() != "tpu"
+    b, t, h, d = q.shape
+    s, kh = k.shape[1], k.shape[2]
+    g = h // kh
+    scale = d ** -0.5 if scale is None else scale
+    # splash needs lengths divisible by its blocks (and blocks multiples of 128 on TPU): pad, mask by segment
+    bq = min(block_q, 128 * _cdiv(t, 128))
+    bkv = min(block_kv, 128 * _cdiv(s, 128))
+    tp, sp = bq * _cdiv(t, bq), bkv * _cdiv(s, bkv)
+    # keep the causal diagonal where it was: padding goes at the end of both sequences
+    q_seg, kv_seg = _padded_segments(q_segment_ids, kv_segment_ids, b, t, s, tp, sp)
+    kernel = _splash_kernel(tp, sp, s - t, g, causal, bq, bkv, interpret)
+    qg = _pad((q * jnp.asarray(scale, q.dtype)).reshape(b, t, kh, g, d), 1, tp)  # splash does not scale
+    qg = jnp.transpose(qg, (0, 2, 3, 1, 4))  # [B, K, G, Tp, D]
+    kk = jnp.transpose(_pad(k, 1, sp), (0, 2, 1, 3))  # [B, K, Sp, D]
+    vv = jnp.transpose(_pad(v, 1, sp), (0, 2, 1, 3))
+
+    def one(qh, kh_, vh, qs, ks):  # qh [G, Tp, D], kh_/vh [Sp, D]
+        return kernel(qh, kh_, vh, segment_ids=sk.SegmentIds(q=qs, kv=ks))
+
+    per_kv_head = jax.vmap(one, in_axes=(0, 0, 0, None, None))
+    out = jax.vmap(per_kv_head, in_axes=(0, 0, 0, 0, 0))(qg, kk, vv, q_seg, kv_seg)  # [B, K, G, Tp, D]
+    return jnp.transpose(out, (0, 3, 1, 2, 4))[:, :t].reshape(b, t, h, d)
+
+
+def gpu_flash_attention(q, k, v, *, causal: bool = True, q_segment_ids=None, kv_segment_ids=None, scale=None,
+                        block_q: int = 64, block_k: int = 64, interpret: bool | None = None):
+    """q [B, T, H, D], k/v [B, S, K, D] -> [B, T, H, D] through the Pallas GPU (Triton) flash kernel."""
+    from jax.experimental.pallas.ops.gpu import attention as gpu_attention
+
+    from yarn_jax.attention.blockwise import blockwise_attention
+
+    b, t, h, d = q.shape
+    s, kh = k.shape[1], k.shape[2]
+    if t != s:  # the kernel's causal mask and single segment-id array assume self-attention
+        return blockwise_attention(q, k, v, causal=causal, q_segment_ids=q_segment_ids,
+                                   kv_segment_ids=kv_segment_ids, scale=scale)
+    if interpret is None:
+        interpret = jax.default_backend() != "gpu"
+    if d & (d - 1):
+        raise ConfigError(f"gpu_flash needs a power-of-two head_dim, got {d}")
+    scale = d ** -0.5 if scale is None else scale
+    block = min(block_q, block_k, 16 * _cdiv(t, 16))
+    tp = block * _cdiv(t, block)
+    seg, _ = _padded_segments(q_segment_ids, kv_segment_ids, b, t, s, tp, tp)
+    g = h // kh
+    kk = jnp.repeat(_pad(k, 1, tp), g, axis=2)  # head h reads kv head h // g, as HF's repeat_kv
+    vv = jnp.repeat(_pad(v, 1, tp), g, axis=2)
+    sizes = gpu_attention.BlockSizes(block_q=block, block_k=block, block_q_dkv=block, block_kv_dkv=block,
+                                     block_q_dq=block, block_kv_dq=block)
+    out = gpu_attention.mha(_pad(q, 1, tp), kk, vv, seg, sm_scale=float(scale), causal=causal,
+                            block_sizes=sizes, interpret=interpret)
+    return out[:, :t]

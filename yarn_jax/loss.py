@@ -1,0 +1,48 @@
+"""Chunked LM head and loss: per-token log-probabilities without materialising [T, vocab] logits.
+
+At 32k tokens SmolLM2's full float32 logits are 32768 x 49152 x 4 B = 6.4 GB; here the head runs on
+`chunk` positions at a time inside a scan, and the chunk body is rematerialised in the backward pass, so
+peak memory holds one [B, chunk, vocab] block.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+def _pad_time(x, size: int):
+    pad = size - x.shape[1]
+    return x if pad == 0 else jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+
+
+def token_log_probs(hidden, lm_head, targets, *, chunk: int = 1024):
+    """log p(targets) [B, T] float32 from hidden states [B, T, E] and the head weight [E, V].
+
+    Equals `take_along_axis(log_softmax(hidden @ lm_head), targets)` (float32 logits, float32
+    accumulation) with one [B, chunk, V] block alive at a time.
+    """
+    b, t, e = hidden.shape
+    chunk = min(chunk, t)
+    n = -(-t // chunk)
+    h = _pad_time(hidden, n * chunk).reshape(b, n, chunk, e).swapaxes(0, 1)  # [n, B, chunk, E]
+    y = _pad_time(targets, n * chunk).reshape(b, n, chunk).swapaxes(0, 1)  # [n, B, chunk]
+
+    @jax.checkpoint
+    def block(hc, yc):
+        logits = jnp.einsum("bce,ev->bcv", hc, lm_head.astype(hc.dtype), preferred_element_type=jnp.float32)
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        return jnp.take_along_axis(logits, yc[..., None], axis=-1)[..., 0] - lse
+
+    out = lax.map(lambda args: block(*args), (h, y))  # [n, B, chunk]
+    return out.swapaxes(0, 1).reshape(b, n * chunk)[:, :t]
+
+
+def mean_nll(hidden, lm_head, targets, mask=None, *, chunk: int = 1024):
+    """Mean negative log-likelihood over the positions where mask is true (all when None)."""
+    lp = token_log_probs(hidden, lm_head, targets, chunk=chunk)
+    if mask is None:
+        return -jnp.mean(lp)
+    mask = mask.astype(jnp.float32)
+    return -jnp.sum(lp * mask) / jnp.maximum(jnp.sum(mask), 1.0)
