@@ -57,7 +57,8 @@ def _splash_kernel(t: int, s: int, offset: int, groups: int, causal: bool, block
     sizes = sk.BlockSizes(block_q=block_q, block_kv=block_kv, block_kv_compute=block_kv, block_q_dkv=block_q,
                           block_kv_dkv=block_kv, block_kv_dkv_compute=block_kv, block_q_dq=block_q,
                           block_kv_dq=block_kv)
-    return sk.make_splash_mqa_single_device(mask, block_sizes=sizes, interpret=interpret)
+    with jax.ensure_compile_time_eval():  # concrete mask-info arrays, safe to cache across traces
+        return sk.make_splash_mqa_single_device(mask, block_sizes=sizes, interpret=interpret)
 
 
 def splash_attention(q, k, v, *, causal: bool = True, q_segment_ids=None, kv_segment_ids=None, scale=None,
