@@ -71,9 +71,19 @@ class _Dims:
 
 
 def _scores(qi, kj, scale, ok):
-    """qi [B, K, G, bq, D], kj [B, K, bk, D] -> masked float32 scores [B, K, G, bq, bk]."""
-    s = jnp.einsum("bkgqd,bkcd->bkgqc", qi, kj, preferred_element_type=jnp.float32) * scale
-    return jnp.where(ok, s, MASK)
+    """qi [B, K, G, bq, D], kj [B, K, bk, D] -> masked float32 scores [B, K, G, bq, bk].
+
+    The G query heads of a KV head are stacked as rows of one [G*bq, D] x [D, bk] matmul per (B, K)."""
+    b, kh, g, bq, d = qi.shape
+    s = jnp.einsum("bkqd,bkcd->bkqc", qi.reshape(b, kh, g * bq, d), kj, preferred_element_type=jnp.float32)
+    return jnp.where(ok, s.reshape(b, kh, g, bq, -1) * scale, MASK)
+
+
+def _pv(p, vj):
+    """p [B, K, G, bq, bk] x vj [B, K, bk, D] -> [B, K, G, bq, D] float32 (one matmul per (B, K))."""
+    b, kh, g, bq, bk = p.shape
+    out = jnp.einsum("bkqc,bkcd->bkqd", p.reshape(b, kh, g * bq, bk), vj, preferred_element_type=jnp.float32)
+    return out.reshape(b, kh, g, bq, -1)
 
 
 def _forward(q, k, v, q_seg, k_seg, scale, dims: _Dims):
@@ -92,7 +102,7 @@ def _forward(q, k, v, q_seg, k_seg, scale, dims: _Dims):
             p = jnp.exp(s - m_new[..., None])
             correction = jnp.exp(m - m_new)
             l = l * correction + p.sum(-1)
-            pv = jnp.einsum("bkgqc,bkcd->bkgqd", p.astype(v.dtype), vj, preferred_element_type=jnp.float32)
+            pv = _pv(p.astype(v.dtype), vj)
             return m_new, l, acc * correction[..., None] + pv
 
         init = (jnp.full((b, kh, g, dims.bq), MASK, jnp.float32), jnp.zeros((b, kh, g, dims.bq), jnp.float32),
@@ -121,14 +131,16 @@ def _backward(q, k, v, q_seg, k_seg, out, lse, dout, scale, dims: _Dims):
         delta_i = lax.dynamic_slice_in_dim(delta, i * dims.bq, dims.bq, axis=3)
         ok = dims.allowed(i, j, q_seg, k_seg)
         p = jnp.where(ok, jnp.exp(_scores(qi, kj, scale, ok) - lse_i[..., None]), 0.0)  # [B,K,G,bq,bk]
-        dp = jnp.einsum("bkgqd,bkcd->bkgqc", doi, vj, preferred_element_type=jnp.float32)
+        b_, kh_, g_, bq_, d_ = doi.shape
+        dp = jnp.einsum("bkqd,bkcd->bkqc", doi.reshape(b_, kh_, g_ * bq_, d_), vj,
+                        preferred_element_type=jnp.float32).reshape(p.shape)
         ds = p * (dp - delta_i[..., None]) * scale
         return qi, kj, doi, p, ds
 
     def dq_block(i):
         def body(j, acc):
             _, kj, _, _, ds = tile(i, j)
-            return acc + jnp.einsum("bkgqc,bkcd->bkgqd", ds.astype(k.dtype), kj, preferred_element_type=jnp.float32)
+            return acc + _pv(ds.astype(k.dtype), kj)
 
         return lax.fori_loop(0, dims.k_blocks_for(i), body, jnp.zeros((b, kh, g, dims.bq, d), jnp.float32))
 
@@ -136,8 +148,11 @@ def _backward(q, k, v, q_seg, k_seg, out, lse, dout, scale, dims: _Dims):
         def body(i, carry):
             dk, dv = carry
             qi, _, doi, p, ds = tile(i, j)
-            dv = dv + jnp.einsum("bkgqc,bkgqd->bkcd", p.astype(dout.dtype), doi, preferred_element_type=jnp.float32)
-            dk = dk + jnp.einsum("bkgqc,bkgqd->bkcd", ds.astype(q.dtype), qi, preferred_element_type=jnp.float32)
+            rows = lambda x: x.reshape(b, kh, g * dims.bq, x.shape[-1])  # noqa: E731  [B, K, G*bq, .]
+            dv = dv + jnp.einsum("bkqc,bkqd->bkcd", rows(p.astype(dout.dtype)), rows(doi),
+                                 preferred_element_type=jnp.float32)
+            dk = dk + jnp.einsum("bkqc,bkqd->bkcd", rows(ds.astype(q.dtype)), rows(qi),
+                                 preferred_element_type=jnp.float32)
             return dk, dv
 
         zeros = jnp.zeros((b, kh, dims.bk, d), jnp.float32)
