@@ -17,8 +17,14 @@ from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb as hf_apply_rotary
 from transformers.models.phi3.modeling_phi3 import apply_rotary_pos_emb as hf_apply_partial_rotary
 
-from yarn_jax.rope import (apply_rotary, get_mscale, parse_rope_config, rope_frequencies, rotary_cos_sin,
-                           yarn_correction_range)
+from yarn_jax.rope import (
+    apply_rotary,
+    get_mscale,
+    parse_rope_config,
+    rope_frequencies,
+    rotary_cos_sin,
+    yarn_correction_range,
+)
 
 HEAD_DIMS = (64, 128)
 BASES = (1e4, 1e5, 5e5)

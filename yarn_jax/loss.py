@@ -11,10 +11,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-
-def _pad_time(x, size: int):
-    pad = size - x.shape[1]
-    return x if pad == 0 else jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+from yarn_jax.shapes import pad_axis
 
 
 def token_log_probs(hidden, lm_head, targets, *, chunk: int = 1024):
@@ -26,8 +23,8 @@ def token_log_probs(hidden, lm_head, targets, *, chunk: int = 1024):
     b, t, e = hidden.shape
     chunk = min(chunk, t)
     n = -(-t // chunk)
-    h = _pad_time(hidden, n * chunk).reshape(b, n, chunk, e).swapaxes(0, 1)  # [n, B, chunk, E]
-    y = _pad_time(targets, n * chunk).reshape(b, n, chunk).swapaxes(0, 1)  # [n, B, chunk]
+    h = pad_axis(hidden, 1, n * chunk).reshape(b, n, chunk, e).swapaxes(0, 1)  # [n, B, chunk, E]
+    y = pad_axis(targets, 1, n * chunk).reshape(b, n, chunk).swapaxes(0, 1)  # [n, B, chunk]
 
     @jax.checkpoint
     def block(hc, yc):

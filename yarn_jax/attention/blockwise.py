@@ -16,20 +16,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from yarn_jax.shapes import cdiv, pad_axis
+
 MASK = -1e30  # finite, so a fully-masked tile gives exp(0) = 1 rather than NaN; later real scores reset it
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _pad_to(x, axis: int, size: int):
-    pad = size - x.shape[axis]
-    if pad == 0:
-        return x
-    widths = [(0, 0)] * x.ndim
-    widths[axis] = (0, pad)
-    return jnp.pad(x, widths)
 
 
 class _Dims:
@@ -38,7 +27,7 @@ class _Dims:
     def __init__(self, t: int, s: int, block_q: int, block_k: int, causal: bool):
         self.t, self.s, self.causal = t, s, causal
         self.bq, self.bk = min(block_q, t), min(block_k, s)
-        self.nq, self.nk = _cdiv(t, self.bq), _cdiv(s, self.bk)
+        self.nq, self.nk = cdiv(t, self.bq), cdiv(s, self.bk)
         self.tp, self.sp = self.nq * self.bq, self.nk * self.bk
         self.offset = s - t  # queries are the last t of the s positions
 
@@ -192,12 +181,12 @@ def blockwise_attention(q, k, v, *, causal: bool = True, q_segment_ids=None, kv_
     g = h // kh
     scale = float(d ** -0.5 if scale is None else scale)
     dims = _Dims(t, s, block_q, block_k, causal)
-    qg = _pad_to(jnp.moveaxis(q.reshape(b, t, kh, g, d), 1, 3), 3, dims.tp)  # [B, K, G, Tp, D]
-    kk = _pad_to(jnp.moveaxis(k, 1, 2), 2, dims.sp)  # [B, K, Sp, D]
-    vv = _pad_to(jnp.moveaxis(v, 1, 2), 2, dims.sp)
+    qg = pad_axis(jnp.moveaxis(q.reshape(b, t, kh, g, d), 1, 3), 3, dims.tp)  # [B, K, G, Tp, D]
+    kk = pad_axis(jnp.moveaxis(k, 1, 2), 2, dims.sp)  # [B, K, Sp, D]
+    vv = pad_axis(jnp.moveaxis(v, 1, 2), 2, dims.sp)
     q_seg = k_seg = None
     if q_segment_ids is not None:
-        q_seg = _pad_to(jnp.asarray(q_segment_ids, jnp.int32), 1, dims.tp)
-        k_seg = _pad_to(jnp.asarray(kv_segment_ids, jnp.int32), 1, dims.sp)
+        q_seg = pad_axis(jnp.asarray(q_segment_ids, jnp.int32), 1, dims.tp)
+        k_seg = pad_axis(jnp.asarray(kv_segment_ids, jnp.int32), 1, dims.sp)
     out = _attention_core(qg, kk, vv, q_seg, k_seg, scale, dims)[:, :, :, :t]  # [B, K, G, T, D]
     return jnp.moveaxis(out, 3, 1).reshape(b, t, h, d)

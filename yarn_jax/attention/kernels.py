@@ -15,20 +15,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from yarn_jax.attention.blockwise import blockwise_attention
 from yarn_jax.errors import ConfigError
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _pad(x, axis: int, size: int, value=0):
-    pad = size - x.shape[axis]
-    if pad == 0:
-        return x
-    widths = [(0, 0)] * x.ndim
-    widths[axis] = (0, pad)
-    return jnp.pad(x, widths, constant_values=value)
+from yarn_jax.shapes import cdiv, pad_axis
 
 
 def _padded_segments(q_segment_ids, kv_segment_ids, b: int, t: int, s: int, tp: int, sp: int):
@@ -38,8 +27,8 @@ def _padded_segments(q_segment_ids, kv_segment_ids, b: int, t: int, s: int, tp: 
     if q_segment_ids is None:
         q_segment_ids = jnp.zeros((b, t), jnp.int32)
         kv_segment_ids = jnp.zeros((b, s), jnp.int32)
-    return (_pad(jnp.asarray(q_segment_ids, jnp.int32), 1, tp, -1),
-            _pad(jnp.asarray(kv_segment_ids, jnp.int32), 1, sp, -1))
+    return (pad_axis(jnp.asarray(q_segment_ids, jnp.int32), 1, tp, -1),
+            pad_axis(jnp.asarray(kv_segment_ids, jnp.int32), 1, sp, -1))
 
 
 @functools.lru_cache(maxsize=64)
@@ -73,16 +62,16 @@ def splash_attention(q, k, v, *, causal: bool = True, q_segment_ids=None, kv_seg
     g = h // kh
     scale = d ** -0.5 if scale is None else scale
     # splash needs lengths divisible by its blocks (and blocks multiples of 128 on TPU): pad, mask by segment
-    bq = min(block_q, 128 * _cdiv(t, 128))
-    bkv = min(block_kv, 128 * _cdiv(s, 128))
-    tp, sp = bq * _cdiv(t, bq), bkv * _cdiv(s, bkv)
+    bq = min(block_q, 128 * cdiv(t, 128))
+    bkv = min(block_kv, 128 * cdiv(s, 128))
+    tp, sp = bq * cdiv(t, bq), bkv * cdiv(s, bkv)
     # keep the causal diagonal where it was: padding goes at the end of both sequences
     q_seg, kv_seg = _padded_segments(q_segment_ids, kv_segment_ids, b, t, s, tp, sp)
     kernel = _splash_kernel(tp, sp, s - t, g, causal, bq, bkv, interpret)
-    qg = _pad((q * jnp.asarray(scale, q.dtype)).reshape(b, t, kh, g, d), 1, tp)  # splash does not scale
+    qg = pad_axis((q * jnp.asarray(scale, q.dtype)).reshape(b, t, kh, g, d), 1, tp)  # splash does not scale
     qg = jnp.transpose(qg, (0, 2, 3, 1, 4))  # [B, K, G, Tp, D]
-    kk = jnp.transpose(_pad(k, 1, sp), (0, 2, 1, 3))  # [B, K, Sp, D]
-    vv = jnp.transpose(_pad(v, 1, sp), (0, 2, 1, 3))
+    kk = jnp.transpose(pad_axis(k, 1, sp), (0, 2, 1, 3))  # [B, K, Sp, D]
+    vv = jnp.transpose(pad_axis(v, 1, sp), (0, 2, 1, 3))
 
     def one(qh, kh_, vh, qs, ks):  # qh [G, Tp, D], kh_/vh [Sp, D]
         return kernel(qh, kh_, vh, segment_ids=sk.SegmentIds(q=qs, kv=ks))
@@ -97,8 +86,6 @@ def gpu_flash_attention(q, k, v, *, causal: bool = True, q_segment_ids=None, kv_
     """q [B, T, H, D], k/v [B, S, K, D] -> [B, T, H, D] through the Pallas GPU (Triton) flash kernel."""
     from jax.experimental.pallas.ops.gpu import attention as gpu_attention
 
-    from yarn_jax.attention.blockwise import blockwise_attention
-
     b, t, h, d = q.shape
     s, kh = k.shape[1], k.shape[2]
     if t != s:  # the kernel's causal mask and single segment-id array assume self-attention
@@ -109,14 +96,14 @@ def gpu_flash_attention(q, k, v, *, causal: bool = True, q_segment_ids=None, kv_
     if d & (d - 1):
         raise ConfigError(f"gpu_flash needs a power-of-two head_dim, got {d}")
     scale = d ** -0.5 if scale is None else scale
-    block = min(block_q, block_k, 16 * _cdiv(t, 16))
-    tp = block * _cdiv(t, block)
+    block = min(block_q, block_k, 16 * cdiv(t, 16))
+    tp = block * cdiv(t, block)
     seg, _ = _padded_segments(q_segment_ids, kv_segment_ids, b, t, s, tp, tp)
     g = h // kh
-    kk = jnp.repeat(_pad(k, 1, tp), g, axis=2)  # head h reads kv head h // g, as HF's repeat_kv
-    vv = jnp.repeat(_pad(v, 1, tp), g, axis=2)
+    kk = jnp.repeat(pad_axis(k, 1, tp), g, axis=2)  # head h reads kv head h // g, as HF's repeat_kv
+    vv = jnp.repeat(pad_axis(v, 1, tp), g, axis=2)
     sizes = gpu_attention.BlockSizes(block_q=block, block_k=block, block_q_dkv=block, block_kv_dkv=block,
                                      block_q_dq=block, block_kv_dq=block)
-    out = gpu_attention.mha(_pad(q, 1, tp), kk, vv, seg, sm_scale=float(scale), causal=causal,
+    out = gpu_attention.mha(pad_axis(q, 1, tp), kk, vv, seg, sm_scale=float(scale), causal=causal,
                             block_sizes=sizes, interpret=interpret)
     return out[:, :t]
