@@ -66,10 +66,12 @@ def worker_torch(n: int, play: str, timed_runs: int) -> dict:
     from transformers import LlamaForCausalLM
 
     from yarn_jax import assets
+    from yarn_jax.config import LlamaConfig
 
     torch.set_num_threads(os.cpu_count() or 1)
+    theta = LlamaConfig.from_json_file(assets.smollm2() / "config.json").rope.theta  # the checkpoint's base
     model = LlamaForCausalLM.from_pretrained(str(assets.smollm2()), dtype=torch.float32, attn_implementation="sdpa",
-                                             rope_parameters={**ROPE, "rope_theta": 1e5}).eval()
+                                             rope_parameters={**ROPE, "rope_theta": theta}).eval()
     ids = torch.tensor([_tokens(n, play)])
 
     def run():

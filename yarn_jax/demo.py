@@ -17,7 +17,7 @@ from rich.table import Table
 
 import yarn_jax
 from yarn_jax import assets
-from yarn_jax.rope import parse_rope_spec
+from yarn_jax.rope import HF_ROPE_TYPES, parse_rope_spec
 
 
 def mean_nll(logits: np.ndarray, ids: np.ndarray) -> float:
@@ -26,11 +26,11 @@ def mean_nll(logits: np.ndarray, ids: np.ndarray) -> float:
     return float(-np.mean(np.take_along_axis(np.asarray(log_probs), ids[0, 1:, None], axis=-1)))
 
 
-def transformers_logits(model_dir: str, rope: dict | None, ids: np.ndarray) -> np.ndarray:
+def transformers_logits(model_dir: str, rope: dict | None, theta: float, ids: np.ndarray) -> np.ndarray:
     import torch
     from transformers import LlamaForCausalLM
 
-    kwargs = {} if rope is None else {"rope_parameters": {**rope, "rope_theta": 1e5}}
+    kwargs = {} if rope is None else {"rope_parameters": {"rope_theta": theta, **rope}}
     model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa",
                                              **kwargs).eval()
     with torch.no_grad():
@@ -67,12 +67,11 @@ def main(argv=None) -> None:
             ours = np.asarray(m.logits(ids))
             t_ours = time.perf_counter() - t0
         row = {"rope": spec, "yarn_jax_ppl": float(np.exp(mean_nll(ours, ids))), "yarn_jax_seconds": t_ours}
-        hf_supported = rope is None or rope.get("rope_type", rope.get("type")) in (
-            "linear", "dynamic", "yarn", "llama3", "longrope")
+        hf_supported = m.config.rope.rope_type in HF_ROPE_TYPES
         if not args.no_reference and hf_supported:
             with console.status(f"transformers forward ({spec})"):
                 t0 = time.perf_counter()
-                ref = transformers_logits(model_dir, rope, ids)
+                ref = transformers_logits(model_dir, rope, m.config.rope.theta, ids)
                 row["transformers_seconds"] = time.perf_counter() - t0
             row["transformers_ppl"] = float(np.exp(mean_nll(ref, ids)))
             row["max_abs_logit_diff"] = float(np.abs(ours - ref).max())

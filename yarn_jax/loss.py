@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from yarn_jax.shapes import pad_axis
+from yarn_jax.shapes import cdiv, pad_axis
 
 
 def token_log_probs(hidden, lm_head, targets, *, chunk: int = 1024):
@@ -22,7 +22,7 @@ def token_log_probs(hidden, lm_head, targets, *, chunk: int = 1024):
     """
     b, t, e = hidden.shape
     chunk = min(chunk, t)
-    n = -(-t // chunk)
+    n = cdiv(t, chunk)
     h = pad_axis(hidden, 1, n * chunk).reshape(b, n, chunk, e).swapaxes(0, 1)  # [n, B, chunk, E]
     y = pad_axis(targets, 1, n * chunk).reshape(b, n, chunk).swapaxes(0, 1)  # [n, B, chunk]
 

@@ -21,6 +21,7 @@ from flax import nnx
 from yarn_jax.attention import attention, resolve_backend
 from yarn_jax.config import LlamaConfig
 from yarn_jax.errors import ConfigError
+from yarn_jax.loss import token_log_probs
 from yarn_jax.rope import apply_rotary, rope_frequencies, rotary_cos_sin
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -191,7 +192,5 @@ def model_params(model: Llama) -> dict[tuple[str, ...], Any]:
 
 def next_token_log_probs(model: Llama, input_ids, positions=None, segment_ids=None, *, chunk: int = 1024):
     """log p(input_ids[:, t+1] | input_ids[:, :t+1]) [B, T-1] float32 via the chunked head (no [T, V] logits)."""
-    from yarn_jax.loss import token_log_probs
-
     h = model.hidden_states(input_ids, positions, segment_ids)
     return token_log_probs(h[:, :-1], model.lm_head_weight(), input_ids[:, 1:], chunk=chunk)

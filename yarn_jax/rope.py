@@ -43,6 +43,8 @@ _KEYS: dict[str, set[str]] = {
                  "long_factor"},
 }
 ROPE_TYPES = tuple(_KEYS)
+# The types transformers itself implements (the others exist only in yarn_jax).
+HF_ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3", "longrope")
 _COMMON_KEYS = {"rope_type", "type", "rope_theta", "partial_rotary_factor"}
 
 

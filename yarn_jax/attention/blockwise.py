@@ -59,20 +59,21 @@ class _Dims:
         return ok[:, None, None]
 
 
+def _rows(x):
+    """[B, K, G, bq, X] -> [B, K, G*bq, X]: a KV head's G query heads stacked as rows of one matmul."""
+    b, kh, g, bq, last = x.shape
+    return x.reshape(b, kh, g * bq, last)
+
+
+def _matmul_rows(x, y):
+    """x [B, K, G, bq, C] @ y [B, K, C, X] -> [B, K, G, bq, X] float32, one matmul per (B, K)."""
+    out = jnp.einsum("bkqc,bkcx->bkqx", _rows(x), y, preferred_element_type=jnp.float32)
+    return out.reshape(*x.shape[:-1], y.shape[-1])
+
+
 def _scores(qi, kj, scale, ok):
-    """qi [B, K, G, bq, D], kj [B, K, bk, D] -> masked float32 scores [B, K, G, bq, bk].
-
-    The G query heads of a KV head are stacked as rows of one [G*bq, D] x [D, bk] matmul per (B, K)."""
-    b, kh, g, bq, d = qi.shape
-    s = jnp.einsum("bkqd,bkcd->bkqc", qi.reshape(b, kh, g * bq, d), kj, preferred_element_type=jnp.float32)
-    return jnp.where(ok, s.reshape(b, kh, g, bq, -1) * scale, MASK)
-
-
-def _pv(p, vj):
-    """p [B, K, G, bq, bk] x vj [B, K, bk, D] -> [B, K, G, bq, D] float32 (one matmul per (B, K))."""
-    b, kh, g, bq, bk = p.shape
-    out = jnp.einsum("bkqc,bkcd->bkqd", p.reshape(b, kh, g * bq, bk), vj, preferred_element_type=jnp.float32)
-    return out.reshape(b, kh, g, bq, -1)
+    """qi [B, K, G, bq, D], kj [B, K, bk, D] -> masked float32 scores [B, K, G, bq, bk]."""
+    return jnp.where(ok, _matmul_rows(qi, jnp.swapaxes(kj, -1, -2)) * scale, MASK)
 
 
 def _forward(q, k, v, q_seg, k_seg, scale, dims: _Dims):
@@ -91,7 +92,7 @@ def _forward(q, k, v, q_seg, k_seg, scale, dims: _Dims):
             p = jnp.exp(s - m_new[..., None])
             correction = jnp.exp(m - m_new)
             l = l * correction + p.sum(-1)
-            pv = _pv(p.astype(v.dtype), vj)
+            pv = _matmul_rows(p.astype(v.dtype), vj)
             return m_new, l, acc * correction[..., None] + pv
 
         init = (jnp.full((b, kh, g, dims.bq), MASK, jnp.float32), jnp.zeros((b, kh, g, dims.bq), jnp.float32),
@@ -120,16 +121,14 @@ def _backward(q, k, v, q_seg, k_seg, out, lse, dout, scale, dims: _Dims):
         delta_i = lax.dynamic_slice_in_dim(delta, i * dims.bq, dims.bq, axis=3)
         ok = dims.allowed(i, j, q_seg, k_seg)
         p = jnp.where(ok, jnp.exp(_scores(qi, kj, scale, ok) - lse_i[..., None]), 0.0)  # [B,K,G,bq,bk]
-        b_, kh_, g_, bq_, d_ = doi.shape
-        dp = jnp.einsum("bkqd,bkcd->bkqc", doi.reshape(b_, kh_, g_ * bq_, d_), vj,
-                        preferred_element_type=jnp.float32).reshape(p.shape)
+        dp = _matmul_rows(doi, jnp.swapaxes(vj, -1, -2))  # [B, K, G, bq, bk]
         ds = p * (dp - delta_i[..., None]) * scale
         return qi, kj, doi, p, ds
 
     def dq_block(i):
         def body(j, acc):
             _, kj, _, _, ds = tile(i, j)
-            return acc + _pv(ds.astype(k.dtype), kj)
+            return acc + _matmul_rows(ds.astype(k.dtype), kj)
 
         return lax.fori_loop(0, dims.k_blocks_for(i), body, jnp.zeros((b, kh, g, dims.bq, d), jnp.float32))
 
@@ -137,10 +136,9 @@ def _backward(q, k, v, q_seg, k_seg, out, lse, dout, scale, dims: _Dims):
         def body(i, carry):
             dk, dv = carry
             qi, _, doi, p, ds = tile(i, j)
-            rows = lambda x: x.reshape(b, kh, g * dims.bq, x.shape[-1])  # noqa: E731  [B, K, G*bq, .]
-            dv = dv + jnp.einsum("bkqc,bkqd->bkcd", rows(p.astype(dout.dtype)), rows(doi),
+            dv = dv + jnp.einsum("bkqc,bkqd->bkcd", _rows(p.astype(dout.dtype)), _rows(doi),
                                  preferred_element_type=jnp.float32)
-            dk = dk + jnp.einsum("bkqc,bkqd->bkcd", rows(ds.astype(q.dtype)), rows(qi),
+            dk = dk + jnp.einsum("bkqc,bkqd->bkcd", _rows(ds.astype(q.dtype)), _rows(qi),
                                  preferred_element_type=jnp.float32)
             return dk, dv
 

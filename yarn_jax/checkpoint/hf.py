@@ -6,6 +6,7 @@ against the config before any tensor is converted; errors name the tensor and fi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -150,12 +151,9 @@ def load_hf_checkpoint(path: str | os.PathLike) -> tuple[LlamaConfig, dict[Path_
         except Exception as e:  # safetensors raises its own error types for corrupt headers
             raise CheckpointError(f"{f}: cannot read safetensors header ({e})") from None
     check_tensor_names(cfg, shapes, str(directory))
-    handles = {f: safe_open(str(f), framework="numpy") for f in files}
-
-    def get(name: str) -> np.ndarray:
-        return handles[where[name]].get_tensor(name)
-
-    return cfg, hf_to_params(cfg, get)
+    with contextlib.ExitStack() as stack:
+        handles = {f: stack.enter_context(safe_open(str(f), framework="numpy")) for f in files}
+        return cfg, hf_to_params(cfg, lambda name: handles[where[name]].get_tensor(name))
 
 
 def save_hf_checkpoint(
