@@ -28,6 +28,7 @@ CASES = {
     "mha_segments": (1, 50, 50, 4, 4, 32, True, True),
     "mqa_noncausal_segments": (2, 33, 33, 4, 1, 16, False, True),
     "cache_t_lt_s": (1, 20, 47, 4, 2, 16, True, False),
+    "cache_keys_need_no_padding": (1, 20, 128, 4, 2, 16, True, True),
     "long_multi_block": (1, 300, 300, 3, 1, 64, True, True),
 }
 # (output, gradient) absolute tolerances for values of order one

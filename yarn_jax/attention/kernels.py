@@ -21,14 +21,17 @@ from yarn_jax.shapes import cdiv, pad_axis
 
 
 def _padded_segments(q_segment_ids, kv_segment_ids, b: int, t: int, s: int, tp: int, sp: int):
-    """Segment ids with padding: real tokens keep theirs (0 when none given), padded positions get -1 on
-    both sides so padded queries attend only to padded keys (never an empty row) and real queries never
-    see a padded key."""
+    """Segment ids with padding (0 for every real token when none are given). Padded keys get -1, so no
+    real query sees them; padded queries take the segment of the last real key, which every padded query
+    sees (it sits at or after position s), so no row of the kernel's softmax is ever empty — even when
+    the keys need no padding (e.g. T=20 queries against S=128 cached keys)."""
     if q_segment_ids is None:
         q_segment_ids = jnp.zeros((b, t), jnp.int32)
         kv_segment_ids = jnp.zeros((b, s), jnp.int32)
-    return (pad_axis(jnp.asarray(q_segment_ids, jnp.int32), 1, tp, -1),
-            pad_axis(jnp.asarray(kv_segment_ids, jnp.int32), 1, sp, -1))
+    kv_seg = jnp.asarray(kv_segment_ids, jnp.int32)
+    q_seg = pad_axis(jnp.asarray(q_segment_ids, jnp.int32), 1, tp)
+    q_seg = jnp.where(jnp.arange(tp) < t, q_seg, kv_seg[:, s - 1:s])
+    return q_seg, pad_axis(kv_seg, 1, sp, -1)
 
 
 @functools.lru_cache(maxsize=64)
@@ -98,7 +101,8 @@ def gpu_flash_attention(q, k, v, *, causal: bool = True, q_segment_ids=None, kv_
     scale = d ** -0.5 if scale is None else scale
     block = min(block_q, block_k, 16 * cdiv(t, 16))
     tp = block * cdiv(t, block)
-    seg, _ = _padded_segments(q_segment_ids, kv_segment_ids, b, t, s, tp, tp)
+    # one array serves queries and keys: the key form (-1 at padding; padded queries see padded keys)
+    _, seg = _padded_segments(q_segment_ids, kv_segment_ids, b, t, s, tp, tp)
     g = h // kh
     kk = jnp.repeat(pad_axis(k, 1, tp), g, axis=2)  # head h reads kv head h // g, as HF's repeat_kv
     vv = jnp.repeat(pad_axis(v, 1, tp), g, axis=2)
