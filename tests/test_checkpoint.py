@@ -155,6 +155,15 @@ def test_bad_rope_override_is_named(tmp_path):
         yarn_jax.from_pretrained(path, rope_scaling={"type": "ntk_aware", "factor": 2})
 
 
+def test_out_of_vocabulary_ids_are_refused(tmp_path):
+    path, _ = hf_saved_model(tmp_path)
+    model = yarn_jax.from_pretrained(path)
+    with pytest.raises(ConfigError, match=r"input_ids must lie in \[0, vocab_size=97\), got values in \[0, 97\]"):
+        model.logits(np.array([[0, 5, 97]]))
+    with pytest.raises(ConfigError, match="integer array"):
+        model.logits(np.zeros((1, 3), np.float32))
+
+
 def test_missing_paths_and_pickles_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match="no such file or directory"):
         load_checkpoint(tmp_path / "nope")

@@ -36,6 +36,10 @@ class PretrainedModel:
             ids = ids[None]
         if ids.ndim != 2 or not jnp.issubdtype(ids.dtype, jnp.integer):
             raise ConfigError(f"input_ids must be an integer array [B, T], got {ids.dtype} {ids.shape}")
+        lo, hi = int(ids.min()), int(ids.max())  # an embedding lookup would clamp silently
+        if lo < 0 or hi >= self.config.vocab_size:
+            raise ConfigError(f"input_ids must lie in [0, vocab_size={self.config.vocab_size}), "
+                              f"got values in [{lo}, {hi}]")
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(ids.shape[1], dtype=jnp.int32), ids.shape)
         out = self._logits(self._state, ids.astype(jnp.int32), jnp.asarray(positions, jnp.int32))
