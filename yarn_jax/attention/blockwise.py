@@ -4,7 +4,8 @@ memory-linear backward (custom VJP) — the CPU path and a portable fallback for
 Layout inside: queries grouped per KV head, q [B, K, G, T, D] against k/v [B, K, S, D], so GQA never
 repeats K/V. Only the output and the per-row log-sum-exp [B, K, G, T] are saved for the backward pass;
 scores exist one [block_q, block_k] tile at a time. Under causal masking the key loop of each query
-block stops at the diagonal (and the dK/dV loop starts there), so fully-masked tiles are skipped.
+block stops at the diagonal (and the dK/dV loop starts there), so fully-masked tiles are skipped, and
+only tiles that cross the diagonal (or hold padding, or when segment ids are given) build a mask.
 Lengths need not divide the block sizes: inputs are padded inside and padded keys are masked.
 """
 
@@ -24,8 +25,8 @@ MASK = -1e30  # finite, so a fully-masked tile gives exp(0) = 1 rather than NaN;
 class _Dims:
     """Static geometry of one call."""
 
-    def __init__(self, t: int, s: int, block_q: int, block_k: int, causal: bool):
-        self.t, self.s, self.causal = t, s, causal
+    def __init__(self, t: int, s: int, block_q: int, block_k: int, causal: bool, segments: bool = False):
+        self.t, self.s, self.causal, self.segments = t, s, causal, segments
         self.bq, self.bk = min(block_q, t), min(block_k, s)
         self.nq, self.nk = cdiv(t, self.bq), cdiv(s, self.bk)
         self.tp, self.sp = self.nq * self.bq, self.nk * self.bk
@@ -44,6 +45,14 @@ class _Dims:
             return 0
         return jnp.clip((j * self.bk - self.offset) // self.bq, 0, self.nq)
 
+    def needs_mask(self, i, j):
+        """Whether tile (i, j) has any masked score: it crosses the causal diagonal, holds padded keys, or
+        segment ids are in play. Tiles wholly below the diagonal skip the mask (a select pass per tile)."""
+        if self.segments:
+            return jnp.bool_(True)
+        crosses = (j + 1) * self.bk - 1 > i * self.bq + self.offset if self.causal else jnp.bool_(False)
+        return crosses | ((j + 1) * self.bk > self.s)
+
     def allowed(self, i, j, q_seg, k_seg):
         """[B or 1, 1, 1, bq, bk] mask of tile (i, j)."""
         q_pos = i * self.bq + jnp.arange(self.bq) + self.offset
@@ -59,6 +68,12 @@ class _Dims:
         return ok[:, None, None]
 
 
+def _per_tile(dims: _Dims, i, j, fn, *operands):
+    """fn(masked: bool, *operands) on tile (i, j), masking only where the tile needs it (a `cond`, so the
+    common unmasked tile runs no select and XLA keeps each branch's fusions small)."""
+    return lax.cond(dims.needs_mask(i, j), functools.partial(fn, True), functools.partial(fn, False), *operands)
+
+
 def _rows(x):
     """[B, K, G, bq, X] -> [B, K, G*bq, X]: a KV head's G query heads stacked as rows of one matmul."""
     b, kh, g, bq, last = x.shape
@@ -71,23 +86,26 @@ def _matmul_rows(x, y):
     return out.reshape(*x.shape[:-1], y.shape[-1])
 
 
-def _scores(qi, kj, scale, ok):
-    """qi [B, K, G, bq, D], kj [B, K, bk, D] -> masked float32 scores [B, K, G, bq, bk]."""
-    return jnp.where(ok, _matmul_rows(qi, jnp.swapaxes(kj, -1, -2)) * scale, MASK)
+def _scores(qi, kj, ok):
+    """qi [B, K, G, bq, D] (already scaled), kj [B, K, bk, D] -> float32 scores [B, K, G, bq, bk], masked
+    to MASK where `ok` is False (None: nothing masked)."""
+    s = _matmul_rows(qi, jnp.swapaxes(kj, -1, -2))
+    return s if ok is None else jnp.where(ok, s, MASK)
 
 
-def _forward(q, k, v, q_seg, k_seg, scale, dims: _Dims):
-    """q [B, K, G, Tp, D], k/v [B, K, Sp, D] -> out [B, K, G, Tp, D] (q dtype), lse [B, K, G, Tp] f32."""
+def _forward(q, k, v, q_seg, k_seg, dims: _Dims):
+    """q [B, K, G, Tp, D] (pre-scaled), k/v [B, K, Sp, D] -> out [B, K, G, Tp, D] (q dtype),
+    lse [B, K, G, Tp] f32."""
     b, kh, g, _, d = q.shape
 
     def q_block(i):
         qi = lax.dynamic_slice_in_dim(q, i * dims.bq, dims.bq, axis=3)
 
-        def body(j, carry):
+        def step(masked, j, carry):
             m, l, acc = carry
             kj = lax.dynamic_slice_in_dim(k, j * dims.bk, dims.bk, axis=2)
             vj = lax.dynamic_slice_in_dim(v, j * dims.bk, dims.bk, axis=2)
-            s = _scores(qi, kj, scale, dims.allowed(i, j, q_seg, k_seg))
+            s = _scores(qi, kj, dims.allowed(i, j, q_seg, k_seg) if masked else None)
             m_new = jnp.maximum(m, s.max(-1))
             p = jnp.exp(s - m_new[..., None])
             correction = jnp.exp(m - m_new)
@@ -97,7 +115,7 @@ def _forward(q, k, v, q_seg, k_seg, scale, dims: _Dims):
 
         init = (jnp.full((b, kh, g, dims.bq), MASK, jnp.float32), jnp.zeros((b, kh, g, dims.bq), jnp.float32),
                 jnp.zeros((b, kh, g, dims.bq, d), jnp.float32))
-        m, l, acc = lax.fori_loop(0, dims.k_blocks_for(i), body, init)
+        m, l, acc = lax.fori_loop(0, dims.k_blocks_for(i), lambda j, c: _per_tile(dims, i, j, step, j, c), init)
         l = jnp.maximum(l, 1e-30)
         return (acc / l[..., None]).astype(q.dtype), m + jnp.log(l)
 
@@ -107,35 +125,38 @@ def _forward(q, k, v, q_seg, k_seg, scale, dims: _Dims):
     return out, lse
 
 
-def _backward(q, k, v, q_seg, k_seg, out, lse, dout, scale, dims: _Dims):
+def _backward(q, k, v, q_seg, k_seg, out, lse, dout, dims: _Dims):
     """FlashAttention-2 backward from the saved log-sum-exp; one tile of scores at a time."""
     b, kh, g, _, d = q.shape
     delta = jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)  # [B, K, G, Tp]
 
-    def tile(i, j):
+    def tile(masked, i, j):
         qi = lax.dynamic_slice_in_dim(q, i * dims.bq, dims.bq, axis=3)
         kj = lax.dynamic_slice_in_dim(k, j * dims.bk, dims.bk, axis=2)
         vj = lax.dynamic_slice_in_dim(v, j * dims.bk, dims.bk, axis=2)
         doi = lax.dynamic_slice_in_dim(dout, i * dims.bq, dims.bq, axis=3)
         lse_i = lax.dynamic_slice_in_dim(lse, i * dims.bq, dims.bq, axis=3)
         delta_i = lax.dynamic_slice_in_dim(delta, i * dims.bq, dims.bq, axis=3)
-        ok = dims.allowed(i, j, q_seg, k_seg)
-        p = jnp.where(ok, jnp.exp(_scores(qi, kj, scale, ok) - lse_i[..., None]), 0.0)  # [B,K,G,bq,bk]
+        ok = dims.allowed(i, j, q_seg, k_seg) if masked else None
+        p = jnp.exp(_scores(qi, kj, ok) - lse_i[..., None])  # [B, K, G, bq, bk]
+        if masked:
+            p = jnp.where(ok, p, 0.0)
         dp = _matmul_rows(doi, jnp.swapaxes(vj, -1, -2))  # [B, K, G, bq, bk]
-        ds = p * (dp - delta_i[..., None]) * scale
+        ds = p * (dp - delta_i[..., None])
         return qi, kj, doi, p, ds
 
     def dq_block(i):
-        def body(j, acc):
-            _, kj, _, _, ds = tile(i, j)
+        def step(masked, j, acc):
+            _, kj, _, _, ds = tile(masked, i, j)
             return acc + _matmul_rows(ds.astype(k.dtype), kj)
 
-        return lax.fori_loop(0, dims.k_blocks_for(i), body, jnp.zeros((b, kh, g, dims.bq, d), jnp.float32))
+        return lax.fori_loop(0, dims.k_blocks_for(i), lambda j, a: _per_tile(dims, i, j, step, j, a),
+                             jnp.zeros((b, kh, g, dims.bq, d), jnp.float32))
 
     def dkv_block(j):
-        def body(i, carry):
+        def step(masked, i, carry):
             dk, dv = carry
-            qi, _, doi, p, ds = tile(i, j)
+            qi, _, doi, p, ds = tile(masked, i, j)
             dv = dv + jnp.einsum("bkqc,bkqd->bkcd", _rows(p.astype(dout.dtype)), _rows(doi),
                                  preferred_element_type=jnp.float32)
             dk = dk + jnp.einsum("bkqc,bkqd->bkcd", _rows(ds.astype(q.dtype)), _rows(qi),
@@ -143,7 +164,8 @@ def _backward(q, k, v, q_seg, k_seg, out, lse, dout, scale, dims: _Dims):
             return dk, dv
 
         zeros = jnp.zeros((b, kh, dims.bk, d), jnp.float32)
-        return lax.fori_loop(dims.first_q_block_for(j), dims.nq, body, (zeros, zeros))
+        return lax.fori_loop(dims.first_q_block_for(j), dims.nq, lambda i, c: _per_tile(dims, i, j, step, i, c),
+                             (zeros, zeros))
 
     dq = jnp.moveaxis(lax.map(dq_block, jnp.arange(dims.nq)), 0, 3).reshape(q.shape)
     dk, dv = lax.map(dkv_block, jnp.arange(dims.nk))
@@ -152,19 +174,19 @@ def _backward(q, k, v, q_seg, k_seg, out, lse, dout, scale, dims: _Dims):
     return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def _attention_core(q, k, v, q_seg, k_seg, scale, dims):
-    return _forward(q, k, v, q_seg, k_seg, scale, dims)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _attention_core(q, k, v, q_seg, k_seg, dims):
+    return _forward(q, k, v, q_seg, k_seg, dims)[0]
 
 
-def _core_fwd(q, k, v, q_seg, k_seg, scale, dims):
-    out, lse = _forward(q, k, v, q_seg, k_seg, scale, dims)
+def _core_fwd(q, k, v, q_seg, k_seg, dims):
+    out, lse = _forward(q, k, v, q_seg, k_seg, dims)
     return out, (q, k, v, q_seg, k_seg, out, lse)
 
 
-def _core_bwd(scale, dims, residuals, dout):
+def _core_bwd(dims, residuals, dout):
     q, k, v, q_seg, k_seg, out, lse = residuals
-    dq, dk, dv = _backward(q, k, v, q_seg, k_seg, out, lse, dout, scale, dims)
+    dq, dk, dv = _backward(q, k, v, q_seg, k_seg, out, lse, dout, dims)
     return dq, dk, dv, None, None
 
 
@@ -178,7 +200,9 @@ def blockwise_attention(q, k, v, *, causal: bool = True, q_segment_ids=None, kv_
     s, kh = k.shape[1], k.shape[2]
     g = h // kh
     scale = float(d ** -0.5 if scale is None else scale)
-    dims = _Dims(t, s, block_q, block_k, causal)
+    dims = _Dims(t, s, block_q, block_k, causal, segments=q_segment_ids is not None)
+    # The softmax scale is folded into q once (T x D multiplies instead of T x S); autodiff carries it to dq.
+    q = (q.astype(jnp.float32) * scale).astype(q.dtype)
     qg = pad_axis(jnp.moveaxis(q.reshape(b, t, kh, g, d), 1, 3), 3, dims.tp)  # [B, K, G, Tp, D]
     kk = pad_axis(jnp.moveaxis(k, 1, 2), 2, dims.sp)  # [B, K, Sp, D]
     vv = pad_axis(jnp.moveaxis(v, 1, 2), 2, dims.sp)
@@ -186,5 +210,5 @@ def blockwise_attention(q, k, v, *, causal: bool = True, q_segment_ids=None, kv_
     if q_segment_ids is not None:
         q_seg = pad_axis(jnp.asarray(q_segment_ids, jnp.int32), 1, dims.tp)
         k_seg = pad_axis(jnp.asarray(kv_segment_ids, jnp.int32), 1, dims.sp)
-    out = _attention_core(qg, kk, vv, q_seg, k_seg, scale, dims)[:, :, :, :t]  # [B, K, G, T, D]
+    out = _attention_core(qg, kk, vv, q_seg, k_seg, dims)[:, :, :, :t]  # [B, K, G, T, D]
     return jnp.moveaxis(out, 3, 1).reshape(b, t, h, d)
