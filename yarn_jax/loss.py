@@ -14,7 +14,11 @@ from jax import lax
 from yarn_jax.shapes import cdiv, pad_axis
 
 
-def token_log_probs(hidden, lm_head, targets, *, chunk: int = 1024):
+# Positions per head block: [B, 256, 49152] float32 is 50 MB; 256 measured fastest at 8k (vs 512, 1024).
+DEFAULT_CHUNK = 256
+
+
+def token_log_probs(hidden, lm_head, targets, *, chunk: int = DEFAULT_CHUNK):
     """log p(targets) [B, T] float32 from hidden states [B, T, E] and the head weight [E, V].
 
     Equals `take_along_axis(log_softmax(hidden @ lm_head), targets)` (float32 logits, float32
@@ -29,14 +33,22 @@ def token_log_probs(hidden, lm_head, targets, *, chunk: int = 1024):
     @jax.checkpoint
     def block(hc, yc):
         logits = jnp.einsum("bce,ev->bcv", hc, lm_head.astype(hc.dtype), preferred_element_type=jnp.float32)
-        lse = jax.nn.logsumexp(logits, axis=-1)
-        return jnp.take_along_axis(logits, yc[..., None], axis=-1)[..., 0] - lse
+        return jnp.take_along_axis(logits, yc[..., None], axis=-1)[..., 0] - _logsumexp(logits)
 
     out = lax.map(lambda args: block(*args), (h, y))  # [n, B, chunk]
     return out.swapaxes(0, 1).reshape(b, n * chunk)[:, :t]
 
 
-def mean_nll(hidden, lm_head, targets, mask=None, *, chunk: int = 1024):
+def _logsumexp(logits):
+    """logsumexp over the last axis [..., V] -> [...]. The sum of exponentials is a matrix-vector product
+    with ones: on XLA:CPU that runs threaded, where the fused exp-and-reduce did not (1.4x faster head
+    at 8k tokens, measured)."""
+    m = lax.stop_gradient(logits.max(-1, keepdims=True))  # shift only; the gradient is softmax either way
+    total = jnp.exp(logits - m) @ jnp.ones((logits.shape[-1],), logits.dtype)
+    return jnp.log(total) + m[..., 0]
+
+
+def mean_nll(hidden, lm_head, targets, mask=None, *, chunk: int = DEFAULT_CHUNK):
     """Mean negative log-likelihood over the positions where mask is true (all when None)."""
     lp = token_log_probs(hidden, lm_head, targets, chunk=chunk)
     if mask is None:

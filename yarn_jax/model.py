@@ -21,7 +21,7 @@ from flax import nnx
 from yarn_jax.attention import attention, resolve_backend
 from yarn_jax.config import LlamaConfig
 from yarn_jax.errors import ConfigError
-from yarn_jax.loss import token_log_probs
+from yarn_jax.loss import DEFAULT_CHUNK, token_log_probs
 from yarn_jax.rope import apply_rotary, rope_frequencies, rotary_cos_sin
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -107,7 +107,7 @@ class Llama(nnx.Module):
                  attention_backend: str = "auto", remat: str = "none", rngs: nnx.Rngs | None = None):
         if remat not in REMAT_POLICIES:
             raise ConfigError(f"remat policy {remat!r} is not supported; choose from {sorted(REMAT_POLICIES)}")
-        resolve_backend(attention_backend, 1, 1)  # an unknown backend fails here, before any compute
+        resolve_backend(attention_backend)  # an unknown backend fails here, before any compute
         rngs = rngs if rngs is not None else nnx.Rngs(0)
         self.config = cfg
         self.dtype = as_dtype(dtype)
@@ -190,7 +190,7 @@ def model_params(model: Llama) -> dict[tuple[str, ...], Any]:
     return {tuple(path): var.get_value() for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
 
-def next_token_log_probs(model: Llama, input_ids, positions=None, segment_ids=None, *, chunk: int = 1024):
+def next_token_log_probs(model: Llama, input_ids, positions=None, segment_ids=None, *, chunk: int = DEFAULT_CHUNK):
     """log p(input_ids[:, t+1] | input_ids[:, :t+1]) [B, T-1] float32 via the chunked head (no [T, V] logits)."""
     h = model.hidden_states(input_ids, positions, segment_ids)
     return token_log_probs(h[:, :-1], model.lm_head_weight(), input_ids[:, 1:], chunk=chunk)
