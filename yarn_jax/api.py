@@ -45,6 +45,12 @@ class PretrainedModel:
         out = self._logits(self._state, ids.astype(jnp.int32), jnp.asarray(positions, jnp.int32))
         return out[0] if squeeze else out
 
+    def with_rope(self, rope_scaling: Mapping[str, Any] | None, where: str = "rope_scaling") -> "PretrainedModel":
+        """The same weights (shared, not copied) under another rope configuration (an HF-style dict)."""
+        module = nnx.merge(self._graphdef, self._state)
+        module.config = self.config.with_rope(rope_scaling, where=where)
+        return PretrainedModel(module, source=self.source, tokenizer_dir=self.tokenizer_dir)
+
     def tokenizer(self):
         """The HF fast tokenizer (tokenizers library) saved next to the weights, if any."""
         from tokenizers import Tokenizer

@@ -84,20 +84,45 @@ class DecoderLayer(nnx.Module):
         self.dtype = dtype
         self.attention_backend = attention_backend
 
-    def __call__(self, x, cos, sin, segment_ids):
-        """x [B, T, E] -> [B, T, E]; cos/sin [B, T, d] already scaled by the rope attention factor."""
+    def project_qkv(self, x):
+        """x [B, T, E] -> q [B, T, H, D], k [B, T, K, D] (both before the rotation), v [B, T, K, D]."""
         dt = self.dtype
         h = self.input_norm(x)
-        q = apply_rotary(_dot("bte,ehd->bthd", h, self.q_proj[...], dt), cos, sin)  # [B, T, H, D]
-        k = apply_rotary(_dot("bte,ekd->btkd", h, self.k_proj[...], dt), cos, sin)  # [B, T, K, D]
-        v = _dot("bte,ekd->btkd", h, self.v_proj[...], dt)
-        o = attention(q, k, v, backend=self.attention_backend, causal=True,
-                      q_segment_ids=segment_ids, kv_segment_ids=segment_ids)  # [B, T, H, D]
+        return (_dot("bte,ehd->bthd", h, self.q_proj[...], dt), _dot("bte,ekd->btkd", h, self.k_proj[...], dt),
+                _dot("bte,ekd->btkd", h, self.v_proj[...], dt))
+
+    def finish(self, x, o):
+        """Residual stream after attention output o [B, T, H, D]: o_proj, then the SwiGLU MLP block."""
+        dt = self.dtype
         x = x + _dot("bthd,hde->bte", o, self.o_proj[...], dt)
         h = self.post_attention_norm(x)
         gated = jax.nn.silu(_dot("bte,ef->btf", h, self.gate_proj[...], dt)) * _dot(
             "bte,ef->btf", h, self.up_proj[...], dt)  # SwiGLU [B, T, F]
         return x + _dot("btf,fe->bte", gated, self.down_proj[...], dt)
+
+    def __call__(self, x, cos, sin, segment_ids):
+        """x [B, T, E] -> ([B, T, E], (k, v) before the rotation [B, T, K, D]); cos/sin [B, T, d] carry the
+        rope attention factor."""
+        q, k, v = self.project_qkv(x)
+        o = attention(apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v, backend=self.attention_backend,
+                      causal=True, q_segment_ids=segment_ids, kv_segment_ids=segment_ids)  # [B, T, H, D]
+        return self.finish(x, o), (k, v)
+
+    def decode(self, x, cos_q, sin_q, cos_k, sin_k, k_cache, v_cache, pos, valid):
+        """One new token x [B, 1, E] at position `pos` against a cache of keys stored *before* the rotation.
+
+        The token's k/v are written at `pos`; then every cached key is rotated with cos_k/sin_k [B, S, d]
+        (the current length's frequencies, the same ones the query gets), so dynamic methods never mix
+        rotations from different lengths. valid [B, S] int: 1 for positions <= pos.
+        Returns (x [B, 1, E], k_cache, v_cache).
+        """
+        q, k, v = self.project_qkv(x)
+        k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), pos, axis=1)
+        v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), pos, axis=1)
+        o = attention(apply_rotary(q, cos_q, sin_q), apply_rotary(k_cache, cos_k, sin_k), v_cache,
+                      backend="reference", causal=False, q_segment_ids=jnp.ones_like(valid[:, :1]),
+                      kv_segment_ids=valid)  # one query: the causal mask is the valid-key mask
+        return self.finish(x, o), k_cache, v_cache
 
 
 class Llama(nnx.Module):
@@ -128,29 +153,64 @@ class Llama(nnx.Module):
             self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), pdt,
                                   cfg.initializer_range)
 
-    def rotary(self, positions):
-        """cos, sin [B, T, d] for positions [B, T]; dynamic methods see seq_len = max(positions) + 1."""
-        seq_len = jnp.max(positions) + 1  # traced: no recompilation per length
-        inv_freq, attention_factor = rope_frequencies(self.config.rope, seq_len)
+    def rope(self, seq_len):
+        """(inv_freq [d/2], attention_factor) of the configured method at this length (may be traced)."""
+        return rope_frequencies(self.config.rope, seq_len)
+
+    def rotary(self, positions, rope=None):
+        """cos, sin [B, T, d] for positions [B, T]. Dynamic methods see seq_len = max(positions) + 1 (HF).
+        `rope` = (inv_freq, attention_factor) arrays overrides the config's method (one compiled program
+        can then serve every method at a given length)."""
+        inv_freq, attention_factor = self.rope(jnp.max(positions) + 1) if rope is None else rope
         return rotary_cos_sin(positions, inv_freq, attention_factor)
 
-    def hidden_states(self, input_ids, positions=None, segment_ids=None):
-        """input_ids [B, T] int -> final-normed hidden states [B, T, E] in the compute dtype."""
+    def _scan_layers(self, fn, x, xs=None):
+        """Run fn(layer, h, x_l) -> (h, y_l) over the stacked layers (remat per the policy); returns (h, ys)."""
+        graphdef, layer_state = nnx.split(self.layers)
+
+        def body(h, inputs):
+            one_layer_state, per_layer = inputs
+            return fn(nnx.merge(graphdef, one_layer_state), h, per_layer)
+
+        if self.remat != "none":
+            body = jax.checkpoint(body, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
+        return jax.lax.scan(body, x, (layer_state, xs))
+
+    def embed(self, input_ids):
+        return jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.dtype)  # [B, T, E]
+
+    def hidden_states(self, input_ids, positions=None, segment_ids=None, *, rope=None, return_kv=False):
+        """input_ids [B, T] int -> final-normed hidden states [B, T, E] in the compute dtype.
+        With return_kv, also the per-layer keys (before the rotation) and values [L, B, T, K, D]."""
         b, t = input_ids.shape
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        cos, sin = self.rotary(positions)
-        x = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.dtype)  # [B, T, E]
-        graphdef, layer_state = nnx.split(self.layers)
+        cos, sin = self.rotary(positions, rope)
 
-        def body(h, one_layer_state):
-            return nnx.merge(graphdef, one_layer_state)(h, cos, sin, segment_ids), None
+        def layer(mod, h, _):
+            h, kv = mod(h, cos, sin, segment_ids)
+            return h, (kv if return_kv else None)
 
-        policy = REMAT_POLICIES[self.remat]
-        if self.remat != "none":
-            body = jax.checkpoint(body, policy=policy, prevent_cse=False)
-        x, _ = jax.lax.scan(body, x, layer_state)
-        return self.final_norm(x)
+        x, kv = self._scan_layers(layer, self.embed(input_ids))
+        return (self.final_norm(x), kv) if return_kv else self.final_norm(x)
+
+    def decode_step(self, token, pos, k_cache, v_cache, rope=None):
+        """Greedy-decoding step: token [B] at position `pos` (scalar), caches [L, B, S, K, D] of keys before
+        the rotation and values -> (logits [B, V] float32, k_cache, v_cache). The rope is evaluated at
+        seq_len = pos + 1, as a full forward over the pos + 1 tokens would."""
+        b, s = k_cache.shape[1], k_cache.shape[2]
+        inv_freq, attention_factor = self.rope(pos + 1) if rope is None else rope
+        key_pos = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
+        cos_k, sin_k = rotary_cos_sin(key_pos, inv_freq, attention_factor)
+        cos_q, sin_q = rotary_cos_sin(jnp.full((b, 1), pos, jnp.int32), inv_freq, attention_factor)
+        valid = (key_pos <= pos).astype(jnp.int32)
+
+        def layer(mod, h, caches):
+            h, kc, vc = mod.decode(h, cos_q, sin_q, cos_k, sin_k, *caches, pos, valid)
+            return h, (kc, vc)
+
+        x, (k_cache, v_cache) = self._scan_layers(layer, self.embed(token[:, None]), (k_cache, v_cache))
+        return self.logits_from_hidden(self.final_norm(x))[:, 0], k_cache, v_cache
 
     def lm_head_weight(self):
         """[E, V]: the untied head, or the transposed embedding when tied."""
@@ -161,8 +221,8 @@ class Llama(nnx.Module):
         w = self.lm_head_weight()
         return jnp.einsum("bte,ev->btv", h, w.astype(h.dtype), preferred_element_type=jnp.float32)
 
-    def __call__(self, input_ids, positions=None, segment_ids=None):
-        return self.logits_from_hidden(self.hidden_states(input_ids, positions, segment_ids))
+    def __call__(self, input_ids, positions=None, segment_ids=None, *, rope=None):
+        return self.logits_from_hidden(self.hidden_states(input_ids, positions, segment_ids, rope=rope))
 
 
 def model_from_params(cfg: LlamaConfig, params, *, dtype="float32", param_dtype="float32",
@@ -190,7 +250,8 @@ def model_params(model: Llama) -> dict[tuple[str, ...], Any]:
     return {tuple(path): var.get_value() for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
 
-def next_token_log_probs(model: Llama, input_ids, positions=None, segment_ids=None, *, chunk: int = DEFAULT_CHUNK):
+def next_token_log_probs(model: Llama, input_ids, positions=None, segment_ids=None, *, rope=None,
+                         chunk: int = DEFAULT_CHUNK):
     """log p(input_ids[:, t+1] | input_ids[:, :t+1]) [B, T-1] float32 via the chunked head (no [T, V] logits)."""
-    h = model.hidden_states(input_ids, positions, segment_ids)
+    h = model.hidden_states(input_ids, positions, segment_ids, rope=rope)
     return token_log_probs(h[:, :-1], model.lm_head_weight(), input_ids[:, 1:], chunk=chunk)
