@@ -21,6 +21,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from yarn_jax.model import Llama
@@ -47,11 +48,12 @@ def frequencies_change(model: Llama, start_len: int, end_len: int) -> bool:
     return not all(bool(jnp.array_equal(x, y)) for x, y in zip(a, b))
 
 
-def greedy_generate(model: Llama, prompt_ids, max_new_tokens: int, stop_ids=(), *,
+def greedy_generate(model: Llama, prompt_ids, max_new_tokens: int, stop_ids=(), *, done_fn=None,
                     dynamic_cache: bool = False) -> jax.Array:
     """prompt_ids [B, T] -> the greedily generated ids [B, n] (n <= max_new_tokens; stops early once every
-    row has produced one of `stop_ids`). Equal to a full recompute per token (see the module docstring);
-    dynamic_cache=True decodes length-dependent methods from the cache as well."""
+    row has produced one of `stop_ids`, or `done_fn(ids [B, n] numpy) -> bool [B]` says so). Equal to a
+    full recompute per token (see the module docstring); dynamic_cache=True decodes length-dependent
+    methods from the cache as well."""
     prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
     b, t = prompt_ids.shape
     graphdef, state = nnx.split(model)
@@ -62,6 +64,8 @@ def greedy_generate(model: Llama, prompt_ids, max_new_tokens: int, stop_ids=(), 
         token = jnp.argmax(logits, axis=-1).astype(jnp.int32)  # [B]
         out.append(token)
         done = done | jnp.isin(token, jnp.asarray(stop_ids, jnp.int32))
+        if done_fn is not None:
+            done = done | jnp.asarray(done_fn(np.asarray(jnp.stack(out, axis=1))))
         if i + 1 == max_new_tokens or bool(done.all()):
             break
         if use_cache:

@@ -1,0 +1,66 @@
+"""PNG plots of an evaluation run (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def ppl_vs_length(rows: list[dict], path: Path, title: str) -> Path:
+    """Perplexity against evaluation length, one line per method (the paper's Figure 1 layout)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method in dict.fromkeys(r["method"] for r in rows):
+        pts = sorted((r["length"], r["ppl"]) for r in rows if r["method"] == method)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("evaluation length (tokens)")
+    ax.set_ylabel("perplexity")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def nll_vs_position(curves: dict[str, tuple[list[float], list[float]]], path: Path, title: str) -> Path:
+    """Mean NLL by position bucket, one line per method: {method: (bucket centres, mean NLL)}."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method, (x, y) in curves.items():
+        ax.plot(x, y, marker=".", label=method)
+    ax.set_xlabel("position in the window (tokens)")
+    ax.set_ylabel("mean NLL (nats)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def passkey_heatmap(acc: dict[str, dict[tuple[int, float], float]], path: Path) -> Path:
+    """Accuracy per (length, depth), one panel per method."""
+    methods = list(acc)
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods) + 1, 3.6), squeeze=False)
+    for ax, method in zip(axes[0], methods):
+        lengths = sorted({k[0] for k in acc[method]})
+        depths = sorted({k[1] for k in acc[method]})
+        grid = np.array([[acc[method].get((n, d), np.nan) for n in lengths] for d in depths])
+        im = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto", origin="lower")
+        ax.set_xticks(range(len(lengths)), [str(n) for n in lengths], rotation=45)
+        ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
+        ax.set_title(method, fontsize=9)
+        ax.set_xlabel("prompt length")
+    axes[0][0].set_ylabel("key depth")
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="accuracy")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path

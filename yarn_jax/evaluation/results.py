@@ -1,0 +1,62 @@
+"""Incremental result storage for an evaluation run directory.
+
+`cells.jsonl` gets one line per finished cell (a perplexity cell = one document x length x method; a
+passkey cell = one trial), appended and flushed as soon as it is computed, so an interrupted run keeps
+every finished cell and a re-run skips them. `config.json` records the fields every result depends on;
+a run directory refuses a config that disagrees with them (naming the fields).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from yarn_jax.errors import ConfigError
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+class RunStore:
+    def __init__(self, out_dir: str | os.PathLike, fixed: dict):
+        self.dir = Path(out_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        cfg_path = self.dir / "config.json"
+        if cfg_path.exists():
+            old = json.loads(cfg_path.read_text())
+            diff = sorted(k for k in fixed if k in old and old[k] != fixed[k])
+            if diff:
+                raise ConfigError(
+                    f"{self.dir} holds results computed with other " + ", ".join(
+                        f"{k} ({old[k]!r} there, {fixed[k]!r} now)" for k in diff)
+                    + "; choose another --out or delete the directory")
+        write_json_atomic(cfg_path, fixed)
+        self.cells_path = self.dir / "cells.jsonl"
+        self.cells: dict[str, dict] = {}
+        if self.cells_path.exists():
+            lines = self.cells_path.read_text().splitlines()
+            for i, line in enumerate(lines):
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    if i == len(lines) - 1:  # a line cut by an interruption: drop it, recompute that cell
+                        tmp = self.cells_path.with_name("cells.jsonl.tmp")
+                        tmp.write_text("".join(x + "\n" for x in lines[:-1]))
+                        os.replace(tmp, self.cells_path)
+                        continue
+                    raise ConfigError(f"{self.cells_path} line {i + 1} is corrupt") from None
+                self.cells[rec["key"]] = rec
+
+    def get(self, key: str) -> dict | None:
+        return self.cells.get(key)
+
+    def add(self, record: dict) -> None:
+        self.cells[record["key"]] = record
+        with self.cells_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
