@@ -85,4 +85,5 @@ def from_pretrained(
     module = model_from_params(cfg, params, dtype=dtype, param_dtype=param_dtype,
                                attention_backend=attention_backend)
     p = Path(path)
-    return PretrainedModel(module, source=str(p), tokenizer_dir=str(p if p.is_dir() else p.parent))
+    step_dir = p.is_dir() and p.name.isdigit() and not (p / "tokenizer.json").exists()  # ROOT/<step> of orbax
+    return PretrainedModel(module, source=str(p), tokenizer_dir=str(p if p.is_dir() and not step_dir else p.parent))

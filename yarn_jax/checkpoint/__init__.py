@@ -1,4 +1,5 @@
-"""Checkpoint formats: HF directories (safetensors) and GGUF files, both to/from our param dicts."""
+"""Checkpoint formats: HF directories (safetensors), GGUF files and yarn_jax (orbax) checkpoints, all
+to/from our param dicts."""
 
 from __future__ import annotations
 
@@ -7,20 +8,27 @@ from pathlib import Path
 
 from yarn_jax.checkpoint.gguf import load_gguf_checkpoint, read_gguf
 from yarn_jax.checkpoint.hf import load_hf_checkpoint, save_hf_checkpoint
+from yarn_jax.checkpoint.orbax_ckpt import is_orbax_root, load_orbax_checkpoint, save_orbax_checkpoint
 from yarn_jax.errors import CheckpointError
 
 
 def load_checkpoint(path: str | os.PathLike):
-    """An HF directory or a `.gguf` file -> (LlamaConfig, {param path: numpy array})."""
+    """An HF directory, a `.gguf` file or a yarn_jax checkpoint directory (orbax; its latest complete
+    step, or `ROOT/<step>` for a given one) -> (LlamaConfig, {param path: numpy array})."""
     p = Path(path)
     if p.is_file() and p.suffix == ".gguf":
         return load_gguf_checkpoint(p)
+    if p.is_dir() and p.name.isdigit() and is_orbax_root(p.parent):
+        return load_orbax_checkpoint(p.parent, int(p.name))
+    if p.is_dir() and is_orbax_root(p):
+        return load_orbax_checkpoint(p)
     if p.is_dir():
         return load_hf_checkpoint(p)
     if not p.exists():
         raise CheckpointError(f"{p}: no such file or directory (model hubs are not used: pass a local HF "
                               "directory or .gguf file; `python -m yarn_jax.assets` fetches SmolLM2)")
-    raise CheckpointError(f"{p}: expected an HF model directory or a .gguf file")
+    raise CheckpointError(f"{p}: expected an HF model directory, a .gguf file or a yarn_jax checkpoint directory")
 
 
-__all__ = ["load_checkpoint", "load_hf_checkpoint", "save_hf_checkpoint", "load_gguf_checkpoint", "read_gguf"]
+__all__ = ["load_checkpoint", "load_hf_checkpoint", "save_hf_checkpoint", "load_gguf_checkpoint", "read_gguf",
+           "load_orbax_checkpoint", "save_orbax_checkpoint"]

@@ -30,6 +30,7 @@ class EvalConfig(BaseModel):
     stride: int = Field(256, description="sliding-window stride S")
     data: str = Field("shakespeare", description="shakespeare | file/dir of .txt/.md | .jsonl | tfds:NAME[:SPLIT]")
     text_field: str | None = Field(None, description="JSONL/TFDS text field")
+    tfds_data_dir: str | None = Field(None, description="TFDS data_dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
     max_docs: int = Field(1, description="documents per length (the first ones long enough)")
     bos: Union[int, Literal["auto", "none"]] = Field("auto", description="BOS id prepended to each window")
     position_buckets: int = Field(16, description="buckets of the NLL-by-position curve")
@@ -117,7 +118,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
         value = getattr(args, name, None)
         if value is not None:
             out[name] = parse(value)
-            if name in ("model", "data", "out", "text_field", "attention_backend", "methods"):
+            if name in ("model", "data", "out", "text_field", "attention_backend", "methods",
+                        "tfds_data_dir"):
                 # paths, names and rope specs stay strings even if they look like numbers or JSON
                 out[name] = [str(v) for v in value] if isinstance(value, list) else str(value)
     return out

@@ -4,8 +4,10 @@ Sources (`data` field / --data):
   shakespeare          the 38 plays of the default corpus, in name order
   PATH.txt / PATH.md   one document per file; a directory: every .txt/.md file under it, by path
   PATH.jsonl           one document per line, text under `text_field` (default "text")
-  tfds:NAME[:SPLIT]    a TFDS dataset through `tfds.data_source` (array_record, no TensorFlow needed),
-                       text under `text_field` (default: the first of text, book_text, content, article)
+  tfds:NAME[:SPLIT]    a prepared TFDS dataset (array_record) through `tfds.data_source`, which needs no
+                       TensorFlow; split default "test"; `tfds_data_dir` (or $TFDS_DATA_DIR, e.g. a gs://
+                       bucket on a pod); text under `text_field` (default: the first of text, book_text,
+                       content, article present)
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ class Document:
     ids: np.ndarray  # [n] int32 token ids (no BOS)
 
 
-def _texts(source: str, text_field: str | None) -> Iterator[tuple[str, str]]:
+def _texts(source: str, text_field: str | None, tfds_data_dir: str | None = None) -> Iterator[tuple[str, str]]:
     """(name, text) pairs of a source, in a deterministic order."""
     if source == "shakespeare":
         from yarn_jax import assets
@@ -37,7 +39,7 @@ def _texts(source: str, text_field: str | None) -> Iterator[tuple[str, str]]:
             yield p.stem, p.read_text(encoding="utf-8")
         return
     if source.startswith("tfds:"):
-        yield from _tfds_texts(source, text_field)
+        yield from _tfds_texts(source, text_field, tfds_data_dir)
         return
     path = Path(source)
     if not path.exists():
@@ -65,7 +67,7 @@ def _texts(source: str, text_field: str | None) -> Iterator[tuple[str, str]]:
         yield path.name, path.read_text(encoding="utf-8")
 
 
-def _tfds_texts(source: str, text_field: str | None) -> Iterator[tuple[str, str]]:
+def _tfds_texts(source: str, text_field: str | None, data_dir: str | None) -> Iterator[tuple[str, str]]:
     try:
         import tensorflow_datasets as tfds
     except ImportError:
@@ -73,7 +75,7 @@ def _tfds_texts(source: str, text_field: str | None) -> Iterator[tuple[str, str]
     _, name, *rest = source.split(":")
     split = rest[0] if rest else "test"
     try:
-        ds = tfds.data_source(name, split=split)
+        ds = tfds.data_source(name, split=split, data_dir=data_dir)
     except Exception as e:  # noqa: BLE001 - tfds raises many types; name the source either way
         raise ConfigError(f"data: cannot open TFDS {name!r} split {split!r}: {e}") from e
     for i in range(len(ds)):
@@ -86,12 +88,12 @@ def _tfds_texts(source: str, text_field: str | None) -> Iterator[tuple[str, str]
 
 
 def load_documents(source: str, tokenizer, *, min_tokens: int = 0, max_docs: int | None = None,
-                   text_field: str | None = None) -> list[Document]:
+                   text_field: str | None = None, tfds_data_dir: str | None = None) -> list[Document]:
     """Tokenized documents with at least `min_tokens` tokens, the first `max_docs` of them in source order.
     Raises ConfigError when none qualifies (naming the source and the longest document seen)."""
     docs: list[Document] = []
     longest = 0
-    for name, text in _texts(source, text_field):
+    for name, text in _texts(source, text_field, tfds_data_dir):
         ids = np.asarray(tokenizer.encode(text, add_special_tokens=False).ids, np.int32)
         longest = max(longest, len(ids))
         if len(ids) >= min_tokens:

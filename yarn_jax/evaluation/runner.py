@@ -59,8 +59,8 @@ def run(cfg: EvalConfig, console: Console | None = None) -> dict:
     docs = []
     if cfg.protocol != "none" and cfg.lengths:
         docs = load_documents(cfg.data, tok, min_tokens=max(cfg.lengths), max_docs=cfg.max_docs,
-                              text_field=cfg.text_field)
-    store = RunStore(cfg.out, {k: getattr(cfg, k) for k in RESULT_FIELDS})
+                              text_field=cfg.text_field, tfds_data_dir=cfg.tfds_data_dir)
+    store = RunStore(cfg.out, {**{k: getattr(cfg, k) for k in RESULT_FIELDS}, "bos": bos})  # bos resolved
     console.print(f"[bold]{cfg.model}[/] (L0 = {l0}), {len(methods)} methods, bos = {bos}, "
                   f"{len(docs)} document(s): {', '.join(d.name for d in docs)}; results in {store.dir}")
 
