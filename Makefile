@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup assets demo test
+.PHONY: setup assets eval demo test
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -13,6 +13,9 @@ setup: $(VENV)/.installed
 
 assets: setup
 	$(PY) -m yarn_jax.assets
+
+eval: assets
+	$(PY) eval.py
 
 demo: assets
 	$(PY) -m yarn_jax.demo

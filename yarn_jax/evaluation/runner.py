@@ -64,10 +64,13 @@ def run(cfg: EvalConfig, console: Console | None = None) -> dict:
     console.print(f"[bold]{cfg.model}[/] (L0 = {l0}), {len(methods)} methods, bos = {bos}, "
                   f"{len(docs)} document(s): {', '.join(d.name for d in docs)}; results in {store.dir}")
 
+    def refresh():  # summary.json / CSV / plots kept current after every finished cell
+        summarize(cfg, methods, docs, store, console, quiet=True)
+
     if docs:
-        _perplexity(cfg, pm, methods, docs, bos, store, console)
+        _perplexity(cfg, pm, methods, docs, bos, store, console, refresh)
     if cfg.passkey_lengths:
-        _passkey(cfg, pm, methods, bos, store, console)
+        _passkey(cfg, pm, methods, bos, store, console, refresh)
     return summarize(cfg, methods, docs, store, console)
 
 
@@ -75,7 +78,7 @@ def _ppl_key(cfg, length, doc, method) -> str:
     return f"ppl|{cfg.protocol}|{cfg.stride}|{length}|{doc.name}|{method.key}"
 
 
-def _perplexity(cfg, pm, methods, docs, bos, store, console) -> None:
+def _perplexity(cfg, pm, methods, docs, bos, store, console, refresh) -> None:
     scorer = PerplexityScorer(pm.module, bos)
     todo = [(n, d, m) for n in cfg.lengths for d in docs for m in methods if not store.get(_ppl_key(cfg, n, d, m))]
     total = sum(len(scorer.windows(d, n, cfg.stride, cfg.protocol)) for n, d, _ in todo)
@@ -102,9 +105,10 @@ def _perplexity(cfg, pm, methods, docs, bos, store, console) -> None:
                 by_signature[sig] = rec
             rec["key"] = _ppl_key(cfg, n, doc, method)
             store.add(rec)
+            refresh()
 
 
-def _passkey(cfg, pm, methods, bos, store, console) -> None:
+def _passkey(cfg, pm, methods, bos, store, console, refresh) -> None:
     tok = pm.tokenizer()
     cells = [(n, m, i, depth, key) for n in cfg.passkey_lengths for m in methods
              for i, (depth, key) in enumerate(pk.trials(cfg.passkey_trials, cfg.seed, n))]
@@ -124,6 +128,7 @@ def _passkey(cfg, pm, methods, bos, store, console) -> None:
                        "rope": method.rope, "trial": i, "depth": depth, "passkey": key,
                        "prompt_tokens": trial.prompt_tokens, "answer": trial.answer, "correct": trial.correct,
                        "seconds": time.perf_counter() - t0})
+            refresh()
             progress.advance(task)
 
 
@@ -131,8 +136,8 @@ def _pk_key(length, method, trial) -> str:
     return f"passkey|{length}|{method.key}|{trial}"
 
 
-def summarize(cfg: EvalConfig, methods, docs, store: RunStore, console: Console) -> dict:
-    """Summary JSON + CSV, the terminal table and the plots, from the stored cells of this config."""
+def summarize(cfg: EvalConfig, methods, docs, store: RunStore, console: Console, quiet: bool = False) -> dict:
+    """Summary JSON + CSV and the plots from the stored cells of this config; unless quiet, the tables."""
     out = store.dir
     summary: dict = {"config": cfg.model_dump(), "perplexity": [], "position_curves": {}, "passkey": []}
     for m in methods:
@@ -184,9 +189,10 @@ def summarize(cfg: EvalConfig, methods, docs, store: RunStore, console: Console)
         paths.append(plots.passkey_heatmap(dict(pk_acc), out / "passkey_heatmap.png"))
     summary["plots"] = [str(p) for p in paths]
     write_json_atomic(out / "summary.json", summary)
-    _print_tables(cfg, methods, summary, console)
-    for p in paths:
-        console.print(f"plot: {p}")
+    if not quiet:
+        _print_tables(cfg, methods, summary, console)
+        for p in paths:
+            console.print(f"plot: {p}")
     return summary
 
 
