@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from yarn_jax.checkpoint import load_checkpoint, save_hf_checkpoint
+from yarn_jax.checkpoint import is_orbax_step, load_checkpoint, save_hf_checkpoint
 from yarn_jax.config import LlamaConfig
 from yarn_jax.errors import ConfigError
 from yarn_jax.model import Llama, model_from_params, model_params
@@ -85,5 +85,6 @@ def from_pretrained(
     module = model_from_params(cfg, params, dtype=dtype, param_dtype=param_dtype,
                                attention_backend=attention_backend)
     p = Path(path)
-    step_dir = p.is_dir() and p.name.isdigit() and not (p / "tokenizer.json").exists()  # ROOT/<step> of orbax
-    return PretrainedModel(module, source=str(p), tokenizer_dir=str(p if p.is_dir() and not step_dir else p.parent))
+    # tokenizer files sit next to HF weights, next to a .gguf file, and at the ROOT of an orbax checkpoint
+    return PretrainedModel(module, source=str(p),
+                           tokenizer_dir=str(p if p.is_dir() and not is_orbax_step(p) else p.parent))

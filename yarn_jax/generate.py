@@ -36,6 +36,16 @@ def _prefill(graphdef, state, ids, cache_len: int):
     return model.logits_from_hidden(h[:, -1:])[:, 0], jnp.pad(k, pad), jnp.pad(v, pad)
 
 
+@functools.partial(jax.jit, static_argnums=(0,))
+def _last_logits(graphdef, state, ids, real_len):
+    """Logits [B, V] at position real_len - 1 of right-padded ids [B, S] (padding is invisible to causal
+    attention; the rope is evaluated at real_len, as an unpadded forward would): one compiled program
+    for every length of a recompute loop."""
+    model: Llama = nnx.merge(graphdef, state)
+    h = model.hidden_states(ids, rope=model.rope(real_len))
+    return model.logits_from_hidden(jax.lax.dynamic_slice_in_dim(h, real_len - 1, 1, axis=1))[:, 0]
+
+
 @functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(4, 5))
 def _step(graphdef, state, token, pos, k_cache, v_cache):
     model: Llama = nnx.merge(graphdef, state)
@@ -58,7 +68,11 @@ def greedy_generate(model: Llama, prompt_ids, max_new_tokens: int, stop_ids=(), 
     b, t = prompt_ids.shape
     graphdef, state = nnx.split(model)
     use_cache = dynamic_cache or not frequencies_change(model, t, t + max_new_tokens - 1)
-    logits, k_cache, v_cache = _prefill(graphdef, state, prompt_ids, t + max_new_tokens)
+    if use_cache:
+        logits, k_cache, v_cache = _prefill(graphdef, state, prompt_ids, t + max_new_tokens)
+    else:
+        padded = jnp.pad(prompt_ids, ((0, 0), (0, max_new_tokens - 1)))  # [B, T + max_new - 1]
+        logits = _last_logits(graphdef, state, padded, jnp.int32(t))
     out, done = [], jnp.zeros((b,), bool)
     for i in range(max_new_tokens):
         token = jnp.argmax(logits, axis=-1).astype(jnp.int32)  # [B]
@@ -71,8 +85,8 @@ def greedy_generate(model: Llama, prompt_ids, max_new_tokens: int, stop_ids=(), 
         if use_cache:
             logits, k_cache, v_cache = _step(graphdef, state, token, jnp.int32(t + i), k_cache, v_cache)
         else:  # the scale moved: re-run every position (prompt + tokens so far), as a full recompute does
-            seq = jnp.concatenate([prompt_ids, jnp.stack(out, axis=1)], axis=1)
-            logits = _prefill(graphdef, state, seq, seq.shape[1])[0]
+            padded = padded.at[:, t + i].set(token)
+            logits = _last_logits(graphdef, state, padded, jnp.int32(t + i + 1))
     return jnp.stack(out, axis=1)
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from yarn_jax.checkpoint.gguf import load_gguf_checkpoint, read_gguf
 from yarn_jax.checkpoint.hf import load_hf_checkpoint, save_hf_checkpoint
-from yarn_jax.checkpoint.orbax_ckpt import is_orbax_root, load_orbax_checkpoint, save_orbax_checkpoint
+from yarn_jax.checkpoint.orbax_ckpt import (is_orbax_root, is_orbax_step, load_orbax_checkpoint,
+                                           save_orbax_checkpoint)
 from yarn_jax.errors import CheckpointError
 
 
@@ -18,7 +19,7 @@ def load_checkpoint(path: str | os.PathLike):
     p = Path(path)
     if p.is_file() and p.suffix == ".gguf":
         return load_gguf_checkpoint(p)
-    if p.is_dir() and p.name.isdigit() and is_orbax_root(p.parent):
+    if is_orbax_step(p):
         return load_orbax_checkpoint(p.parent, int(p.name))
     if p.is_dir() and is_orbax_root(p):
         return load_orbax_checkpoint(p)
@@ -31,4 +32,4 @@ def load_checkpoint(path: str | os.PathLike):
 
 
 __all__ = ["load_checkpoint", "load_hf_checkpoint", "save_hf_checkpoint", "load_gguf_checkpoint", "read_gguf",
-           "load_orbax_checkpoint", "save_orbax_checkpoint"]
+           "load_orbax_checkpoint", "save_orbax_checkpoint", "is_orbax_step"]

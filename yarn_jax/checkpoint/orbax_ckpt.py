@@ -57,6 +57,14 @@ def is_orbax_root(path: str | os.PathLike) -> bool:
     return p.is_dir() and any(c.name.isdigit() and (c / MODEL_CONFIG).exists() for c in p.iterdir())
 
 
+def is_orbax_step(path: str | os.PathLike) -> bool:
+    """Whether path is one step directory ROOT/<step> of a CheckpointManager root."""
+    from etils import epath
+
+    p = epath.Path(path)
+    return p.is_dir() and p.name.isdigit() and is_orbax_root(p.parent)
+
+
 def save_orbax_checkpoint(root: str | os.PathLike, step: int, cfg: LlamaConfig,
                           params: Mapping[tuple[str, ...], Any], tokenizer_dir: str | os.PathLike | None = None) -> None:
     """Write params + model config as step `step` of the manager at root (blocking); the tokenizer files

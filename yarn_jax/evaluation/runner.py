@@ -64,13 +64,13 @@ def run(cfg: EvalConfig, console: Console | None = None) -> dict:
     console.print(f"[bold]{cfg.model}[/] (L0 = {l0}), {len(methods)} methods, bos = {bos}, "
                   f"{len(docs)} document(s): {', '.join(d.name for d in docs)}; results in {store.dir}")
 
-    def refresh():  # summary.json / CSV / plots kept current after every finished cell
+    def refresh():  # summary.json and the CSVs kept current after every finished cell
         summarize(cfg, methods, docs, store, console, quiet=True)
 
     if docs:
         _perplexity(cfg, pm, methods, docs, bos, store, console, refresh)
     if cfg.passkey_lengths:
-        _passkey(cfg, pm, methods, bos, store, console, refresh)
+        _passkey(cfg, pm, tok, methods, bos, store, console, refresh)
     return summarize(cfg, methods, docs, store, console)
 
 
@@ -108,8 +108,7 @@ def _perplexity(cfg, pm, methods, docs, bos, store, console, refresh) -> None:
             refresh()
 
 
-def _passkey(cfg, pm, methods, bos, store, console, refresh) -> None:
-    tok = pm.tokenizer()
+def _passkey(cfg, pm, tok, methods, bos, store, console, refresh) -> None:
     cells = [(n, m, i, depth, key) for n in cfg.passkey_lengths for m in methods
              for i, (depth, key) in enumerate(pk.trials(cfg.passkey_trials, cfg.seed, n))]
     todo = [c for c in cells if not store.get(_pk_key(*c[:3]))]
@@ -137,7 +136,8 @@ def _pk_key(length, method, trial) -> str:
 
 
 def summarize(cfg: EvalConfig, methods, docs, store: RunStore, console: Console, quiet: bool = False) -> dict:
-    """Summary JSON + CSV and the plots from the stored cells of this config; unless quiet, the tables."""
+    """Summary JSON + CSV from the stored cells of this config; unless quiet (the per-cell refresh), also the
+    plots and the tables."""
     out = store.dir
     summary: dict = {"config": cfg.model_dump(), "perplexity": [], "position_curves": {}, "passkey": []}
     for m in methods:
@@ -177,6 +177,8 @@ def summarize(cfg: EvalConfig, methods, docs, store: RunStore, console: Console,
     write_json_atomic(out / "summary.json", summary)
     _write_csv(out / "perplexity.csv", summary["perplexity"])
     _write_csv(out / "passkey.csv", summary["passkey"])
+    if quiet:
+        return summary
     paths = []
     if summary["perplexity"]:
         paths.append(plots.ppl_vs_length(summary["perplexity"], out / "ppl_vs_length.png",
@@ -189,10 +191,9 @@ def summarize(cfg: EvalConfig, methods, docs, store: RunStore, console: Console,
         paths.append(plots.passkey_heatmap(dict(pk_acc), out / "passkey_heatmap.png"))
     summary["plots"] = [str(p) for p in paths]
     write_json_atomic(out / "summary.json", summary)
-    if not quiet:
-        _print_tables(cfg, methods, summary, console)
-        for p in paths:
-            console.print(f"plot: {p}")
+    _print_tables(cfg, methods, summary, console)
+    for p in paths:
+        console.print(f"plot: {p}")
     return summary
 
 
