@@ -23,12 +23,15 @@ def token_log_probs(hidden, lm_head, targets, *, chunk: int = DEFAULT_CHUNK):
 
     Equals `take_along_axis(log_softmax(hidden @ lm_head), targets)` (float32 logits, float32
     accumulation) with one [B, chunk, V] block alive at a time.
+    Block j holds the strided positions {c * n + j : c < chunk} (n = number of blocks): a sequence
+    sharded along T over P devices keeps each block sharded the same way (P divides chunk), so the scan
+    over blocks never gathers the hidden states of the whole sequence onto one device.
     """
     b, t, e = hidden.shape
     chunk = min(chunk, t)
     n = cdiv(t, chunk)
-    h = pad_axis(hidden, 1, n * chunk).reshape(b, n, chunk, e).swapaxes(0, 1)  # [n, B, chunk, E]
-    y = pad_axis(targets, 1, n * chunk).reshape(b, n, chunk).swapaxes(0, 1)  # [n, B, chunk]
+    h = jnp.moveaxis(pad_axis(hidden, 1, n * chunk).reshape(b, chunk, n, e), 2, 0)  # [n, B, chunk, E]
+    y = jnp.moveaxis(pad_axis(targets, 1, n * chunk).reshape(b, chunk, n), 2, 0)  # [n, B, chunk]
 
     @jax.checkpoint
     def block(hc, yc):
@@ -36,7 +39,7 @@ def token_log_probs(hidden, lm_head, targets, *, chunk: int = DEFAULT_CHUNK):
         return jnp.take_along_axis(logits, yc[..., None], axis=-1)[..., 0] - _logsumexp(logits)
 
     out = lax.map(lambda args: block(*args), (h, y))  # [n, B, chunk]
-    return out.swapaxes(0, 1).reshape(b, n * chunk)[:, :t]
+    return jnp.moveaxis(out, 0, 2).reshape(b, n * chunk)[:, :t]
 
 
 def _logsumexp(logits):

@@ -19,10 +19,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from yarn_jax.attention import attention, resolve_backend
+from yarn_jax.attention.sharded import self_attention
 from yarn_jax.config import LlamaConfig
 from yarn_jax.errors import ConfigError
 from yarn_jax.loss import DEFAULT_CHUNK, token_log_probs
 from yarn_jax.rope import apply_rotary, rope_frequencies, rotary_cos_sin
+from yarn_jax.sharding.rules import constrain
+
+ACTIVATIONS = ("batch", "length", None)  # logical names of the residual stream [B, T, E]
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -104,9 +108,9 @@ class DecoderLayer(nnx.Module):
         """x [B, T, E] -> ([B, T, E], (k, v) before the rotation [B, T, K, D]); cos/sin [B, T, d] carry the
         rope attention factor."""
         q, k, v = self.project_qkv(x)
-        o = attention(apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v, backend=self.attention_backend,
-                      causal=True, q_segment_ids=segment_ids, kv_segment_ids=segment_ids)  # [B, T, H, D]
-        return self.finish(x, o), (k, v)
+        o = self_attention(apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v,
+                           backend=self.attention_backend, segment_ids=segment_ids)  # [B, T, H, D]
+        return constrain(self.finish(x, o), ACTIVATIONS), (k, v)
 
     def decode(self, x, cos_q, sin_q, cos_k, sin_k, k_cache, v_cache, pos, valid):
         """One new token x [B, 1, E] at position `pos` against a cache of keys stored *before* the rotation.
@@ -191,7 +195,7 @@ class Llama(nnx.Module):
             h, kv = mod(h, cos, sin, segment_ids)
             return h, (kv if return_kv else None)
 
-        x, kv = self._scan_layers(layer, self.embed(input_ids))
+        x, kv = self._scan_layers(layer, constrain(self.embed(input_ids), ACTIVATIONS))
         return (self.final_norm(x), kv) if return_kv else self.final_norm(x)
 
     def decode_step(self, token, pos, k_cache, v_cache, rope=None):

@@ -43,8 +43,9 @@ def resolve_backend(backend: str, platform: str | None = None) -> str:
 
 
 def attention(q, k, v, *, backend: str = "auto", causal: bool = True, q_segment_ids=None,
-              kv_segment_ids=None, scale=None):
-    """Scaled-dot-product attention through the backend named by `backend`."""
+              kv_segment_ids=None, scale=None, q_offset=None):
+    """Scaled-dot-product attention through the backend named by `backend`. q_offset: key position of
+    query 0 (default S - T: the queries are the last T keys); splash needs it static."""
     if (q_segment_ids is None) != (kv_segment_ids is None):
         raise ConfigError("attention: pass both q_segment_ids and kv_segment_ids, or neither")
     if q.shape[2] % k.shape[2] or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
@@ -52,7 +53,7 @@ def attention(q, k, v, *, backend: str = "auto", causal: bool = True, q_segment_
                           "[B, T, H, D] / [B, S, K, D] with H a multiple of K")
     name = resolve_backend(backend)
     return BACKENDS[name](q, k, v, causal=causal, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
-                          scale=scale)
+                          scale=scale, q_offset=q_offset)
 
 
 __all__ = ["attention", "resolve_backend", "BACKENDS", "reference_attention", "blockwise_attention",

@@ -30,7 +30,14 @@ class _Dims:
         self.bq, self.bk = min(block_q, t), min(block_k, s)
         self.nq, self.nk = cdiv(t, self.bq), cdiv(s, self.bk)
         self.tp, self.sp = self.nq * self.bq, self.nk * self.bk
-        self.offset = s - t  # queries are the last t of the s positions
+        self.offset = s - t  # queries are the last t of the s positions, unless `at` moves them
+
+    def at(self, offset) -> "_Dims":
+        """The same geometry with query i at key position i + offset (offset may be traced: a
+        sequence-sharded query block's start)."""
+        out = object.__new__(_Dims)
+        out.__dict__.update(self.__dict__, offset=offset)
+        return out
 
     def k_blocks_for(self, i):
         """Number of key blocks query block i needs (causal: up to its last row's diagonal)."""
@@ -174,28 +181,29 @@ def _backward(q, k, v, q_seg, k_seg, out, lse, dout, dims: _Dims):
     return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _attention_core(q, k, v, q_seg, k_seg, dims):
-    return _forward(q, k, v, q_seg, k_seg, dims)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _attention_core(q, k, v, q_seg, k_seg, q_offset, dims):
+    return _forward(q, k, v, q_seg, k_seg, dims.at(q_offset))[0]
 
 
-def _core_fwd(q, k, v, q_seg, k_seg, dims):
-    out, lse = _forward(q, k, v, q_seg, k_seg, dims)
-    return out, (q, k, v, q_seg, k_seg, out, lse)
+def _core_fwd(q, k, v, q_seg, k_seg, q_offset, dims):
+    out, lse = _forward(q, k, v, q_seg, k_seg, dims.at(q_offset))
+    return out, (q, k, v, q_seg, k_seg, q_offset, out, lse)
 
 
 def _core_bwd(dims, residuals, dout):
-    q, k, v, q_seg, k_seg, out, lse = residuals
-    dq, dk, dv = _backward(q, k, v, q_seg, k_seg, out, lse, dout, dims)
-    return dq, dk, dv, None, None
+    q, k, v, q_seg, k_seg, q_offset, out, lse = residuals
+    dq, dk, dv = _backward(q, k, v, q_seg, k_seg, out, lse, dout, dims.at(q_offset))
+    return dq, dk, dv, None, None, None
 
 
 _attention_core.defvjp(_core_fwd, _core_bwd)
 
 
 def blockwise_attention(q, k, v, *, causal: bool = True, q_segment_ids=None, kv_segment_ids=None, scale=None,
-                        block_q: int = 512, block_k: int = 512):
-    """q [B, T, H, D], k/v [B, S, K, D] -> [B, T, H, D]; memory O(T + S) beyond one score tile."""
+                        q_offset=None, block_q: int = 512, block_k: int = 512):
+    """q [B, T, H, D], k/v [B, S, K, D] -> [B, T, H, D]; memory O(T + S) beyond one score tile.
+    q_offset (int, may be traced): key position of query 0 (default S - T)."""
     b, t, h, d = q.shape
     s, kh = k.shape[1], k.shape[2]
     g = h // kh
@@ -210,5 +218,6 @@ def blockwise_attention(q, k, v, *, causal: bool = True, q_segment_ids=None, kv_
     if q_segment_ids is not None:
         q_seg = pad_axis(jnp.asarray(q_segment_ids, jnp.int32), 1, dims.tp)
         k_seg = pad_axis(jnp.asarray(kv_segment_ids, jnp.int32), 1, dims.sp)
-    out = _attention_core(qg, kk, vv, q_seg, k_seg, dims)[:, :, :, :t]  # [B, K, G, T, D]
+    offset = jnp.asarray(s - t if q_offset is None else q_offset, jnp.int32)
+    out = _attention_core(qg, kk, vv, q_seg, k_seg, offset, dims)[:, :, :, :t]  # [B, K, G, T, D]
     return jnp.moveaxis(out, 3, 1).reshape(b, t, h, d)

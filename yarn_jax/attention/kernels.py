@@ -20,17 +20,20 @@ from yarn_jax.errors import ConfigError
 from yarn_jax.shapes import cdiv, pad_axis
 
 
-def _padded_segments(q_segment_ids, kv_segment_ids, b: int, t: int, s: int, tp: int, sp: int):
+def _padded_segments(q_segment_ids, kv_segment_ids, b: int, t: int, s: int, tp: int, sp: int,
+                     offset: int | None = None):
     """Segment ids with padding (0 for every real token when none are given). Padded keys get -1, so no
-    real query sees them; padded queries take the segment of the last real key, which every padded query
-    sees (it sits at or after position s), so no row of the kernel's softmax is ever empty — even when
-    the keys need no padding (e.g. T=20 queries against S=128 cached keys)."""
+    real query sees them; padded queries take the segment of the key at the last real query's position
+    (offset + t - 1; s - 1 by default), which every padded query sees (it sits after it), so no row of the
+    kernel's softmax is ever empty — even when the keys need no padding (e.g. T=20 queries against S=128
+    cached keys)."""
     if q_segment_ids is None:
         q_segment_ids = jnp.zeros((b, t), jnp.int32)
         kv_segment_ids = jnp.zeros((b, s), jnp.int32)
     kv_seg = jnp.asarray(kv_segment_ids, jnp.int32)
     q_seg = pad_axis(jnp.asarray(q_segment_ids, jnp.int32), 1, tp)
-    q_seg = jnp.where(jnp.arange(tp) < t, q_seg, kv_seg[:, s - 1:s])
+    last = s - 1 if offset is None else offset + t - 1
+    q_seg = jnp.where(jnp.arange(tp) < t, q_seg, kv_seg[:, last:last + 1])
     return q_seg, pad_axis(kv_seg, 1, sp, -1)
 
 
@@ -54,8 +57,10 @@ def _splash_kernel(t: int, s: int, offset: int, groups: int, causal: bool, block
 
 
 def splash_attention(q, k, v, *, causal: bool = True, q_segment_ids=None, kv_segment_ids=None, scale=None,
-                     block_q: int = 512, block_kv: int = 512, interpret: bool | None = None):
-    """q [B, T, H, D], k/v [B, S, K, D] -> [B, T, H, D] through Pallas TPU splash attention (MQA per KV head)."""
+                     q_offset: int | None = None, block_q: int = 512, block_kv: int = 512,
+                     interpret: bool | None = None):
+    """q [B, T, H, D], k/v [B, S, K, D] -> [B, T, H, D] through Pallas TPU splash attention (MQA per KV head).
+    q_offset: key position of query 0 (default S - T); static, as splash's mask is built ahead of time."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
 
     if interpret is None:
@@ -69,8 +74,9 @@ def splash_attention(q, k, v, *, causal: bool = True, q_segment_ids=None, kv_seg
     bkv = min(block_kv, 128 * cdiv(s, 128))
     tp, sp = bq * cdiv(t, bq), bkv * cdiv(s, bkv)
     # keep the causal diagonal where it was: padding goes at the end of both sequences
-    q_seg, kv_seg = _padded_segments(q_segment_ids, kv_segment_ids, b, t, s, tp, sp)
-    kernel = _splash_kernel(tp, sp, s - t, g, causal, bq, bkv, interpret)
+    offset = s - t if q_offset is None else int(q_offset)
+    q_seg, kv_seg = _padded_segments(q_segment_ids, kv_segment_ids, b, t, s, tp, sp, offset)
+    kernel = _splash_kernel(tp, sp, offset, g, causal, bq, bkv, interpret)
     qg = pad_axis((q * jnp.asarray(scale, q.dtype)).reshape(b, t, kh, g, d), 1, tp)  # splash does not scale
     qg = jnp.transpose(qg, (0, 2, 3, 1, 4))  # [B, K, G, Tp, D]
     kk = jnp.transpose(pad_axis(k, 1, sp), (0, 2, 1, 3))  # [B, K, Sp, D]
@@ -85,15 +91,15 @@ def splash_attention(q, k, v, *, causal: bool = True, q_segment_ids=None, kv_seg
 
 
 def gpu_flash_attention(q, k, v, *, causal: bool = True, q_segment_ids=None, kv_segment_ids=None, scale=None,
-                        block_q: int = 64, block_k: int = 64, interpret: bool | None = None):
+                        q_offset=None, block_q: int = 64, block_k: int = 64, interpret: bool | None = None):
     """q [B, T, H, D], k/v [B, S, K, D] -> [B, T, H, D] through the Pallas GPU (Triton) flash kernel."""
     from jax.experimental.pallas.ops.gpu import attention as gpu_attention
 
     b, t, h, d = q.shape
     s, kh = k.shape[1], k.shape[2]
-    if t != s:  # the kernel's causal mask and single segment-id array assume self-attention
+    if t != s or q_offset is not None:  # the kernel's mask and single segment-id array assume self-attention
         return blockwise_attention(q, k, v, causal=causal, q_segment_ids=q_segment_ids,
-                                   kv_segment_ids=kv_segment_ids, scale=scale)
+                                   kv_segment_ids=kv_segment_ids, scale=scale, q_offset=q_offset)
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
     if d & (d - 1):

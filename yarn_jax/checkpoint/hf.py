@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, NamedTuple
 
 import numpy as np
 from safetensors import safe_open
@@ -28,42 +28,74 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 Path_ = tuple[str, ...]
 
 
-def tensor_map(cfg: LlamaConfig) -> list[tuple[Path_, str, tuple[int, ...], Callable, Callable]]:
-    """(our param path, HF name, HF shape, hf->ours, ours->hf) for every tensor; `{i}` is the layer index."""
+class Layout(NamedTuple):
+    """One tensor: our param path, HF name (`{i}` = layer index), HF shape, and how ours derives from it:
+    ours = hf.reshape(view).transpose(perm) (HF's nn.Linear [out, in] transposed, heads split out)."""
+
+    path: Path_
+    name: str
+    hf_shape: tuple[int, ...]
+    view: tuple[int, ...]
+    perm: tuple[int, ...]
+
+    def to_ours(self, w: np.ndarray) -> np.ndarray:
+        return w.reshape(self.view).transpose(self.perm)
+
+    def to_hf(self, a: np.ndarray) -> np.ndarray:
+        return a.transpose(np.argsort(self.perm)).reshape(self.hf_shape)
+
+    def read(self, tensor, index: tuple[slice, ...]) -> np.ndarray:
+        """ours[index] reading only the HF rows/columns it needs from `tensor` (anything sliceable like a
+        safetensors slice). A view dim split out of an HF dim (heads out of heads*head_dim) is read as the
+        contiguous range of its first part; later parts are cut in memory."""
+        view_index = [slice(None)] * len(self.view)
+        for i, p in enumerate(self.perm):
+            view_index[p] = index[i]
+        hf_index, fine, local_view, v = [], [], [], 0
+        for size in self.hf_shape:
+            group = [v]
+            while np.prod([self.view[g] for g in group]) < size:
+                group.append(group[-1] + 1)
+            v = group[-1] + 1
+            rest = int(np.prod([self.view[g] for g in group[1:]]))
+            start, stop, _ = view_index[group[0]].indices(self.view[group[0]])
+            hf_index.append(slice(start * rest, stop * rest))
+            local_view += [stop - start] + [self.view[g] for g in group[1:]]
+            fine += [slice(None)] + [view_index[g] for g in group[1:]]
+        block = np.asarray(tensor[tuple(hf_index)]).reshape(local_view)
+        return block[tuple(fine)].transpose(self.perm)
+
+
+def tensor_map(cfg: LlamaConfig) -> list[Layout]:
+    """The layout of every tensor of a config's checkpoint."""
     e, h, k, d, f, v = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
                         cfg.intermediate_size, cfg.vocab_size)
-    same = (lambda w: w, lambda a: a)
-    transpose = (lambda w: w.T, lambda a: a.T)
     rows = [
-        (("embed_tokens",), "model.embed_tokens.weight", (v, e), *same),
-        (("final_norm", "weight"), "model.norm.weight", (e,), *same),
-        (("layers", "input_norm", "weight"), "model.layers.{i}.input_layernorm.weight", (e,), *same),
-        (("layers", "post_attention_norm", "weight"), "model.layers.{i}.post_attention_layernorm.weight", (e,),
-         *same),
-        # nn.Linear weights are [out, in]; ours are [in, ..., out-split]
-        (("layers", "q_proj"), "model.layers.{i}.self_attn.q_proj.weight", (h * d, e),
-         lambda w: w.T.reshape(e, h, d), lambda a: a.reshape(e, h * d).T),
-        (("layers", "k_proj"), "model.layers.{i}.self_attn.k_proj.weight", (k * d, e),
-         lambda w: w.T.reshape(e, k, d), lambda a: a.reshape(e, k * d).T),
-        (("layers", "v_proj"), "model.layers.{i}.self_attn.v_proj.weight", (k * d, e),
-         lambda w: w.T.reshape(e, k, d), lambda a: a.reshape(e, k * d).T),
-        (("layers", "o_proj"), "model.layers.{i}.self_attn.o_proj.weight", (e, h * d),
-         lambda w: w.T.reshape(h, d, e), lambda a: a.reshape(h * d, e).T),
-        (("layers", "gate_proj"), "model.layers.{i}.mlp.gate_proj.weight", (f, e), *transpose),
-        (("layers", "up_proj"), "model.layers.{i}.mlp.up_proj.weight", (f, e), *transpose),
-        (("layers", "down_proj"), "model.layers.{i}.mlp.down_proj.weight", (e, f), *transpose),
+        Layout(("embed_tokens",), "model.embed_tokens.weight", (v, e), (v, e), (0, 1)),
+        Layout(("final_norm", "weight"), "model.norm.weight", (e,), (e,), (0,)),
+        Layout(("layers", "input_norm", "weight"), "model.layers.{i}.input_layernorm.weight", (e,), (e,), (0,)),
+        Layout(("layers", "post_attention_norm", "weight"), "model.layers.{i}.post_attention_layernorm.weight",
+               (e,), (e,), (0,)),
+        # q [H*D, E] -> [E, H, D]; o [E, H*D] -> [H, D, E]; MLP [out, in] -> [in, out]
+        Layout(("layers", "q_proj"), "model.layers.{i}.self_attn.q_proj.weight", (h * d, e), (h, d, e), (2, 0, 1)),
+        Layout(("layers", "k_proj"), "model.layers.{i}.self_attn.k_proj.weight", (k * d, e), (k, d, e), (2, 0, 1)),
+        Layout(("layers", "v_proj"), "model.layers.{i}.self_attn.v_proj.weight", (k * d, e), (k, d, e), (2, 0, 1)),
+        Layout(("layers", "o_proj"), "model.layers.{i}.self_attn.o_proj.weight", (e, h * d), (e, h, d), (1, 2, 0)),
+        Layout(("layers", "gate_proj"), "model.layers.{i}.mlp.gate_proj.weight", (f, e), (f, e), (1, 0)),
+        Layout(("layers", "up_proj"), "model.layers.{i}.mlp.up_proj.weight", (f, e), (f, e), (1, 0)),
+        Layout(("layers", "down_proj"), "model.layers.{i}.mlp.down_proj.weight", (e, f), (e, f), (1, 0)),
     ]
     if not cfg.tie_word_embeddings:
-        rows.append((("lm_head",), "lm_head.weight", (v, e), *transpose))
+        rows.append(Layout(("lm_head",), "lm_head.weight", (v, e), (v, e), (1, 0)))
     return rows
 
 
 def expected_hf_names(cfg: LlamaConfig) -> dict[str, tuple[int, ...]]:
     names = {}
-    for _, name, shape, _, _ in tensor_map(cfg):
-        layers = range(cfg.num_hidden_layers) if "{i}" in name else [None]
+    for t in tensor_map(cfg):
+        layers = range(cfg.num_hidden_layers) if "{i}" in t.name else [None]
         for i in layers:
-            names[name.format(i=i)] = shape
+            names[t.name.format(i=i)] = t.hf_shape
     return names
 
 
@@ -90,24 +122,24 @@ def check_tensor_names(cfg: LlamaConfig, shapes: Mapping[str, tuple[int, ...]], 
 def hf_to_params(cfg: LlamaConfig, get: Callable[[str], np.ndarray]) -> dict[Path_, np.ndarray]:
     """Convert HF-named tensors (fetched one at a time by `get`) into our params, per-layer ones stacked."""
     params = {}
-    for path, name, _, to_ours, _ in tensor_map(cfg):
-        if "{i}" in name:
-            params[path] = np.stack([to_ours(get(name.format(i=i))) for i in range(cfg.num_hidden_layers)])
+    for t in tensor_map(cfg):
+        if "{i}" in t.name:
+            params[t.path] = np.stack([t.to_ours(get(t.name.format(i=i))) for i in range(cfg.num_hidden_layers)])
         else:
-            params[path] = to_ours(get(name))
+            params[t.path] = t.to_ours(get(t.name))
     return params
 
 
 def params_to_hf(cfg: LlamaConfig, params: Mapping[Path_, np.ndarray]) -> dict[str, np.ndarray]:
     """Our params -> HF-named tensors (contiguous numpy arrays)."""
     out = {}
-    for path, name, _, _, to_hf in tensor_map(cfg):
-        value = np.asarray(params[path])
-        if "{i}" in name:
+    for t in tensor_map(cfg):
+        value = np.asarray(params[t.path])
+        if "{i}" in t.name:
             for i in range(cfg.num_hidden_layers):
-                out[name.format(i=i)] = np.ascontiguousarray(to_hf(value[i]))
+                out[t.name.format(i=i)] = np.ascontiguousarray(t.to_hf(value[i]))
         else:
-            out[name] = np.ascontiguousarray(to_hf(value))
+            out[t.name] = np.ascontiguousarray(t.to_hf(value))
     return out
 
 
@@ -133,8 +165,11 @@ def safetensors_files(directory: Path) -> list[Path]:
     raise CheckpointError(f"{directory}: no model.safetensors or model.safetensors.index.json")
 
 
-def load_hf_checkpoint(path: str | os.PathLike) -> tuple[LlamaConfig, dict[Path_, np.ndarray]]:
-    """HF directory -> (config, params as numpy arrays keyed by our param paths)."""
+@contextlib.contextmanager
+def open_hf_checkpoint(path: str | os.PathLike):
+    """Context: (config, {HF tensor name: its open safetensors file}) of an HF directory, every name and shape
+    checked against the config first. Read a whole tensor with `files[name].get_tensor(name)`, part of one
+    with `files[name].get_slice(name)[rows, cols]` (only those bytes are read)."""
     directory = Path(path)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a directory")
@@ -153,7 +188,13 @@ def load_hf_checkpoint(path: str | os.PathLike) -> tuple[LlamaConfig, dict[Path_
     check_tensor_names(cfg, shapes, str(directory))
     with contextlib.ExitStack() as stack:
         handles = {f: stack.enter_context(safe_open(str(f), framework="numpy")) for f in files}
-        return cfg, hf_to_params(cfg, lambda name: handles[where[name]].get_tensor(name))
+        yield cfg, {name: handles[f] for name, f in where.items()}
+
+
+def load_hf_checkpoint(path: str | os.PathLike) -> tuple[LlamaConfig, dict[Path_, np.ndarray]]:
+    """HF directory -> (config, params as numpy arrays keyed by our param paths)."""
+    with open_hf_checkpoint(path) as (cfg, files):
+        return cfg, hf_to_params(cfg, lambda name: files[name].get_tensor(name))
 
 
 def save_hf_checkpoint(

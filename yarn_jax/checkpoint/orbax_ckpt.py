@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
+import jax
 import numpy as np
 
 from yarn_jax.config import LlamaConfig
@@ -68,11 +69,12 @@ def is_orbax_step(path: str | os.PathLike) -> bool:
 def save_orbax_checkpoint(root: str | os.PathLike, step: int, cfg: LlamaConfig,
                           params: Mapping[tuple[str, ...], Any], tokenizer_dir: str | os.PathLike | None = None) -> None:
     """Write params + model config as step `step` of the manager at root (blocking); the tokenizer files
-    of tokenizer_dir, if given, are copied to ROOT (shared by all steps)."""
+    of tokenizer_dir, if given, are copied to ROOT (shared by all steps). `params` may be jax.Arrays sharded
+    across processes: every process calls this and writes its own shards."""
     import orbax.checkpoint as ocp
     from etils import epath
 
-    if tokenizer_dir is not None:
+    if tokenizer_dir is not None and jax.process_index() == 0:
         epath.Path(root).mkdir(parents=True, exist_ok=True)
         for name in TOKENIZER_FILES:
             src = epath.Path(tokenizer_dir) / name
@@ -84,8 +86,12 @@ def save_orbax_checkpoint(root: str | os.PathLike, step: int, cfg: LlamaConfig,
         mngr.wait_until_finished()
 
 
-def load_orbax_checkpoint(root: str | os.PathLike, step: int | None = None):
-    """(LlamaConfig, {param path: numpy array}) of a step (default: the latest complete one)."""
+def load_orbax_checkpoint(root: str | os.PathLike, step: int | None = None, *, target=None):
+    """(LlamaConfig, {param path: array}) of a step (default: the latest complete one).
+
+    Without `target`: numpy arrays on the host. With `target(cfg) -> {param path: jax.ShapeDtypeStruct
+    with a sharding}`: each process reads only the shards its devices hold, straight into jax.Arrays of
+    those shardings and dtypes (works across processes; every process must call it)."""
     import orbax.checkpoint as ocp
 
     with _manager(root, read_only=True) as mngr:
@@ -95,7 +101,9 @@ def load_orbax_checkpoint(root: str | os.PathLike, step: int | None = None):
         step = max(steps) if step is None else step
         if step not in steps:
             raise CheckpointError(f"{root}: no step {step}; complete steps are {sorted(steps)}")
-        restored = mngr.restore(step, args=ocp.args.Composite(**{PARAMS: ocp.args.StandardRestore(),
-                                                                  MODEL_CONFIG: ocp.args.JsonRestore()}))
-    cfg = LlamaConfig.from_hf_dict(restored[MODEL_CONFIG], where=f"{root}/{step}/{MODEL_CONFIG}")
-    return cfg, {k: np.asarray(v) for k, v in flatten(restored[PARAMS]).items()}
+        config = mngr.restore(step, args=ocp.args.Composite(**{MODEL_CONFIG: ocp.args.JsonRestore()}))
+        cfg = LlamaConfig.from_hf_dict(config[MODEL_CONFIG], where=f"{root}/{step}/{MODEL_CONFIG}")
+        abstract = None if target is None else nest(target(cfg))
+        restored = mngr.restore(step, args=ocp.args.Composite(**{PARAMS: ocp.args.StandardRestore(abstract)}))
+    params = flatten(restored[PARAMS])
+    return cfg, params if target is not None else {k: np.asarray(v) for k, v in params.items()}

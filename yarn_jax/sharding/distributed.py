@@ -1,0 +1,80 @@
+"""Several processes (hosts) as one JAX program: initialization, who writes, who reads which data.
+
+`initialize` calls `jax.distributed.initialize` when the run is multi-process: from explicit settings
+(coordinator address, process count and id — e.g. GPU hosts, or several local CPU processes), from the
+environment variables jax reads (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID), or on a
+Cloud TPU VM pod slice, where jax discovers everything itself. Single-process runs skip it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+import jax
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from yarn_jax.errors import ConfigError
+
+
+class DistributedConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["auto", "on", "off"] = Field(
+        "auto", description="auto: initialize when settings/environment/TPU pod say multi-process; "
+        "on: always (jax auto-detects the cluster); off: single process")
+    coordinator_address: str | None = Field(None, description="host:port of process 0")
+    num_processes: int | None = Field(None, description="number of processes")
+    process_id: int | None = Field(None, description="this process's id, 0..num_processes-1")
+    local_device_ids: list[int] | None = Field(None, description="devices this process uses (GPU hosts)")
+    timeout_s: int = Field(300, description="seconds to wait for every process to join")
+
+
+def _tpu_pod() -> bool:
+    """A multi-host Cloud TPU VM slice (the TPU runtime sets the worker list)."""
+    hosts = os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("CLOUD_TPU_TASK_ID")
+    return bool(hosts) and ("," in hosts or "CLOUD_TPU_TASK_ID" in os.environ)
+
+
+def initialize(cfg: DistributedConfig | None = None) -> bool:
+    """Join the multi-process run if there is one; returns whether jax.distributed was initialized. Call it
+    before anything touches a device."""
+    cfg = cfg or DistributedConfig()
+    explicit = cfg.coordinator_address is not None or cfg.num_processes is not None
+    env = "JAX_COORDINATOR_ADDRESS" in os.environ
+    if cfg.mode == "off" or (cfg.mode == "auto" and not (explicit or env or _tpu_pod())):
+        return False
+    if explicit and None in (cfg.coordinator_address, cfg.num_processes, cfg.process_id):
+        raise ConfigError("distributed: coordinator_address, num_processes and process_id go together "
+                          f"(got {cfg.coordinator_address!r}, {cfg.num_processes!r}, {cfg.process_id!r})")
+    if cfg.process_id is not None and not 0 <= cfg.process_id < (cfg.num_processes or 1):
+        raise ConfigError(f"distributed.process_id {cfg.process_id} is outside 0..{cfg.num_processes - 1}")
+    jax.distributed.initialize(coordinator_address=cfg.coordinator_address, num_processes=cfg.num_processes,
+                               process_id=cfg.process_id, local_device_ids=cfg.local_device_ids,
+                               initialization_timeout=cfg.timeout_s)
+    return True
+
+
+def is_primary() -> bool:
+    """Process 0: the one that logs, writes results and plots."""
+    return jax.process_index() == 0
+
+
+def process_rows(sharding, global_shape) -> slice:
+    """The block of rows of a global batch this process's devices hold under `sharding`: the rows it loads
+    (each process reads only its part of the input data)."""
+    ranges = [idx[0].indices(global_shape[0])[:2]
+              for idx in sharding.addressable_devices_indices_map(tuple(global_shape)).values()]
+    return slice(min(r[0] for r in ranges), max(r[1] for r in ranges))
+
+
+def from_process_rows(local: np.ndarray, sharding, global_shape) -> jax.Array:
+    """The global array from each process's own rows (its `process_rows` block)."""
+    return jax.make_array_from_process_local_data(sharding, np.asarray(local), tuple(global_shape))
+
+
+def from_host(array: np.ndarray, sharding) -> jax.Array:
+    """The global array from a host array every process holds whole (each device takes its block)."""
+    array = np.asarray(array)
+    return jax.make_array_from_callback(array.shape, sharding, lambda idx: array[idx])

@@ -1,0 +1,90 @@
+"""Device meshes from configuration: named axes `data`, `fsdp`, `sequence`, `tensor`, with presets.
+
+Axis order is outermost (slowest links) to innermost: `data` (pure replicas, gradient all-reduce once per
+step), `fsdp` (parameters and optimizer state sharded, all-gathered per layer), `sequence` (activations
+split along the tokens; attention gathers keys/values), `tensor` (heads, MLP and vocabulary split; most
+communication, so the innermost, fastest links). One size may be -1: it takes the devices left over.
+
+Meshes use Auto axis types (the SPMD partitioner propagates shardings from the ones we set); jax >= 0.10's
+`jax.make_mesh` would otherwise default to Explicit axes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from yarn_jax.errors import ConfigError
+
+AXES = ("data", "fsdp", "sequence", "tensor")
+
+# Which preset for which job (README "Running on a TPU pod slice or a multi-GPU host"):
+PRESETS: dict[str, dict[str, int]] = {
+    "none": {},  # one device, no mesh
+    "dp": {"data": -1},  # model fits a device: replicate it, split the batch
+    "fsdp": {"fsdp": -1},  # model + optimizer do not fit one device: shard them over all devices
+    "fsdp_tensor": {"fsdp": -1, "tensor": 2},  # big models / few sequences per device: also split heads
+    "fsdp_sequence": {"fsdp": -1, "sequence": 2},  # long contexts: also split the tokens of a sequence
+}
+
+
+class MeshConfig(BaseModel):
+    """`preset` sets the axis sizes; `axes` overrides any of them ({"tensor": 4}); -1 = the rest."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: Literal["none", "dp", "fsdp", "fsdp_tensor", "fsdp_sequence"] = Field(
+        "none", description="none (one device) | dp | fsdp | fsdp_tensor | fsdp_sequence")
+    axes: dict[str, int] = Field(default_factory=dict, description="axis sizes overriding the preset, "
+                                 "e.g. {fsdp: 4, tensor: 2}; -1 takes the remaining devices")
+
+    @field_validator("axes")
+    @classmethod
+    def _axes(cls, v):
+        unknown = sorted(set(v) - set(AXES))
+        if unknown:
+            raise ValueError(f"unknown mesh axes {unknown}; axes are {list(AXES)}")
+        if any(n == 0 or n < -1 for n in v.values()):
+            raise ValueError(f"axis sizes must be positive or -1, got {v}")
+        if sum(n == -1 for n in v.values()) > 1:
+            raise ValueError(f"at most one axis may be -1, got {v}")
+        return v
+
+    @property
+    def enabled(self) -> bool:
+        return self.preset != "none" or bool(self.axes)
+
+    def sizes(self, n_devices: int) -> dict[str, int]:
+        """Axis sizes for n_devices (ConfigError when they do not multiply to it)."""
+        preset = PRESETS[self.preset]
+        if -1 in self.axes.values():  # the override's -1 replaces the preset's
+            preset = {a: n for a, n in preset.items() if n != -1}
+        sizes = {a: 1 for a in AXES} | preset | self.axes
+        fixed = math.prod(n for n in sizes.values() if n != -1)
+        if -1 in sizes.values():
+            if n_devices % fixed:
+                raise ConfigError(f"mesh {self._describe(sizes)}: {n_devices} devices are not divisible by the "
+                                  f"fixed axis sizes' product {fixed}")
+            sizes = {a: (n_devices // fixed if n == -1 else n) for a, n in sizes.items()}
+        if math.prod(sizes.values()) != n_devices:
+            raise ConfigError(f"mesh {self._describe(sizes)} needs {math.prod(sizes.values())} devices, "
+                              f"{n_devices} are available")
+        return sizes
+
+    def _describe(self, sizes) -> str:
+        return f"(preset {self.preset!r}, axes " + ", ".join(f"{a}={n}" for a, n in sizes.items()) + ")"
+
+
+def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
+    """The mesh over `devices` (default: every device of every process), topology-aware on TPU/GPU."""
+    devices = jax.devices() if devices is None else list(devices)
+    sizes = cfg.sizes(len(devices))
+    shape = tuple(sizes[a] for a in AXES)
+    if len(devices) == len(jax.devices()):
+        return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
+    return Mesh(np.asarray(devices).reshape(shape), AXES, axis_types=(AxisType.Auto,) * len(AXES))

@@ -1,0 +1,106 @@
+"""Logical axis names -> mesh axes, and the sharding context the model reads while it is traced.
+
+Every parameter carries logical names (`model.py`); activations are annotated with `batch`, `length`,
+`heads`, `kv_heads`, `head_dim` (and None for an unsharded embedding of activations). A rule maps a
+logical name to mesh axes. A dimension whose size the mapped axes do not divide is replicated over them
+instead (e.g. SmolLM2's 3 KV heads on a tensor axis of 2); `Sharder.fallbacks` lists where that happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import math
+from typing import Sequence
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+Rule = tuple[str, "str | tuple[str, ...] | None"]
+
+DEFAULT_RULES: tuple[Rule, ...] = (
+    ("batch", ("data", "fsdp")),  # activations: a sequence's tokens stay on one data/fsdp group
+    ("length", "sequence"),
+    ("embed", "fsdp"),  # parameters: ZeRO-3 style, the model dimension split over fsdp
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("head_dim", None),
+    ("layers", None),
+    ("norm", None),
+)
+
+
+@dataclasses.dataclass
+class Sharder:
+    """A mesh plus logical rules: shardings for named arrays, and constraints inside traced code."""
+
+    mesh: Mesh
+    rules: Sequence[Rule] = DEFAULT_RULES
+    fallbacks: dict = dataclasses.field(default_factory=dict)
+
+    def axes(self, name: str | None) -> tuple[str, ...]:
+        """Mesh axes (of size > 1) a logical name maps to."""
+        if name is None:
+            return ()
+        for logical, mesh_axes in self.rules:
+            if logical == name:
+                mesh_axes = () if mesh_axes is None else (mesh_axes,) if isinstance(mesh_axes, str) else mesh_axes
+                return tuple(a for a in mesh_axes if self.mesh.shape[a] > 1)
+        raise KeyError(f"no sharding rule for logical axis {name!r}; rules cover {[r[0] for r in self.rules]}")
+
+    def spec(self, names: Sequence[str | None], shape: Sequence[int], what: str = "") -> P:
+        """PartitionSpec for an array of `shape` whose dims have logical `names`. A mesh axis is used once;
+        a dim its axes do not divide drops trailing axes until they do (recorded in `fallbacks`)."""
+        if len(names) != len(shape):
+            raise ValueError(f"{what or 'array'}: {len(names)} logical names {tuple(names)} for shape {tuple(shape)}")
+        used: set[str] = set()
+        out = []
+        for name, size in zip(names, shape):
+            axes = [a for a in self.axes(name) if a not in used]
+            wanted = tuple(axes)
+            while axes and size % math.prod(self.mesh.shape[a] for a in axes):
+                axes.pop()
+            if tuple(axes) != wanted and what:
+                self.fallbacks[what] = f"{name}={size} not divisible by {wanted}: sharded over {tuple(axes) or 'nothing'}"
+            used.update(axes)
+            out.append(None if not axes else axes[0] if len(axes) == 1 else tuple(axes))
+        return P(*out)
+
+    def named(self, names, shape, what: str = "") -> NamedSharding:
+        return NamedSharding(self.mesh, self.spec(names, shape, what))
+
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, P())
+
+    def constrain(self, x, names):
+        return jax.lax.with_sharding_constraint(x, self.named(names, x.shape))
+
+    def size(self, axis: str) -> int:
+        return self.mesh.shape[axis]
+
+
+_ACTIVE: contextvars.ContextVar[Sharder | None] = contextvars.ContextVar("yarn_jax_sharder", default=None)
+
+
+@contextlib.contextmanager
+def activate(sharder: Sharder | None):
+    """Make `sharder` the one the model's constraints and sharded attention use while tracing. Enter it
+    inside the function being jitted, so every trace sees it (a cached trace never misses it)."""
+    token = _ACTIVE.set(sharder)
+    try:
+        yield sharder
+    finally:
+        _ACTIVE.reset(token)
+
+
+def active() -> Sharder | None:
+    return _ACTIVE.get()
+
+
+def constrain(x, names):
+    """with_sharding_constraint by logical names under an active sharder; the identity otherwise."""
+    sharder = _ACTIVE.get()
+    return x if sharder is None else sharder.constrain(x, names)

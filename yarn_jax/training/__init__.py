@@ -1,0 +1,1 @@
+"""Fine-tuning: the loss, the optimizer and the (sharded) train step."""

@@ -1,0 +1,119 @@
+"""The language-modelling loss, the optimizer and one jitted train step (sharded when a mesh is given).
+
+Batches are dicts of [B, T] int32 arrays: `input_ids`, and optionally `segment_ids` (packed documents:
+1, 2, ... per document, 0 = padding) and `positions` (restarting at 0 in every document). A token is
+predicted only from the same document: the loss counts position t when t + 1 holds a real token of the
+same segment (all positions but the last without segment ids).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from yarn_jax.loss import DEFAULT_CHUNK, token_log_probs
+from yarn_jax.model import Llama
+from yarn_jax.sharding.params import tree_shardings
+from yarn_jax.sharding.rules import Sharder, activate, constrain
+
+BATCH_NAMES = ("batch", "length")
+
+
+def loss_terms(model: Llama, batch: dict, *, chunk: int = DEFAULT_CHUNK):
+    """(sum of NLL over counted tokens, number of counted tokens), float32 scalars."""
+    ids = batch["input_ids"]
+    seg = batch.get("segment_ids")
+    h = model.hidden_states(ids, batch.get("positions"), seg)  # [B, T, E]
+    targets = jnp.roll(ids, -1, axis=1)  # position t predicts t + 1; the wrapped last one is masked out
+    valid = jnp.arange(ids.shape[1]) < ids.shape[1] - 1
+    if seg is not None:
+        nxt = jnp.roll(seg, -1, axis=1)
+        valid = valid & (nxt == seg) & (seg > 0)
+    valid = constrain(jnp.broadcast_to(valid, ids.shape).astype(jnp.float32), BATCH_NAMES)
+    lp = token_log_probs(h, model.lm_head_weight(), targets, chunk=chunk)  # [B, T]
+    return -jnp.sum(lp * valid), jnp.sum(valid)
+
+
+def make_optimizer(learning_rate: float = 2e-5, *, warmup_steps: int = 20, b1: float = 0.9, b2: float = 0.95,
+                   eps: float = 1e-8, weight_decay: float = 0.0, clip_norm: float | None = 1.0):
+    """AdamW after global-norm clipping, linear warmup then constant (the paper's recipe: lr 2e-5, 20
+    warmup steps, beta (0.9, 0.95), no weight decay)."""
+    schedule = optax.join_schedules([optax.linear_schedule(0.0, learning_rate, max(warmup_steps, 1)),
+                                     optax.constant_schedule(learning_rate)], [max(warmup_steps, 1)])
+    parts = [] if clip_norm is None else [optax.clip_by_global_norm(clip_norm)]
+    return optax.chain(*parts, optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
+
+
+@dataclasses.dataclass
+class TrainStep:
+    """`step(params, opt_state, batch) -> (params, opt_state, metrics)` jitted once, with explicit in/out
+    shardings under a mesh (parameters and moments by their logical names, the batch over `batch` and
+    `length`), donating the old state. `accum` micro-batches split the batch rows; the gradient is that of
+    the mean NLL over all counted tokens of the whole batch."""
+
+    graphdef: Any
+    optimizer: optax.GradientTransformation
+    sharder: Sharder | None = None
+    accum: int = 1
+    chunk: int = DEFAULT_CHUNK
+
+    def __post_init__(self):
+        self._jitted = {}
+
+    def _step(self, params, opt_state, batch):
+        with activate(self.sharder):
+            def loss_fn(p, mb):
+                total, count = loss_terms(nnx.merge(self.graphdef, p), mb, chunk=self.chunk)
+                return total, count
+
+            grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+            if self.accum == 1:
+                (total, count), grads = grad_fn(params, batch)
+            else:
+                micro = jax.tree.map(lambda x: x.reshape(self.accum, x.shape[0] // self.accum, *x.shape[1:]), batch)
+
+                def body(carry, mb):
+                    (t, c), g = grad_fn(params, mb)
+                    return jax.tree.map(jnp.add, carry, (t, c, g)), None
+
+                zeros = (jnp.float32(0), jnp.float32(0), jax.tree.map(jnp.zeros_like, params))
+                (total, count, grads), _ = jax.lax.scan(body, zeros, micro)
+            count = jnp.maximum(count, 1.0)
+            grads = jax.tree.map(lambda g: g / count, grads)
+            updates, opt_state = self.optimizer.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            metrics = {"loss": total / count, "tokens": count, "grad_norm": optax.global_norm(grads)}
+            return params, opt_state, metrics
+
+    def init(self, params):
+        """Optimizer state, created directly in its shards."""
+        if self.sharder is None:
+            return jax.jit(self.optimizer.init)(params)
+        shardings = tree_shardings(jax.eval_shape(self.optimizer.init, params), self.sharder)
+        return jax.jit(self.optimizer.init, out_shardings=shardings)(params)
+
+    def __call__(self, params, opt_state, batch):
+        key = tuple((k, v.shape) for k, v in sorted(batch.items()))
+        if key not in self._jitted:
+            if batch["input_ids"].shape[0] % self.accum:
+                raise ValueError(f"batch size {batch['input_ids'].shape[0]} is not divisible by accum={self.accum}")
+            if self.sharder is None:
+                self._jitted[key] = jax.jit(self._step, donate_argnums=(0, 1))
+            else:
+                ps = tree_shardings(params, self.sharder)
+                os_ = tree_shardings(opt_state, self.sharder)
+                bs = {k: batch_sharding(self.sharder, v.shape) for k, v in batch.items()}
+                self._jitted[key] = jax.jit(self._step, in_shardings=(ps, os_, bs),
+                                            out_shardings=(ps, os_, self.sharder.replicated()),
+                                            donate_argnums=(0, 1))
+        return self._jitted[key](params, opt_state, batch)
+
+
+def batch_sharding(sharder: Sharder, shape):
+    """[B, T] batch arrays: rows over the data/fsdp axes, tokens over the sequence axis."""
+    return sharder.named(BATCH_NAMES, shape)
