@@ -9,6 +9,11 @@ import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# 8 virtual CPU devices for the mesh tests (set before any backend starts; single-device code uses device 0)
+import jax  # noqa: E402
+
+jax.config.update("jax_num_cpu_devices", 8)
+
 
 @pytest.fixture(scope="session")
 def assets():
