@@ -35,8 +35,11 @@ def main(argv=None) -> int:
     except YarnJaxError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps({"out": cfg.out, "perplexity": summary["perplexity"], "passkey": summary["passkey"],
-                      "plots": summary["plots"]}))
+    import jax
+
+    if jax.process_index() == 0:
+        print(json.dumps({"out": cfg.out, "perplexity": summary["perplexity"], "passkey": summary["passkey"],
+                          "plots": summary.get("plots", [])}))
     return 0
 
 

@@ -88,6 +88,23 @@ def test_interrupted_run_resumes_and_keeps_finished_cells(tiny_dir, corpus, tmp_
     assert len((out / "cells.jsonl").read_text().splitlines()) == 12
 
 
+@pytest.mark.parametrize("mesh", [["--mesh", "fsdp_sequence"], ["--mesh", "dp", "--mesh-axes", "{data: 2, sequence: 4}"]])
+def test_mesh_run_gives_the_single_device_cells(tiny_dir, corpus, tmp_path, mesh):
+    """The same evaluation sharded over 8 virtual devices (parameters by fsdp, tokens by sequence)."""
+    single = run(tiny_dir, corpus, tmp_path / "single")
+    sharded = run(tiny_dir, corpus, tmp_path / "mesh", *mesh)
+    cells = {}
+    for name in ("single", "mesh"):
+        for line in (tmp_path / name / "cells.jsonl").read_text().splitlines():
+            rec = json.loads(line)
+            cells.setdefault(rec["key"], {})[name] = rec["nll_sum"]
+    assert len(cells) == 12
+    for key, v in cells.items():
+        assert v["mesh"] == pytest.approx(v["single"], rel=1e-5), key
+    assert [r["ppl"] for r in sharded["perplexity"]] == pytest.approx([r["ppl"] for r in single["perplexity"]],
+                                                                      rel=1e-5)
+
+
 def test_run_directory_refuses_other_settings(tiny_dir, corpus, tmp_path, capsys):
     out = tmp_path / "run"
     run(tiny_dir, corpus, out, "--lengths", "48")
@@ -104,6 +121,10 @@ def test_run_directory_refuses_other_settings(tiny_dir, corpus, tmp_path, capsys
     (["--data", "/nonexistent.jsonl"], "data"),
     (["--protocol", "chunked"], "protocol"),
     (["--bos", "99999999"], "bos"),
+    (["--mesh-axes", "{pipeline: 2}"], "mesh_axes"),
+    (["--mesh", "fsdp", "--mesh-axes", "{tensor: 3}"], "not divisible"),
+    (["--mesh", "ring"], "mesh"),
+    (["--num-processes", "2"], "coordinator_address"),
 ])
 def test_bad_input_fails_before_compute_naming_the_field(tiny_dir, corpus, tmp_path, capsys, args, message):
     argv = ["--model", str(tiny_dir[0]), "--data", str(corpus), "--lengths", "48", "--out", str(tmp_path / "r"),

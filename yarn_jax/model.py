@@ -258,4 +258,7 @@ def next_token_log_probs(model: Llama, input_ids, positions=None, segment_ids=No
                          chunk: int = DEFAULT_CHUNK):
     """log p(input_ids[:, t+1] | input_ids[:, :t+1]) [B, T-1] float32 via the chunked head (no [T, V] logits)."""
     h = model.hidden_states(input_ids, positions, segment_ids, rope=rope)
-    return token_log_probs(h[:, :-1], model.lm_head_weight(), input_ids[:, 1:], chunk=chunk)
+    # all T positions against the next token (the wrapped last one dropped): T stays aligned with a
+    # sequence-sharded layout
+    lp = token_log_probs(h, model.lm_head_weight(), jnp.roll(input_ids, -1, axis=1), chunk=chunk)
+    return lp[:, :-1]

@@ -43,6 +43,39 @@ class EvalConfig(BaseModel):
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="compute dtype")
     attention_backend: str = Field("auto", description="auto | blockwise | splash | gpu_flash | reference")
     out: str = Field("runs/eval", description="output directory (results are resumed from it)")
+    mesh: Literal["none", "dp", "fsdp", "fsdp_tensor", "fsdp_sequence"] = Field(
+        "none", description="device mesh preset (none: one device)")
+    mesh_axes: dict[str, int] = Field({}, description="mesh axis sizes overriding the preset, e.g. "
+                                      "'{sequence: 4}'; -1 = the remaining devices")
+    distributed: Literal["auto", "on", "off"] = Field("auto", description="multi-process: auto (from the flags "
+                                                      "below, JAX_* environment, or a TPU pod) | on | off")
+    coordinator_address: str | None = Field(None, description="multi-process: host:port of process 0")
+    num_processes: int | None = Field(None, description="multi-process: number of processes")
+    process_id: int | None = Field(None, description="multi-process: this process's id")
+
+    @field_validator("mesh_axes")
+    @classmethod
+    def _mesh_axes(cls, v):
+        from yarn_jax.sharding.mesh import MeshConfig
+
+        from pydantic import ValidationError as _VE
+
+        try:
+            MeshConfig(axes=v)  # the axis names and sizes are checked now; the device count at run time
+        except _VE as e:
+            raise ValueError("; ".join(err["msg"] for err in e.errors())) from None
+        return v
+
+    def mesh_config(self):
+        from yarn_jax.sharding.mesh import MeshConfig
+
+        return MeshConfig(preset=self.mesh, axes=self.mesh_axes)
+
+    def distributed_config(self):
+        from yarn_jax.sharding.distributed import DistributedConfig
+
+        return DistributedConfig(mode=self.distributed, coordinator_address=self.coordinator_address,
+                                 num_processes=self.num_processes, process_id=self.process_id)
 
     @field_validator("lengths", "passkey_lengths")
     @classmethod
@@ -119,7 +152,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
         if value is not None:
             out[name] = parse(value)
             if name in ("model", "data", "out", "text_field", "attention_backend", "methods",
-                        "tfds_data_dir"):
+                        "tfds_data_dir", "coordinator_address"):
                 # paths, names and rope specs stay strings even if they look like numbers or JSON
                 out[name] = [str(v) for v in value] if isinstance(value, list) else str(value)
     return out

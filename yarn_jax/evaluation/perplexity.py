@@ -28,6 +28,9 @@ from yarn_jax.evaluation.data import Document
 from yarn_jax.evaluation.methods import Method
 from yarn_jax.model import Llama, next_token_log_probs
 from yarn_jax.rope import rope_frequencies
+from yarn_jax.sharding.distributed import from_host
+from yarn_jax.sharding.params import tree_shardings
+from yarn_jax.sharding.rules import Sharder, activate
 
 PROTOCOLS = ("truncate", "sliding")
 
@@ -72,12 +75,18 @@ class Scores:
 class PerplexityScorer:
     """Scores documents under several rope methods with one compiled forward per evaluation length."""
 
-    def __init__(self, module: Llama, bos: int | None):
+    def __init__(self, module: Llama, bos: int | None, sharder: Sharder | None = None):
         self.config: LlamaConfig = module.config
         self.bos = bos
+        self.sharder = sharder
         graphdef, self._state = nnx.split(module)
-        self._log_probs = jax.jit(lambda state, ids, inv_freq, factor: next_token_log_probs(
-            nnx.merge(graphdef, state), ids, rope=(inv_freq, factor))[0])  # [L-1]
+
+        def log_probs(state, ids, inv_freq, factor):  # [L-1]
+            with activate(sharder):
+                return next_token_log_probs(nnx.merge(graphdef, state), ids, rope=(inv_freq, factor))[0]
+
+        self._fn = log_probs
+        self._jitted: dict = {}  # one program per sequence length
         self._ropes: dict = {}
 
     def rope(self, method: Method, seq_len: int):
@@ -114,7 +123,7 @@ class PerplexityScorer:
             if self.bos is not None:
                 ids[0, 0] = self.bos
             inv_freq, factor = self.rope(method, real)
-            lp = np.asarray(self._log_probs(self._state, jnp.asarray(ids), inv_freq, factor), np.float64)
+            lp = np.asarray(self._forward(ids, inv_freq, factor), np.float64)
             # lp[i] = log p(ids[i+1] | ids[:i+1]); the scored tokens are the window's last `scored` ones
             targets = np.arange(real - w.scored, real)  # input positions of the scored tokens
             nlls.append(-lp[targets - 1])
@@ -122,6 +131,25 @@ class PerplexityScorer:
             if progress is not None:
                 progress(1)
         return Scores(np.concatenate(nlls), np.concatenate(positions))
+
+
+    def _forward(self, ids: np.ndarray, inv_freq, factor):
+        """log p of each next token [L-1]. Under a mesh: parameters as loaded (their logical shardings),
+        tokens over the sequence axis, result replicated; inputs are global arrays built from the host
+        values every process holds."""
+        sharder = self.sharder
+        if ids.shape not in self._jitted:
+            if sharder is None:
+                self._jitted[ids.shape] = jax.jit(self._fn)
+            else:
+                rep, tokens = sharder.replicated(), sharder.named(("batch", "length"), ids.shape)
+                self._jitted[ids.shape] = jax.jit(self._fn, out_shardings=rep, in_shardings=(
+                    tree_shardings(self._state, sharder), tokens, rep, rep))
+        if sharder is None:
+            return self._jitted[ids.shape](self._state, jnp.asarray(ids), inv_freq, factor)
+        rep = sharder.replicated()
+        return self._jitted[ids.shape](self._state, from_host(ids, sharder.named(("batch", "length"), ids.shape)),
+                                       from_host(inv_freq, rep), from_host(factor, rep))
 
 
 def aggregate(cells: list[dict]) -> dict:

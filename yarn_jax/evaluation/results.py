@@ -22,8 +22,15 @@ def write_json_atomic(path: Path, obj) -> None:
 
 
 class RunStore:
-    def __init__(self, out_dir: str | os.PathLike, fixed: dict):
+    """The run directory's cells. With write=False (processes other than 0 of a multi-process run) nothing
+    touches the disk; `cells` is then filled from process 0's (see `distributed.share_from_primary`)."""
+
+    def __init__(self, out_dir: str | os.PathLike, fixed: dict, *, write: bool = True):
         self.dir = Path(out_dir)
+        self.write = write
+        self.cells: dict[str, dict] = {}
+        if not write:
+            return
         self.dir.mkdir(parents=True, exist_ok=True)
         cfg_path = self.dir / "config.json"
         if cfg_path.exists():
@@ -36,7 +43,6 @@ class RunStore:
                     + "; choose another --out or delete the directory")
         write_json_atomic(cfg_path, fixed)
         self.cells_path = self.dir / "cells.jsonl"
-        self.cells: dict[str, dict] = {}
         if self.cells_path.exists():
             lines = self.cells_path.read_text().splitlines()
             for i, line in enumerate(lines):
@@ -56,6 +62,8 @@ class RunStore:
 
     def add(self, record: dict) -> None:
         self.cells[record["key"]] = record
+        if not self.write:
+            return
         with self.cells_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()

@@ -11,6 +11,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import jax
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -25,6 +26,7 @@ from yarn_jax.evaluation.data import load_documents
 from yarn_jax.evaluation.methods import parse_methods
 from yarn_jax.evaluation.perplexity import PerplexityScorer, aggregate, position_buckets
 from yarn_jax.evaluation.results import RunStore, write_json_atomic
+from yarn_jax.sharding import Sharder, distributed, make_mesh
 
 
 def resolve_model_path(name: str) -> str:
@@ -43,9 +45,24 @@ def _progress(console: Console) -> Progress:
 
 
 def run(cfg: EvalConfig, console: Console | None = None) -> dict:
-    console = console or Console(stderr=True, width=max(100, Console(stderr=True).width))
-    pm = yarn_jax.from_pretrained(resolve_model_path(cfg.model), dtype=cfg.dtype,
-                                  attention_backend=cfg.attention_backend)
+    """Every process of a multi-process run calls this; process 0 alone writes and prints."""
+    distributed.initialize(cfg.distributed_config())
+    primary = distributed.is_primary()
+    console = console or Console(stderr=True, width=max(100, Console(stderr=True).width), quiet=not primary)
+    sharder = None
+    if cfg.mesh_config().enabled:
+        sharder = Sharder(make_mesh(cfg.mesh_config()))
+    if cfg.passkey_lengths and jax.process_count() > 1:
+        raise ConfigError("passkey_lengths: passkey decoding runs in a single process (a mesh over its devices "
+                          "is fine); run it without the multi-process settings")
+    model_path = resolve_model_path(cfg.model) if primary or jax.process_count() == 1 else None
+    model_path = distributed.share_from_primary(model_path)  # only process 0 fetches the bundled asset
+    pm = yarn_jax.from_pretrained(model_path, dtype=cfg.dtype, attention_backend=cfg.attention_backend,
+                                  sharder=sharder)
+    if sharder is not None:
+        console.print(f"mesh {dict(sharder.mesh.shape)} over {jax.device_count()} devices, "
+                      f"{jax.process_count()} process(es)"
+                      + (f"; replicated where not divisible: {sharder.fallbacks}" if sharder.fallbacks else ""))
     mc = pm.config
     l0 = cfg.original_context or mc.rope.original_max_position_embeddings or mc.max_position_embeddings
     methods = parse_methods(cfg.methods, cfg.scales, l0)
@@ -60,7 +77,9 @@ def run(cfg: EvalConfig, console: Console | None = None) -> dict:
     if cfg.protocol != "none" and cfg.lengths:
         docs = load_documents(cfg.data, tok, min_tokens=max(cfg.lengths), max_docs=cfg.max_docs,
                               text_field=cfg.text_field, tfds_data_dir=cfg.tfds_data_dir)
-    store = RunStore(cfg.out, {**{k: getattr(cfg, k) for k in RESULT_FIELDS}, "bos": bos})  # bos resolved
+    store = RunStore(cfg.out, {**{k: getattr(cfg, k) for k in RESULT_FIELDS}, "bos": bos},  # bos resolved
+                     write=primary)
+    store.cells = distributed.share_from_primary(store.cells)  # every process skips the same finished cells
     console.print(f"[bold]{cfg.model}[/] (L0 = {l0}), {len(methods)} methods, bos = {bos}, "
                   f"{len(docs)} document(s): {', '.join(d.name for d in docs)}; results in {store.dir}")
 
@@ -68,7 +87,7 @@ def run(cfg: EvalConfig, console: Console | None = None) -> dict:
         summarize(cfg, methods, docs, store, console, quiet=True)
 
     if docs:
-        _perplexity(cfg, pm, methods, docs, bos, store, console, refresh)
+        _perplexity(cfg, pm, methods, docs, bos, store, console, refresh, sharder)
     if cfg.passkey_lengths:
         _passkey(cfg, pm, tok, methods, bos, store, console, refresh)
     return summarize(cfg, methods, docs, store, console)
@@ -78,8 +97,8 @@ def _ppl_key(cfg, length, doc, method) -> str:
     return f"ppl|{cfg.protocol}|{cfg.stride}|{length}|{doc.name}|{method.key}"
 
 
-def _perplexity(cfg, pm, methods, docs, bos, store, console, refresh) -> None:
-    scorer = PerplexityScorer(pm.module, bos)
+def _perplexity(cfg, pm, methods, docs, bos, store, console, refresh, sharder=None) -> None:
+    scorer = PerplexityScorer(pm.module, bos, sharder)
     todo = [(n, d, m) for n in cfg.lengths for d in docs for m in methods if not store.get(_ppl_key(cfg, n, d, m))]
     total = sum(len(scorer.windows(d, n, cfg.stride, cfg.protocol)) for n, d, _ in todo)
     by_signature: dict[tuple, dict] = {}
@@ -174,6 +193,8 @@ def summarize(cfg: EvalConfig, methods, docs, store: RunStore, console: Console,
             ctx, mean_acc = pk.passkey_context(by_len)
             summary.setdefault("passkey_context", {})[m.label] = {"context": ctx, "accuracy": mean_acc}
 
+    if not store.write:  # not process 0
+        return summary
     write_json_atomic(out / "summary.json", summary)
     _write_csv(out / "perplexity.csv", summary["perplexity"])
     _write_csv(out / "passkey.csv", summary["passkey"])

@@ -61,6 +61,22 @@ def is_primary() -> bool:
     return jax.process_index() == 0
 
 
+def share_from_primary(obj):
+    """Process 0's value of a JSON-serializable object, on every process (the identity when single-process):
+    e.g. which evaluation cells are already done, so that every process runs the same computations."""
+    if jax.process_count() == 1:
+        return obj
+    import json
+
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(json.dumps(obj).encode(), np.uint8) if is_primary() else np.zeros(0, np.uint8)
+    n = int(multihost_utils.broadcast_one_to_all(np.int64(data.size)))
+    buf = np.zeros(n, np.uint8)
+    buf[:data.size] = data
+    return json.loads(bytes(np.asarray(multihost_utils.broadcast_one_to_all(buf))).decode())
+
+
 def process_rows(sharding, global_shape) -> slice:
     """The block of rows of a global batch this process's devices hold under `sharding`: the rows it loads
     (each process reads only its part of the input data)."""
