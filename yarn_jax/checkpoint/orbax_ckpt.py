@@ -103,7 +103,11 @@ def load_orbax_checkpoint(root: str | os.PathLike, step: int | None = None, *, t
             raise CheckpointError(f"{root}: no step {step}; complete steps are {sorted(steps)}")
         config = mngr.restore(step, args=ocp.args.Composite(**{MODEL_CONFIG: ocp.args.JsonRestore()}))
         cfg = LlamaConfig.from_hf_dict(config[MODEL_CONFIG], where=f"{root}/{step}/{MODEL_CONFIG}")
-        abstract = None if target is None else nest(target(cfg))
-        restored = mngr.restore(step, args=ocp.args.Composite(**{PARAMS: ocp.args.StandardRestore(abstract)}))
+        if target is None:  # as saved, or onto one local device when another topology wrote it
+            device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+            item = ocp.args.StandardRestore(fallback_sharding=device)
+        else:
+            item = ocp.args.StandardRestore(nest(target(cfg)))
+        restored = mngr.restore(step, args=ocp.args.Composite(**{PARAMS: item}))
     params = flatten(restored[PARAMS])
     return cfg, params if target is not None else {k: np.asarray(v) for k, v in params.items()}

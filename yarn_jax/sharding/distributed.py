@@ -41,6 +41,8 @@ def initialize(cfg: DistributedConfig | None = None) -> bool:
     """Join the multi-process run if there is one; returns whether jax.distributed was initialized. Call it
     before anything touches a device."""
     cfg = cfg or DistributedConfig()
+    if jax.distributed.is_initialized():
+        return True
     explicit = cfg.coordinator_address is not None or cfg.num_processes is not None
     env = "JAX_COORDINATOR_ADDRESS" in os.environ
     if cfg.mode == "off" or (cfg.mode == "auto" and not (explicit or env or _tpu_pod())):
@@ -77,16 +79,19 @@ def share_from_primary(obj):
     return json.loads(bytes(np.asarray(multihost_utils.broadcast_one_to_all(buf))).decode())
 
 
-def process_rows(sharding, global_shape) -> slice:
-    """The block of rows of a global batch this process's devices hold under `sharding`: the rows it loads
-    (each process reads only its part of the input data)."""
-    ranges = [idx[0].indices(global_shape[0])[:2]
-              for idx in sharding.addressable_devices_indices_map(tuple(global_shape)).values()]
-    return slice(min(r[0] for r in ranges), max(r[1] for r in ranges))
+def process_block(sharding, global_shape) -> tuple[slice, ...]:
+    """The block of a global array this process's devices hold under `sharding` (e.g. its rows of a batch,
+    and all tokens or its part of them): what the process loads; the rest of the data it never reads."""
+    indices = sharding.addressable_devices_indices_map(tuple(global_shape)).values()
+    block = []
+    for dim, n in enumerate(global_shape):
+        ranges = [idx[dim].indices(n)[:2] for idx in indices]
+        block.append(slice(min(r[0] for r in ranges), max(r[1] for r in ranges)))
+    return tuple(block)
 
 
-def from_process_rows(local: np.ndarray, sharding, global_shape) -> jax.Array:
-    """The global array from each process's own rows (its `process_rows` block)."""
+def from_process_block(local: np.ndarray, sharding, global_shape) -> jax.Array:
+    """The global array from each process's own block (`process_block`) of it."""
     return jax.make_array_from_process_local_data(sharding, np.asarray(local), tuple(global_shape))
 
 
