@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import shutil
+import struct
 import tempfile
 from pathlib import Path
 from typing import Callable, Mapping, NamedTuple
@@ -165,11 +166,51 @@ def safetensors_files(directory: Path) -> list[Path]:
     raise CheckpointError(f"{directory}: no model.safetensors or model.safetensors.index.json")
 
 
+class TensorFile:
+    """Reads of one safetensors file, each through its own short-lived memory map.
+
+    safetensors' `safe_open` keeps the whole file mapped while open, and every page a read touches stays
+    resident (and counted in the process's RSS) until it closes — reading a model's shards through it
+    costs the whole file in host memory. Here each read maps just its tensor, copies the block asked for,
+    and unmaps: peak memory stays at the blocks kept plus one tensor. Offsets come from the file's header
+    (8-byte little-endian length, then JSON: dtype, shape, data_offsets per tensor).
+    """
+
+    DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+              "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+    def __init__(self, path: Path):
+        import ml_dtypes
+
+        self.path = path
+        with path.open("rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        header.pop("__metadata__", None)
+        self.base = 8 + n
+        self.entries = {}
+        for name, h in header.items():
+            dt = self.DTYPES[h["dtype"]]
+            self.entries[name] = (ml_dtypes.bfloat16 if dt == "bfloat16" else np.dtype(dt), tuple(h["shape"]),
+                                  h["data_offsets"][0])
+
+    def read(self, name: str, index=...) -> np.ndarray:
+        """tensor[index] as a new array (only the pages of the tensor that hold the block are touched)."""
+        dtype, shape, start = self.entries[name]
+        if not shape or 0 in shape:
+            return np.zeros(shape, dtype)[index]
+        mm = np.memmap(self.path, dtype=dtype, mode="r", offset=self.base + start, shape=shape)
+        try:
+            return np.array(mm[index])
+        finally:
+            mm._mmap.close()
+
+
 @contextlib.contextmanager
 def open_hf_checkpoint(path: str | os.PathLike):
-    """Context: (config, {HF tensor name: its open safetensors file}) of an HF directory, every name and shape
-    checked against the config first. Read a whole tensor with `files[name].get_tensor(name)`, part of one
-    with `files[name].get_slice(name)[rows, cols]` (only those bytes are read)."""
+    """Context: (config, {HF tensor name: its TensorFile}) of an HF directory, every name and shape checked
+    against the config first. Read a tensor with `files[name].read(name)`, a block of it with
+    `files[name].read(name, (rows, cols))` (only those pages are touched)."""
     directory = Path(path)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a directory")
@@ -179,22 +220,21 @@ def open_hf_checkpoint(path: str | os.PathLike):
     shapes: dict[str, tuple[int, ...]] = {}
     for f in files:
         try:
-            with safe_open(str(f), framework="numpy") as st:
+            with safe_open(str(f), framework="numpy") as st:  # validates the header and the file's size
                 for name in st.keys():
                     where[name] = f
                     shapes[name] = tuple(st.get_slice(name).get_shape())
         except Exception as e:  # safetensors raises its own error types for corrupt headers
             raise CheckpointError(f"{f}: cannot read safetensors header ({e})") from None
     check_tensor_names(cfg, shapes, str(directory))
-    with contextlib.ExitStack() as stack:
-        handles = {f: stack.enter_context(safe_open(str(f), framework="numpy")) for f in files}
-        yield cfg, {name: handles[f] for name, f in where.items()}
+    readers = {f: TensorFile(f) for f in files}
+    yield cfg, {name: readers[f] for name, f in where.items()}
 
 
 def load_hf_checkpoint(path: str | os.PathLike) -> tuple[LlamaConfig, dict[Path_, np.ndarray]]:
     """HF directory -> (config, params as numpy arrays keyed by our param paths)."""
     with open_hf_checkpoint(path) as (cfg, files):
-        return cfg, hf_to_params(cfg, lambda name: files[name].get_tensor(name))
+        return cfg, hf_to_params(cfg, lambda name: files[name].read(name))
 
 
 def save_hf_checkpoint(

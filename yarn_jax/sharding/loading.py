@@ -42,6 +42,16 @@ def _targets(abstract, sharder: Sharder, dtype) -> dict:
     return {tuple(p): (tuple(shapes[p].shape), s.get_value()) for p, s in shardings}
 
 
+class _Block:
+    """`tensor[index]` reads of one tensor of a TensorFile (what `Layout.read` slices)."""
+
+    def __init__(self, file, name: str):
+        self.file, self.name = file, name
+
+    def __getitem__(self, index):
+        return self.file.read(self.name, index)
+
+
 def load_sharded(path: str | os.PathLike, sharder: Sharder, *, param_dtype="float32", **model_kwargs):
     """(LlamaConfig, Llama) with every parameter a jax.Array sharded over `sharder`'s mesh by its logical
     names. Reads an HF directory (by slices), a yarn_jax checkpoint (by shards) or a .gguf file.
@@ -77,10 +87,10 @@ def load_sharded(path: str | os.PathLike, sharder: Sharder, *, param_dtype="floa
 
             def read(index, t=t):
                 if "{i}" not in t.name:
-                    return t.read(files[t.name].get_slice(t.name), index).astype(pdt)
+                    return t.read(_Block(files[t.name], t.name), index).astype(pdt)
                 layers = range(*index[0].indices(cfg.num_hidden_layers))
                 names = [t.name.format(i=i) for i in layers]
-                return np.stack([t.read(files[n].get_slice(n), index[1:]).astype(pdt) for n in names])
+                return np.stack([t.read(_Block(files[n], n), index[1:]).astype(pdt) for n in names])
 
             arrays[t.path] = jax.make_array_from_callback(shape, sharding, read)
         return cfg, _fill(graphdef, abstract, arrays)
