@@ -85,7 +85,8 @@ EXPECTED_SPECS = {
                     "layers/o_proj": P(None, "tensor", None, "fsdp"), "layers/gate_proj": P(None, "fsdp", "tensor"),
                     "layers/down_proj": P(None, "tensor", "fsdp"), "embed_tokens": P("tensor", "fsdp"),
                     "lm_head": P("fsdp", "tensor"), "layers/input_norm/weight": P(None, None)},
-    "fsdp_sequence": {"layers/q_proj": P(None, "fsdp", None, None), "embed_tokens": P(None, "fsdp")},
+    "fsdp_sequence": {"layers/q_proj": P(None, ("fsdp", "sequence"), None, None),
+                      "embed_tokens": P(None, ("fsdp", "sequence"))},
 }
 
 

@@ -34,6 +34,8 @@ def resolve_model_path(name: str) -> str:
         from yarn_jax import assets
 
         return str(assets.smollm2())
+    if "://" in name:  # a yarn_jax checkpoint on a bucket (gs://...): orbax/etils read it
+        return name
     if not Path(name).exists():
         raise ConfigError(f"model: {name!r} is not 'smollm2' nor an existing HF directory or .gguf file")
     return name

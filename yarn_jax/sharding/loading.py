@@ -56,11 +56,13 @@ def load_sharded(path: str | os.PathLike, sharder: Sharder, *, param_dtype="floa
     """(LlamaConfig, Llama) with every parameter a jax.Array sharded over `sharder`'s mesh by its logical
     names. Reads an HF directory (by slices), a yarn_jax checkpoint (by shards) or a .gguf file.
     `model_kwargs` go to `Llama` (dtype, attention_backend, remat)."""
-    p = Path(path)
+    from etils import epath
+
     pdt = as_dtype(param_dtype)
     kwargs = dict(model_kwargs, param_dtype=pdt)
-    if is_orbax_step(p) or (p.is_dir() and is_orbax_root(p)):
-        root, step = (p.parent, int(p.name)) if is_orbax_step(p) else (p, None)
+    if is_orbax_step(path) or is_orbax_root(path):  # local or any etils path (gs://...)
+        e = epath.Path(path)
+        root, step = (e.parent, int(e.name)) if is_orbax_step(path) else (e, None)
         box = {}
 
         def target(cfg):
@@ -70,6 +72,7 @@ def load_sharded(path: str | os.PathLike, sharder: Sharder, *, param_dtype="floa
 
         cfg, arrays = load_orbax_checkpoint(root, step, target=target)
         return cfg, _fill(*box["model"], arrays)
+    p = Path(path)
     if p.is_file() and p.suffix == ".gguf":
         cfg, host = load_gguf_checkpoint(p)
         graphdef, abstract = abstract_model(cfg, **kwargs)

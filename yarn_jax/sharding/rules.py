@@ -22,7 +22,8 @@ Rule = tuple[str, "str | tuple[str, ...] | None"]
 DEFAULT_RULES: tuple[Rule, ...] = (
     ("batch", ("data", "fsdp")),  # activations: a sequence's tokens stay on one data/fsdp group
     ("length", "sequence"),
-    ("embed", "fsdp"),  # parameters: ZeRO-3 style, the model dimension split over fsdp
+    ("embed", ("fsdp", "sequence")),  # parameters: ZeRO-3 style, the model dimension split over fsdp (and
+    # over the sequence axis too: its devices hold different tokens, not different parameters)
     ("vocab", "tensor"),
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
