@@ -124,6 +124,8 @@ def test_run_directory_refuses_other_settings(tiny_dir, corpus, tmp_path, capsys
     (["--mesh-axes", "{pipeline: 2}"], "mesh_axes"),
     (["--mesh", "fsdp", "--mesh-axes", "{tensor: 3}"], "not divisible"),
     (["--mesh", "ring"], "mesh"),
+    (["--mesh-rules", "{embed: pipeline}"], "mesh_rules"),
+    (["--mesh-rules", "{widths: fsdp}"], "no logical axis"),
     (["--num-processes", "2"], "coordinator_address"),
 ])
 def test_bad_input_fails_before_compute_naming_the_field(tiny_dir, corpus, tmp_path, capsys, args, message):

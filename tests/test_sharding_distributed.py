@@ -109,3 +109,17 @@ def test_eval_runner_across_processes_writes_once_and_matches(two_process_run, t
     both = json.loads((work / "eval" / "summary.json").read_text())
     assert [r["ppl"] for r in both["perplexity"]] == pytest.approx([r["ppl"] for r in single["perplexity"]], rel=1e-5)
     assert jax.process_count() == 1
+
+
+def test_initialize_is_single_process_unless_asked_and_checks_its_settings(monkeypatch):
+    from yarn_jax.errors import ConfigError
+    from yarn_jax.sharding.distributed import DistributedConfig, initialize
+
+    monkeypatch.delenv("JAX_COORDINATOR_ADDRESS", raising=False)
+    assert initialize(DistributedConfig(mode="off")) is False
+    assert initialize(DistributedConfig()) is False  # auto: no settings, no environment, no TPU VM
+    with pytest.raises(ConfigError, match="coordinator_address, num_processes and process_id go together"):
+        initialize(DistributedConfig(num_processes=2))
+    with pytest.raises(ConfigError, match="process_id 2 is outside 0..1"):
+        initialize(DistributedConfig(coordinator_address="127.0.0.1:1", num_processes=2, process_id=2))
+    assert jax.process_count() == 1

@@ -57,3 +57,13 @@ def test_rules_map_logical_names_and_fall_back_when_not_divisible():
 
 def test_eight_virtual_devices():
     assert jax.device_count() == 8
+
+
+def test_rules_from_config_override_the_defaults():
+    sharder = MeshConfig(preset="fsdp_tensor", rules={"mlp": None, "embed": ["fsdp"]}).sharder()
+    assert sharder.spec(("embed", "mlp"), (64, 80)) == P("fsdp", None)
+    assert sharder.spec(("heads",), (4,)) == P("tensor")  # untouched rules stay
+    with pytest.raises(ValueError, match="no logical axis"):
+        MeshConfig(rules={"widths": "fsdp"})
+    with pytest.raises(ValueError, match="mesh axes must be among"):
+        MeshConfig(rules={"embed": ["fsdp", "pipeline"]})

@@ -47,21 +47,24 @@ class EvalConfig(BaseModel):
         "none", description="device mesh preset (none: one device)")
     mesh_axes: dict[str, int] = Field({}, description="mesh axis sizes overriding the preset, e.g. "
                                       "'{sequence: 4}'; -1 = the remaining devices")
+    mesh_rules: dict[str, Union[str, list[str], None]] = Field(
+        {}, description="logical axis -> mesh axes overriding the default rules, e.g. '{mlp: null}'")
     distributed: Literal["auto", "on", "off"] = Field("auto", description="multi-process: auto (from the flags "
                                                       "below, JAX_* environment, or a TPU pod) | on | off")
     coordinator_address: str | None = Field(None, description="multi-process: host:port of process 0")
     num_processes: int | None = Field(None, description="multi-process: number of processes")
     process_id: int | None = Field(None, description="multi-process: this process's id")
 
-    @field_validator("mesh_axes")
+    @field_validator("mesh_axes", "mesh_rules")
     @classmethod
-    def _mesh_axes(cls, v):
-        from yarn_jax.sharding.mesh import MeshConfig
-
+    def _mesh_fields(cls, v, info):
+        """Axis names/sizes and rules checked now (the device count at run time)."""
         from pydantic import ValidationError as _VE
 
+        from yarn_jax.sharding.mesh import MeshConfig
+
         try:
-            MeshConfig(axes=v)  # the axis names and sizes are checked now; the device count at run time
+            MeshConfig(**{info.field_name.removeprefix("mesh_"): v})
         except _VE as e:
             raise ValueError("; ".join(err["msg"] for err in e.errors())) from None
         return v
@@ -69,7 +72,7 @@ class EvalConfig(BaseModel):
     def mesh_config(self):
         from yarn_jax.sharding.mesh import MeshConfig
 
-        return MeshConfig(preset=self.mesh, axes=self.mesh_axes)
+        return MeshConfig(preset=self.mesh, axes=self.mesh_axes, rules=self.mesh_rules)
 
     def distributed_config(self):
         from yarn_jax.sharding.distributed import DistributedConfig

@@ -26,7 +26,7 @@ from yarn_jax.evaluation.data import load_documents
 from yarn_jax.evaluation.methods import parse_methods
 from yarn_jax.evaluation.perplexity import PerplexityScorer, aggregate, position_buckets
 from yarn_jax.evaluation.results import RunStore, write_json_atomic
-from yarn_jax.sharding import Sharder, distributed, make_mesh
+from yarn_jax.sharding import distributed
 
 
 def resolve_model_path(name: str) -> str:
@@ -53,7 +53,7 @@ def run(cfg: EvalConfig, console: Console | None = None) -> dict:
     console = console or Console(stderr=True, width=max(100, Console(stderr=True).width), quiet=not primary)
     sharder = None
     if cfg.mesh_config().enabled:
-        sharder = Sharder(make_mesh(cfg.mesh_config()))
+        sharder = cfg.mesh_config().sharder()
     if cfg.passkey_lengths and jax.process_count() > 1:
         raise ConfigError("passkey_lengths: passkey decoding runs in a single process (a mesh over its devices "
                           "is fine); run it without the multi-process settings")

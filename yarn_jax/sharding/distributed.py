@@ -31,10 +31,12 @@ class DistributedConfig(BaseModel):
     timeout_s: int = Field(300, description="seconds to wait for every process to join")
 
 
-def _tpu_pod() -> bool:
-    """A multi-host Cloud TPU VM slice (the TPU runtime sets the worker list)."""
-    hosts = os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("CLOUD_TPU_TASK_ID")
-    return bool(hosts) and ("," in hosts or "CLOUD_TPU_TASK_ID" in os.environ)
+def _tpu_vm() -> bool:
+    """A Cloud TPU VM (libtpu installed): jax.distributed.initialize() discovers the slice's hosts itself
+    (one process on a single-host slice)."""
+    import importlib.util
+
+    return importlib.util.find_spec("libtpu") is not None or "TPU_WORKER_HOSTNAMES" in os.environ
 
 
 def initialize(cfg: DistributedConfig | None = None) -> bool:
@@ -45,7 +47,7 @@ def initialize(cfg: DistributedConfig | None = None) -> bool:
         return True
     explicit = cfg.coordinator_address is not None or cfg.num_processes is not None
     env = "JAX_COORDINATOR_ADDRESS" in os.environ
-    if cfg.mode == "off" or (cfg.mode == "auto" and not (explicit or env or _tpu_pod())):
+    if cfg.mode == "off" or (cfg.mode == "auto" and not (explicit or env or _tpu_vm())):
         return False
     if explicit and None in (cfg.coordinator_address, cfg.num_processes, cfg.process_id):
         raise ConfigError("distributed: coordinator_address, num_processes and process_id go together "

@@ -12,7 +12,7 @@ Meshes use Auto axis types (the SPMD partitioner propagates shardings from the o
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, Union
 
 import jax
 import numpy as np
@@ -42,6 +42,32 @@ class MeshConfig(BaseModel):
         "none", description="none (one device) | dp | fsdp | fsdp_tensor | fsdp_sequence")
     axes: dict[str, int] = Field(default_factory=dict, description="axis sizes overriding the preset, "
                                  "e.g. {fsdp: 4, tensor: 2}; -1 takes the remaining devices")
+
+    rules: dict[str, Union[str, list[str], None]] = Field(
+        default_factory=dict, description="logical axis -> mesh axes, overriding the default rules, e.g. "
+        "{embed: fsdp, mlp: null}")
+
+    @field_validator("rules")
+    @classmethod
+    def _rules(cls, v):
+        from yarn_jax.sharding.rules import DEFAULT_RULES
+
+        known = {name for name, _ in DEFAULT_RULES} | {"batch", "length"}
+        unknown = sorted(set(v) - known)
+        if unknown:
+            raise ValueError(f"no logical axis {unknown}; logical axes are {sorted(known)}")
+        for name, axes in v.items():
+            if set([axes] if isinstance(axes, str) else axes or []) - set(AXES):
+                raise ValueError(f"rule {name}: mesh axes must be among {list(AXES)}, got {axes!r}")
+        return v
+
+    def sharder(self, devices=None):
+        """A Sharder over this mesh with the default rules updated by `rules`."""
+        from yarn_jax.sharding.rules import DEFAULT_RULES, Sharder
+
+        rules = [(name, tuple(self.rules[name]) if isinstance(self.rules.get(name), list) else self.rules[name])
+                 if name in self.rules else (name, axes) for name, axes in DEFAULT_RULES]
+        return Sharder(make_mesh(self, devices), tuple(rules))
 
     @field_validator("axes")
     @classmethod
