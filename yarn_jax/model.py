@@ -181,7 +181,10 @@ class Llama(nnx.Module):
         return jax.lax.scan(body, x, (layer_state, xs))
 
     def embed(self, input_ids):
-        return jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.dtype)  # [B, T, E]
+        # under FSDP the table is all-gathered along embed first (as every layer's weights are): a lookup
+        # into an embed-sharded table would give an embed-sharded result XLA can only reshard by a full copy
+        table = constrain(self.embed_tokens[...], ("vocab", None))
+        return jnp.take(table, input_ids, axis=0).astype(self.dtype)  # [B, T, E]
 
     def hidden_states(self, input_ids, positions=None, segment_ids=None, *, rope=None, return_kv=False):
         """input_ids [B, T] int -> final-normed hidden states [B, T, E] in the compute dtype.
