@@ -51,9 +51,7 @@ def run(cfg: EvalConfig, console: Console | None = None) -> dict:
     distributed.initialize(cfg.distributed_config())
     primary = distributed.is_primary()
     console = console or Console(stderr=True, width=max(100, Console(stderr=True).width), quiet=not primary)
-    sharder = None
-    if cfg.mesh_config().enabled:
-        sharder = cfg.mesh_config().sharder()
+    sharder = cfg.sharder()
     if cfg.passkey_lengths and jax.process_count() > 1:
         raise ConfigError("passkey_lengths: passkey decoding runs in a single process (a mesh over its devices "
                           "is fine); run it without the multi-process settings")
