@@ -83,6 +83,7 @@ def from_pretrained(
     *,
     param_dtype: str = "float32",
     attention_backend: str = "auto",
+    remat: str = "none",
     sharder: Sharder | None = None,
 ) -> PretrainedModel:
     """Load an HF directory, `.gguf` file or yarn_jax checkpoint; `rope_scaling` (an HF-style dict) overrides
@@ -93,7 +94,7 @@ def from_pretrained(
     """
     if sharder is not None:
         cfg, module = load_sharded(path, sharder, param_dtype=param_dtype, dtype=dtype,
-                                   attention_backend=attention_backend)
+                                   attention_backend=attention_backend, remat=remat)
     else:
         cfg, params = load_checkpoint(path)
     if rope_scaling is not None:
@@ -102,7 +103,7 @@ def from_pretrained(
         module.config = cfg
     else:
         module = model_from_params(cfg, params, dtype=dtype, param_dtype=param_dtype,
-                                   attention_backend=attention_backend)
+                                   attention_backend=attention_backend, remat=remat)
     p = Path(path)
     # tokenizer files sit next to HF weights, next to a .gguf file, and at the ROOT of an orbax checkpoint
     return PretrainedModel(module, source=str(p),

@@ -89,6 +89,10 @@ class PerplexityScorer:
         self._jitted: dict = {}  # one program per sequence length
         self._ropes: dict = {}
 
+    def update(self, state) -> None:
+        """Score with other parameters of the same model (e.g. during training); no recompilation."""
+        self._state = state
+
     def rope(self, method: Method, seq_len: int):
         """(inv_freq, attention_factor) as host arrays for a method at a length (cached)."""
         key = (method.key, seq_len)

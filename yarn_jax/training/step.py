@@ -39,12 +39,19 @@ def loss_terms(model: Llama, batch: dict, *, chunk: int = DEFAULT_CHUNK):
     return -jnp.sum(lp * valid), jnp.sum(valid)
 
 
+def learning_rate_schedule(learning_rate: float, warmup_steps: int):
+    """Linear warmup from 0 over `warmup_steps`, then constant (optax schedule of the update count)."""
+    if warmup_steps == 0:
+        return optax.constant_schedule(learning_rate)
+    return optax.join_schedules([optax.linear_schedule(0.0, learning_rate, warmup_steps),
+                                 optax.constant_schedule(learning_rate)], [warmup_steps])
+
+
 def make_optimizer(learning_rate: float = 2e-5, *, warmup_steps: int = 20, b1: float = 0.9, b2: float = 0.95,
                    eps: float = 1e-8, weight_decay: float = 0.0, clip_norm: float | None = 1.0):
-    """AdamW after global-norm clipping, linear warmup then constant (the paper's recipe: lr 2e-5, 20
-    warmup steps, beta (0.9, 0.95), no weight decay)."""
-    schedule = optax.join_schedules([optax.linear_schedule(0.0, learning_rate, max(warmup_steps, 1)),
-                                     optax.constant_schedule(learning_rate)], [max(warmup_steps, 1)])
+    """AdamW after global-norm clipping (which really clips: optax applies it to the update), linear warmup
+    then constant (the paper's recipe: lr 2e-5, 20 warmup steps, beta (0.9, 0.95), no weight decay)."""
+    schedule = learning_rate_schedule(learning_rate, warmup_steps)
     parts = [] if clip_norm is None else [optax.clip_by_global_norm(clip_norm)]
     return optax.chain(*parts, optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
 

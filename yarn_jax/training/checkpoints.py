@@ -1,0 +1,117 @@
+"""Training checkpoints: an orbax CheckpointManager whose steps readers of yarn_jax checkpoints understand
+(`params` + `model_config`, see checkpoint/orbax_ckpt.py) plus what resuming needs: `opt_state` (the
+optimizer state's leaves), `data` (the batch stream's position) and `train_config`.
+
+Saves are periodic, keep the last N, and run asynchronously (the device-to-host copy blocks, the file
+writing does not). Orbax exposes a step only once it is complete; a step directory that cannot be restored
+(e.g. damaged after it was finalized) is reported and the previous complete one is used — a run with
+checkpoints never restarts silently from step 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+from flax import nnx
+
+from yarn_jax.checkpoint.orbax_ckpt import MODEL_CONFIG, PARAMS, TOKENIZER_FILES, flatten, nest
+from yarn_jax.config import LlamaConfig
+from yarn_jax.errors import CheckpointError
+
+log = logging.getLogger("yarn_jax.train")
+OPT_STATE, DATA, TRAIN_CONFIG = "opt_state", "data", "train_config"
+
+
+def state_to_flat(state: nnx.State) -> dict:
+    return {tuple(str(p) for p in path): var.get_value() for path, var in nnx.to_flat_state(state)}
+
+
+def flat_to_state(abstract: nnx.State, flat: dict) -> nnx.State:
+    return nnx.from_flat_state([(path, var.replace(flat[tuple(str(p) for p in path)]))
+                                for path, var in nnx.to_flat_state(abstract)])
+
+
+class TrainCheckpointer:
+    def __init__(self, directory: str | os.PathLike, *, keep: int, save_every: int, async_save: bool = True):
+        import orbax.checkpoint as ocp
+
+        self.directory = os.fspath(directory)
+        self._ocp = ocp
+        self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, save_interval_steps=save_every, enable_async_checkpointing=async_save,
+            create=True))
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def incomplete(self) -> list[str]:
+        """Entries of the directory that look like unfinished saves (orbax's temporary names)."""
+        if not os.path.isdir(self.directory):
+            return []
+        return sorted(n for n in os.listdir(self.directory) if "tmp" in n and n.split(".")[0].isdigit())
+
+    def save(self, step: int, state: nnx.State, opt_state, cfg: LlamaConfig, data: dict, train_config: dict,
+             *, force: bool = False) -> bool:
+        """Save step `step` if it is due (every `save_every`) or forced; returns whether it saved."""
+        ocp = self._ocp
+        return self.manager.save(step, force=force, args=ocp.args.Composite(**{
+            PARAMS: ocp.args.StandardSave(nest(state_to_flat(state))),
+            OPT_STATE: ocp.args.StandardSave(list(jax.tree.leaves(opt_state))),
+            MODEL_CONFIG: ocp.args.JsonSave(cfg.to_hf_dict()),
+            DATA: ocp.args.JsonSave(data),
+            TRAIN_CONFIG: ocp.args.JsonSave(train_config)}))
+
+    def restore_latest(self, abstract_state: nnx.State, abstract_opt, shardings=None):
+        """(step, state, opt_state, data) of the latest step that restores, or None without checkpoints.
+        `shardings` = (state shardings, opt shardings) places the arrays (default: one local device)."""
+        ocp = self._ocp
+        steps = self.steps()
+        for bad in self.incomplete():
+            log.warning("%s: ignoring incomplete checkpoint %s (a save that did not finish)", self.directory, bad)
+        if shardings is None:
+            device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+            shardings = (jax.tree.map(lambda _: device, abstract_state), jax.tree.map(lambda _: device, abstract_opt))
+        target_state = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s)
+                        for (k, v), s in zip(state_to_flat(abstract_state).items(),
+                                             state_to_flat(shardings[0]).values())}
+        opt_leaves = [jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+                      for x, s in zip(jax.tree.leaves(abstract_opt), jax.tree.leaves(shardings[1]))]
+        errors = []
+        for step in reversed(steps):
+            try:
+                r = self.manager.restore(step, args=ocp.args.Composite(**{
+                    PARAMS: ocp.args.StandardRestore(nest(target_state)),
+                    OPT_STATE: ocp.args.StandardRestore(opt_leaves),
+                    DATA: ocp.args.JsonRestore()}))
+            except Exception as e:  # a damaged step: say so, fall back to the one before
+                log.warning("%s: checkpoint step %d cannot be restored (%s: %s); trying the previous one",
+                            self.directory, step, type(e).__name__, str(e)[:200])
+                errors.append(f"step {step}: {type(e).__name__}")
+                continue
+            state = flat_to_state(abstract_state, flatten(r[PARAMS]))
+            opt_state = jax.tree.unflatten(jax.tree.structure(abstract_opt), list(r[OPT_STATE]))
+            return step, state, opt_state, dict(r[DATA])
+        if steps:
+            raise CheckpointError(f"{self.directory}: none of the checkpoint steps {steps} can be restored "
+                                  f"({'; '.join(errors)}); refusing to restart from step 0 — move the directory "
+                                  "away to start over")
+        return None
+
+    def copy_tokenizer(self, tokenizer_dir: str | None) -> None:
+        from etils import epath
+
+        if tokenizer_dir is None or jax.process_index() != 0:
+            return
+        root = epath.Path(self.directory)
+        for name in TOKENIZER_FILES:
+            src = epath.Path(tokenizer_dir) / name
+            if src.exists() and not (root / name).exists():
+                src.copy(root / name)
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()

@@ -1,0 +1,83 @@
+"""The fine-tuning configuration: a pydantic model read from YAML (configs/train/*.yaml) and overridden by
+one flag per field (`python train.py --config ... --steps 10 --learning-rate 1e-5`). A bad value fails
+before any compute, naming the field."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from yarn_jax.cli_config import ParallelConfig
+
+
+class TrainConfig(ParallelConfig):
+    model: str = Field("smollm2", description="initial weights: HF directory, .gguf file, yarn_jax checkpoint "
+                       "(root or ROOT/<step>), or 'smollm2'")
+    rope: dict[str, Any] | None = Field(None, description="rope configuration to train with, HF style, e.g. "
+                                        "'{rope_type: yarn, factor: 16, original_max_position_embeddings: 4096}' "
+                                        "(null: the checkpoint's)")
+    data: str = Field("shakespeare", description="shakespeare | file/dir of .txt/.md | .jsonl | tfds:NAME[:SPLIT]")
+    text_field: str | None = Field(None, description="JSONL/TFDS text field")
+    tfds_data_dir: str | None = Field(None, description="TFDS data_dir")
+    max_docs: int | None = Field(None, description="use the first N documents (null: all)")
+    eval_docs: int = Field(1, description="documents held out (the last ones) for periodic evaluation")
+    seq_len: int = Field(2048, description="tokens per training sequence")
+    packing: Literal["pack", "chunk"] = Field("pack", description="pack documents into rows (segment-aware) "
+                                              "or chunk each document (the paper's PG19 chunks)")
+    batch_size: int = Field(1, description="global batch, in sequences per optimizer step")
+    accum: int = Field(1, description="gradient accumulation: micro-batches per step (divides batch_size)")
+    steps: int = Field(10, description="optimizer steps")
+    learning_rate: float = Field(2e-5, description="peak learning rate (after warmup, constant)")
+    warmup_steps: int = Field(20, description="linear warmup steps")
+    b1: float = Field(0.9, description="AdamW beta1")
+    b2: float = Field(0.95, description="AdamW beta2")
+    eps: float = Field(1e-8, description="AdamW epsilon")
+    weight_decay: float = Field(0.0, description="AdamW weight decay")
+    clip_norm: float | None = Field(1.0, description="global gradient-norm clipping (null: off)")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="compute dtype")
+    param_dtype: Literal["float32", "bfloat16"] = Field("float32", description="master weights' dtype")
+    remat: Literal["none", "full", "dots", "dots_no_batch"] = Field("full", description="rematerialization "
+                                                                   "policy of the scanned layer")
+    attention_backend: str = Field("auto", description="auto | blockwise | splash | gpu_flash | reference")
+    seed: int = Field(0, description="data order")
+    out: str = Field("runs/train", description="run directory: checkpoints/, metrics.jsonl, tb/")
+    save_every: int = Field(50, description="checkpoint every N steps (and at the end / on SIGTERM)")
+    keep: int = Field(3, description="checkpoints kept")
+    async_checkpoint: bool = Field(True, description="write checkpoints in the background")
+    log_every: int = Field(1, description="metrics every N steps")
+    eval_every: int = Field(0, description="held-out perplexity every N steps (0: never)")
+    eval_length: int | None = Field(None, description="held-out evaluation length (default: seq_len)")
+
+    @field_validator("seq_len", "batch_size", "accum", "steps", "save_every", "keep", "log_every")
+    @classmethod
+    def _positive(cls, v):
+        if v < 1:
+            raise ValueError(f"must be >= 1, got {v}")
+        return v
+
+    @field_validator("eval_docs", "warmup_steps", "eval_every")
+    @classmethod
+    def _non_negative(cls, v):
+        if v < 0:
+            raise ValueError(f"must be >= 0, got {v}")
+        return v
+
+    @field_validator("learning_rate")
+    @classmethod
+    def _lr(cls, v):
+        if not v > 0:
+            raise ValueError(f"must be > 0, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _accum_divides(self):
+        if self.batch_size % self.accum:
+            raise ValueError(f"accum={self.accum} must divide batch_size={self.batch_size}")
+        return self
+
+
+# Fields that define the run's trajectory: a run directory refuses to resume under other values.
+TRAJECTORY_FIELDS = ("rope", "data", "text_field", "max_docs", "eval_docs", "seq_len", "packing", "batch_size",
+                     "accum", "learning_rate", "warmup_steps", "b1", "b2", "eps", "weight_decay", "clip_norm",
+                     "dtype", "param_dtype", "seed")

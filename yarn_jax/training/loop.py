@@ -1,0 +1,195 @@
+"""The fine-tuning loop behind train.py: load (sharded if a mesh is configured), resume or start, step,
+log, evaluate, checkpoint; SIGTERM (TPU preemption) saves at the next step boundary and exits cleanly."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+import yarn_jax
+from yarn_jax.errors import ConfigError
+from yarn_jax.evaluation.data import load_documents
+from yarn_jax.evaluation.methods import Method
+from yarn_jax.evaluation.perplexity import PerplexityScorer
+from yarn_jax.evaluation.results import write_json_atomic
+from yarn_jax.evaluation.runner import resolve_model_path
+from yarn_jax.sharding import distributed
+from yarn_jax.sharding.params import tree_shardings
+from yarn_jax.training.checkpoints import TrainCheckpointer
+from yarn_jax.training.config import TRAJECTORY_FIELDS, TrainConfig
+from yarn_jax.training.data import BatchStream, build_rows
+from yarn_jax.training.step import TrainStep, batch_sharding, learning_rate_schedule, make_optimizer
+
+log = logging.getLogger("yarn_jax.train")
+
+
+class _Preemption:
+    """SIGTERM sets a flag; the loop saves at the next step boundary and exits (TPU VMs get SIGTERM before
+    a preemption)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def _check_run_dir(out: Path, cfg: TrainConfig, primary: bool) -> None:
+    """A run directory belongs to one trajectory: resuming under other data/optimizer settings is refused."""
+    path = out / "train_config.json"
+    mine = {k: getattr(cfg, k) for k in TRAJECTORY_FIELDS}
+    if path.exists():
+        old = json.loads(path.read_text())
+        diff = sorted(k for k in mine if k in old and old[k] != mine[k])
+        if diff:
+            raise ConfigError(f"{out} holds a run with other " + ", ".join(
+                f"{k} ({old[k]!r} there, {mine[k]!r} now)" for k in diff) + "; choose another --out")
+    if primary:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, {**cfg.model_dump(), **mine})
+
+
+def _metrics_file(out: Path, resume_step: int, primary: bool) -> Path:
+    """metrics.jsonl holding exactly the steps up to the resumed one (later lines came from the lost run)."""
+    path = out / "metrics.jsonl"
+    if primary and path.exists():
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill
+            if rec.get("step", 0) <= resume_step:
+                keep.append(line)
+        tmp = path.with_name("metrics.jsonl.tmp")
+        tmp.write_text("".join(x + "\n" for x in keep))
+        os.replace(tmp, path)
+    return path
+
+
+def _global_batch(host_batch_fn, sharder, shape):
+    """The batch as arrays the step accepts: device arrays, or global arrays built from this process's block."""
+    if sharder is None:
+        return {k: jnp.asarray(v) for k, v in host_batch_fn(slice(None)).items()}
+    sharding = batch_sharding(sharder, shape)
+    block = distributed.process_block(sharding, shape)
+    local = host_batch_fn(block[0])  # only this process's rows are read
+    return {k: distributed.from_process_block(v[:, block[1]], sharding, shape) for k, v in local.items()}
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run (or resume) the fine-tune described by cfg; returns the final metrics record."""
+    distributed.initialize(cfg.distributed_config())
+    primary = distributed.is_primary()
+    log.setLevel(logging.INFO if primary else logging.ERROR)
+    if not log.handlers:
+        log.addHandler(logging.StreamHandler())
+        log.propagate = False
+    sharder = cfg.sharder()
+    out = Path(cfg.out)
+    _check_run_dir(out, cfg, primary)
+
+    model_path = distributed.share_from_primary(resolve_model_path(cfg.model) if primary else None)
+    pm = yarn_jax.from_pretrained(model_path, rope_scaling=cfg.rope, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                                  attention_backend=cfg.attention_backend, remat=cfg.remat, sharder=sharder)
+    mc = pm.config
+    bos = mc.bos_token_id
+    eos = mc.eos_token_id[0] if isinstance(mc.eos_token_id, tuple) else mc.eos_token_id
+    docs = load_documents(cfg.data, pm.tokenizer(), max_docs=cfg.max_docs, text_field=cfg.text_field,
+                          tfds_data_dir=cfg.tfds_data_dir)
+    if len(docs) <= cfg.eval_docs:
+        raise ConfigError(f"eval_docs: {cfg.eval_docs} held out of {len(docs)} document(s) leaves none to train on")
+    train_docs, eval_docs = docs[:len(docs) - cfg.eval_docs], docs[len(docs) - cfg.eval_docs:]
+    rows = build_rows([d.ids for d in train_docs], cfg.seq_len, bos=bos, eos=eos, mode=cfg.packing)
+    stream = BatchStream(rows, cfg.batch_size, cfg.seed)
+    log.info("%s: %d training rows of %d tokens from %d document(s) (%s), %d held out; rope %s; mesh %s",
+             cfg.model, len(rows), cfg.seq_len, len(train_docs), cfg.packing, len(eval_docs), mc.rope.rope_type,
+             dict(sharder.mesh.shape) if sharder else "none")
+
+    optimizer = make_optimizer(cfg.learning_rate, warmup_steps=cfg.warmup_steps, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                               weight_decay=cfg.weight_decay, clip_norm=cfg.clip_norm)
+    schedule = learning_rate_schedule(cfg.learning_rate, cfg.warmup_steps)
+    graphdef, state = nnx.split(pm.module)
+    step_fn = TrainStep(graphdef, optimizer, sharder, accum=cfg.accum)
+    ckpt = TrainCheckpointer(out / "checkpoints", keep=cfg.keep, save_every=cfg.save_every,
+                             async_save=cfg.async_checkpoint)
+    abstract_opt = jax.eval_shape(optimizer.init, state)
+    shardings = None if sharder is None else (tree_shardings(state, sharder), tree_shardings(abstract_opt, sharder))
+    restored = ckpt.restore_latest(state, abstract_opt, shardings)
+    if restored is not None:
+        start, state, opt_state, data_state = restored
+        next_batch = stream.check_resume(data_state, f"{out}/checkpoints/{start}")
+        log.info("resumed from %s/checkpoints/%d (next batch %d)", out, start, next_batch)
+    else:
+        start, next_batch, opt_state = 0, 0, step_fn.init(state)
+    ckpt.copy_tokenizer(pm.tokenizer_dir)
+    metrics_path = _metrics_file(out, start, primary)
+
+    writer = None
+    if primary:
+        from tensorboardX import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tb"), purge_step=start + 1)
+    scorer = None
+    if cfg.eval_every:
+        scorer = PerplexityScorer(nnx.merge(graphdef, state), bos, sharder)
+    eval_length = cfg.eval_length or cfg.seq_len
+    shape = (cfg.batch_size, cfg.seq_len)
+    preemption = _Preemption()
+    record: dict = {}
+    try:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start, desc="train", disable=not primary, dynamic_ncols=True)
+        for step in range(start + 1, cfg.steps + 1):
+            batch = _global_batch(lambda rows, i=next_batch: stream.batch(i, rows), sharder, shape)
+            t0 = time.perf_counter()
+            state, opt_state, m = step_fn(state, opt_state, batch)
+            m = {k: float(v) for k, v in jax.device_get(m).items()}
+            seconds = time.perf_counter() - t0
+            next_batch += 1
+            record = {"step": step, "loss": m["loss"], "grad_norm": m["grad_norm"],
+                      "learning_rate": float(schedule(step - 1)), "tokens": int(m["tokens"]),
+                      "tokens_per_s": cfg.batch_size * cfg.seq_len / seconds, "step_time_s": seconds}
+            if scorer is not None and step % cfg.eval_every == 0:
+                scorer.update(state)
+                nll = [scorer.score(d, eval_length, Method("trained", None)).nll for d in eval_docs]
+                record["eval_ppl"] = float(np.exp(np.mean([x.mean() for x in nll])))
+            if primary and (step % cfg.log_every == 0 or step == cfg.steps):
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+                for k, v in record.items():
+                    if k != "step":
+                        writer.add_scalar(f"train/{k}" if k != "eval_ppl" else "eval/ppl", v, step)
+                writer.flush()
+            bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+            bar.update(1)
+            final = step == cfg.steps or preemption.requested
+            if final or step % cfg.save_every == 0:
+                ckpt.save(step, state, opt_state, mc, stream.state(next_batch), cfg.model_dump(), force=True)
+            if preemption.requested:
+                ckpt.wait()
+                log.info("SIGTERM: saved step %d to %s/checkpoints; exiting (re-run the same command to resume)",
+                         step, out)
+                break
+        bar.close()
+        ckpt.wait()
+    finally:
+        preemption.restore()
+        ckpt.close()
+        if writer is not None:
+            writer.close()
+    return record
