@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import jax
 from flax import nnx
@@ -85,10 +86,11 @@ class TrainCheckpointer:
                     PARAMS: ocp.args.StandardRestore(nest(target_state)),
                     OPT_STATE: ocp.args.StandardRestore(opt_leaves),
                     DATA: ocp.args.JsonRestore()}))
-            except Exception as e:  # a damaged step: say so, fall back to the one before
-                log.warning("%s: checkpoint step %d cannot be restored (%s: %s); trying the previous one",
-                            self.directory, step, type(e).__name__, str(e)[:200])
+            except Exception as e:  # a damaged step: say so, set it aside, fall back to the one before
                 errors.append(f"step {step}: {type(e).__name__}")
+                aside = self._set_aside(step)
+                log.warning("%s: checkpoint step %d cannot be restored (%s: %s); moved to %s, trying the "
+                            "previous one", self.directory, step, type(e).__name__, str(e)[:200], aside)
                 continue
             state = flat_to_state(abstract_state, flatten(r[PARAMS]))
             opt_state = jax.tree.unflatten(jax.tree.structure(abstract_opt), list(r[OPT_STATE]))
@@ -98,6 +100,21 @@ class TrainCheckpointer:
                                   f"({'; '.join(errors)}); refusing to restart from step 0 — move the directory "
                                   "away to start over")
         return None
+
+    def _set_aside(self, step: int) -> str:
+        """Rename a damaged step so that it is neither tried again nor in the way of a new save of it."""
+        from etils import epath
+
+        src = epath.Path(self.directory) / str(step)
+        dst = epath.Path(self.directory) / f"{step}.damaged-{int(time.time())}"
+        if jax.process_index() == 0 and src.exists():
+            src.rename(dst)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"yarn_jax set aside step {step}")
+        self.manager.reload()
+        return dst.name
 
     def copy_tokenizer(self, tokenizer_dir: str | None) -> None:
         from etils import epath

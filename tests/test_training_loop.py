@@ -1,0 +1,206 @@
+"""train.py end to end on a tiny model with the real SmolLM2 tokenizer and Shakespeare text: the loss
+falls; kill -9 then re-run reproduces the uninterrupted run step for step; SIGTERM leaves a checkpoint;
+a damaged latest checkpoint falls back to the previous complete one (never to step 0); bad configs fail
+before compute; export gives transformers the same logits."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import train as train_cli
+from tests.conftest import random_params, tiny_hf_dict
+from yarn_jax.checkpoint import load_checkpoint, save_hf_checkpoint
+from yarn_jax.config import LlamaConfig
+from yarn_jax.errors import CheckpointError
+from yarn_jax.model import model_from_params
+from yarn_jax.training.config import TrainConfig
+from yarn_jax.training.export import export_hf
+from yarn_jax.training.loop import train
+
+ROOT = Path(__file__).resolve().parents[1]
+ROPE = {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 32}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, assets):
+    from yarn_jax import assets as a
+
+    work = tmp_path_factory.mktemp("train")
+    d = tiny_hf_dict(None, max_pos=32, vocab=49152, hidden=32, heads=4, kv_heads=2)
+    d["bos_token_id"], d["eos_token_id"] = 1, 2
+    cfg = LlamaConfig.from_hf_dict(d)
+    save_hf_checkpoint(work / "model", cfg, random_params(cfg, seed=3, std=0.05),
+                       tokenizer_dir=str(assets["smollm2"]))
+    text = a.play_text("hamlet")
+    docs = [{"id": f"part{i}", "text": text[i * 2500:(i + 1) * 2500]} for i in range(5)]
+    (work / "docs.jsonl").write_text("\n".join(json.dumps(x) for x in docs))
+    config = {"model": str(work / "model"), "rope": ROPE, "data": str(work / "docs.jsonl"), "eval_docs": 1,
+              "seq_len": 64, "batch_size": 2, "steps": 8, "learning_rate": 3e-3, "warmup_steps": 2,
+              "save_every": 2, "keep": 3, "remat": "full", "async_checkpoint": True}
+    (work / "tiny.yaml").write_text(yaml.safe_dump(config))
+    return work, config
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _cmd(work, out, *extra):
+    return [sys.executable, str(ROOT / "train.py"), "--config", str(work / "tiny.yaml"), "--out", str(out), *extra]
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.fixture(scope="module")
+def reference_run(setup, tmp_path_factory):
+    """The uninterrupted run (in-process), 40 steps."""
+    work, config = setup
+    out = tmp_path_factory.mktemp("ref") / "run"
+    train(TrainConfig(**{**config, "steps": 40, "save_every": 5, "eval_every": 20, "out": str(out)}))
+    return out
+
+
+def test_loss_falls_and_logs_are_written(reference_run):
+    m = _metrics(reference_run)
+    assert [r["step"] for r in m] == list(range(1, 41))
+    first, last = np.mean([r["loss"] for r in m[:5]]), np.mean([r["loss"] for r in m[-5:]])
+    assert last < first - 1.0, (first, last)  # from ~ln(49152) = 10.8 towards the text's statistics
+    assert m[0]["learning_rate"] == 0.0 and m[2]["learning_rate"] == pytest.approx(3e-3)
+    assert "eval_ppl" in m[19] and m[39]["eval_ppl"] < m[19]["eval_ppl"] * 1.5
+    assert list((reference_run / "tb").glob("events.out.tfevents.*"))
+    assert sorted(int(p.name) for p in (reference_run / "checkpoints").iterdir() if p.name.isdigit()) == [30, 35, 40]
+
+
+def test_kill_9_then_rerun_reproduces_the_uninterrupted_run(setup, reference_run, tmp_path):
+    work, _ = setup
+    out = tmp_path / "run"
+    args = ("--steps", "40", "--save-every", "5", "--eval-every", "20")
+    proc = subprocess.Popen(_cmd(work, out, *args), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            done = _metrics(out) if (out / "metrics.jsonl").exists() else []
+            if done and done[-1]["step"] >= 12 and (out / "checkpoints" / "10").exists():
+                break
+            if proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        proc.kill()  # SIGKILL: no handler, no final save
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = _metrics(out)[-1]["step"]
+    assert killed_at < 40
+    subprocess.run(_cmd(work, out, *args), env=_env(), check=True, timeout=300, capture_output=True)
+    resumed, ref = _metrics(out), _metrics(reference_run)
+    assert [r["step"] for r in resumed] == list(range(1, 41))  # each step logged once
+    for a, b in zip(resumed, ref):
+        assert abs(a["loss"] - b["loss"]) <= 1e-6 * abs(b["loss"]), (a["step"], a["loss"], b["loss"])
+        assert abs(a["grad_norm"] - b["grad_norm"]) <= 1e-6 * b["grad_norm"]
+    final = load_checkpoint(out / "checkpoints")[1]
+    ref_final = load_checkpoint(reference_run / "checkpoints")[1]
+    for k, v in ref_final.items():
+        np.testing.assert_allclose(final[k], v, rtol=1e-6, atol=1e-7)
+
+
+def test_sigterm_saves_at_the_step_boundary_and_exits_cleanly(setup, tmp_path):
+    work, _ = setup
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_cmd(work, out, "--steps", "100000", "--save-every", "1000"), env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if (out / "metrics.jsonl").exists() and _metrics(out) and _metrics(out)[-1]["step"] >= 3:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    last = _metrics(out)[-1]["step"]
+    steps = sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [last] and "SIGTERM: saved step" in err
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(setup, reference_run, tmp_path):
+    import shutil
+
+    work, config = setup
+    out = tmp_path / "run"
+    shutil.copytree(reference_run, out)
+    ckpts = out / "checkpoints"
+    for f in (ckpts / "40" / "params").rglob("*"):  # step 40 damaged after it was finalized
+        if f.is_file() and f.name != "_METADATA":
+            f.write_bytes(b"")
+    (ckpts / "41.orbax-checkpoint-tmp-1234").mkdir()  # and an unfinished save after it
+    record = train(TrainConfig(**{**config, "steps": 40, "save_every": 5, "eval_every": 20, "out": str(out)}))
+    assert record["step"] == 40  # steps 36..40 re-run from step 35
+    assert list(ckpts.glob("40.damaged-*")) and (ckpts / "40").exists()  # set aside, then saved anew
+    resumed, ref = _metrics(out), _metrics(reference_run)
+    assert [r["step"] for r in resumed] == list(range(1, 41))
+    assert [r["loss"] for r in resumed[35:]] == pytest.approx([r["loss"] for r in ref[35:]], rel=1e-6)
+    # nothing restorable at all: an error, never a silent restart from step 0
+    for step in ckpts.iterdir():
+        if step.name.isdigit():
+            for f in (step / "params").rglob("*"):
+                if f.is_file() and f.name != "_METADATA":
+                    f.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="refusing to restart from step 0"):
+        train(TrainConfig(**{**config, "steps": 45, "save_every": 5, "eval_every": 20, "out": str(out)}))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--accum", "3"], "accum=3 must divide batch_size=2"),
+    (["--seq-len", "0"], "seq_len"),
+    (["--packing", "zip"], "packing"),
+    (["--rope", "{rope_type: warp}"], "warp"),
+    (["--learning-rate", "-1"], "learning_rate"),
+    (["--eval-docs", "9"], "eval_docs"),
+])
+def test_bad_config_fails_before_compute_naming_the_field(setup, tmp_path, capsys, args, message):
+    work, _ = setup
+    assert train_cli.main(["--config", str(work / "tiny.yaml"), "--out", str(tmp_path / "r"), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_run_directory_refuses_another_trajectory(setup, reference_run, tmp_path, capsys):
+    import shutil
+
+    work, _ = setup
+    out = tmp_path / "run"
+    shutil.copytree(reference_run, out)
+    assert train_cli.main(["--config", str(work / "tiny.yaml"), "--out", str(out), "--seed", "7"]) == 2
+    assert "seed (0 there, 7 now)" in capsys.readouterr().err
+
+
+def test_export_gives_transformers_the_same_logits(reference_run, tmp_path):
+    hf_dir = export_hf(reference_run / "checkpoints", tmp_path / "hf")
+    cfg, params = load_checkpoint(reference_run / "checkpoints")
+    hf_config = json.loads((hf_dir / "config.json").read_text())
+    assert hf_config["rope_parameters"]["rope_type"] == "yarn" and hf_config["rope_parameters"]["factor"] == 2.0
+    assert (hf_dir / "tokenizer.json").exists()
+    from transformers import LlamaForCausalLM
+
+    theirs = LlamaForCausalLM.from_pretrained(str(hf_dir), attn_implementation="eager").eval()
+    ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (1, 80))  # beyond L0 = 32: YaRN active
+    with torch.no_grad():
+        ref = theirs(torch.as_tensor(ids)).logits.numpy()
+    ours = np.asarray(model_from_params(cfg, params)(ids))
+    assert np.max(np.abs(ours - ref)) <= 1e-4
