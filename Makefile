@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup assets eval demo test
+.PHONY: setup assets eval train demo test
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -16,6 +16,9 @@ assets: setup
 
 eval: assets
 	$(PY) eval.py
+
+train: assets
+	$(PY) train.py
 
 demo: assets
 	$(PY) -m yarn_jax.demo

@@ -38,7 +38,9 @@ class TrainCheckpointer:
     def __init__(self, directory: str | os.PathLike, *, keep: int, save_every: int, async_save: bool = True):
         import orbax.checkpoint as ocp
 
-        self.directory = os.fspath(directory)
+        directory = os.fspath(directory)
+        # orbax wants absolute local paths; gs:// and other etils paths pass through
+        self.directory = directory if "://" in directory else os.path.abspath(directory)
         self._ocp = ocp
         self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, save_interval_steps=save_every, enable_async_checkpointing=async_save,
