@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from report import report  # noqa: E402
 MODES = ("unsharded", "fsdp8", "fsdp8_2proc")
 
 
@@ -129,14 +131,10 @@ def main() -> None:
         med = {k: statistics.median(x[k] for x in runs[mode]) for k in ("peak_gb", "baseline_gb", "load_s",
                                                                           "device_bytes_gb")}
         rows.append({"mode": mode, **med, "added_gb": med["peak_gb"] - med["baseline_gb"]})
-    Path(args.out).write_text(json.dumps({"runs": runs, "summary": rows}, indent=2))
-    print("| mode | peak RSS (GB) | after jax start (GB) | added by loading (GB) | parameters held (GB) | load s |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['mode']} | {r['peak_gb']:.2f} | {r['baseline_gb']:.2f} | {r['added_gb']:.2f} | "
-              f"{r['device_bytes_gb']:.2f} | {r['load_s']:.1f} |")
-    print(json.dumps(rows))
-
+    report(args.out, runs, rows, [("mode", "{mode}"), ("peak RSS (GB)", "{peak_gb:.2f}"),
+                                  ("after jax start (GB)", "{baseline_gb:.2f}"),
+                                  ("added by loading (GB)", "{added_gb:.2f}"),
+                                  ("parameters held (GB)", "{device_bytes_gb:.2f}"), ("load s", "{load_s:.1f}")])
 
 if __name__ == "__main__":
     main()

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from report import report  # noqa: E402
 ROPE = {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 8192}
 
 
@@ -133,14 +135,12 @@ def main() -> None:
             rows.append({"tokens": n, "remat": remat, "yarn_jax_tok_s": med["yarn_jax"]["tok_s"],
                          "torch_tok_s": med["torch"]["tok_s"], "ratio": med["yarn_jax"]["tok_s"] / med["torch"]["tok_s"],
                          "yarn_jax_peak_gb": med["yarn_jax"]["peak_gb"], "torch_peak_gb": med["torch"]["peak_gb"]})
-    Path(args.out).write_text(json.dumps({"runs": runs, "summary": rows}, indent=2))
-    print("| tokens | remat | yarn_jax tok/s | torch tok/s | ratio | yarn_jax peak RSS | torch peak RSS |")
-    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['tokens']} | {'on' if r['remat'] else 'off'} | {r['yarn_jax_tok_s']:.1f} | {r['torch_tok_s']:.1f} | "
-              f"{r['ratio']:.2f} | {r['yarn_jax_peak_gb']:.2f} GB | {r['torch_peak_gb']:.2f} GB |")
-    print(json.dumps(rows))
-
+        r["remat_name"] = "on" if r["remat"] else "off"
+    report(args.out, runs, rows, [("tokens", "{tokens}"), ("remat", "{remat_name}"),
+                                  ("yarn_jax tok/s", "{yarn_jax_tok_s:.1f}"), ("torch tok/s", "{torch_tok_s:.1f}"),
+                                  ("ratio", "{ratio:.2f}"), ("yarn_jax peak RSS", "{yarn_jax_peak_gb:.2f} GB"),
+                                  ("torch peak RSS", "{torch_peak_gb:.2f} GB")])
 
 if __name__ == "__main__":
     main()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Literal, Union
 
-from pydantic import Field, field_validator
+from pydantic import Field, PositiveInt, field_validator
 
 from yarn_jax import cli_config
 from yarn_jax.cli_config import ParallelConfig
@@ -24,16 +24,16 @@ class EvalConfig(ParallelConfig):
     original_context: int | None = Field(None, description="L0 for named methods (default: the model's)")
     lengths: list[int] = Field([2048, 4096, 8192, 16384], description="evaluation lengths in tokens")
     protocol: Literal["truncate", "sliding", "none"] = Field("truncate", description="perplexity protocol")
-    stride: int = Field(256, description="sliding-window stride S")
+    stride: PositiveInt = Field(256, description="sliding-window stride S")
     data: str = Field("shakespeare", description="shakespeare | file/dir of .txt/.md | .jsonl | tfds:NAME[:SPLIT]")
     text_field: str | None = Field(None, description="JSONL/TFDS text field")
     tfds_data_dir: str | None = Field(None, description="TFDS data_dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
-    max_docs: int = Field(1, description="documents per length (the first ones long enough)")
+    max_docs: PositiveInt = Field(1, description="documents per length (the first ones long enough)")
     bos: Union[int, Literal["auto", "none"]] = Field("auto", description="BOS id prepended to each window")
-    position_buckets: int = Field(16, description="buckets of the NLL-by-position curve")
+    position_buckets: PositiveInt = Field(16, description="buckets of the NLL-by-position curve")
     passkey_lengths: list[int] = Field([], description="passkey prompt lengths (empty: no passkey test)")
-    passkey_trials: int = Field(10, description="trials per passkey length (depths spread uniformly)")
-    passkey_max_new_tokens: int = Field(10, description="greedy tokens generated per passkey trial")
+    passkey_trials: PositiveInt = Field(10, description="trials per passkey length (depths spread uniformly)")
+    passkey_max_new_tokens: PositiveInt = Field(10, description="greedy tokens generated per passkey trial")
     passkey_dynamic_cache: bool = Field(False, description="decode length-dependent ropes from the cache "
                                         "(fast, approximate) instead of recomputing")
     seed: int = Field(0, description="passkey keys")
@@ -53,13 +53,6 @@ class EvalConfig(ParallelConfig):
     def _scales(cls, v):
         if not v or any(x < 1 for x in v):
             raise ValueError(f"scales must be a non-empty list of numbers >= 1, got {v}")
-        return v
-
-    @field_validator("stride", "max_docs", "position_buckets", "passkey_trials", "passkey_max_new_tokens")
-    @classmethod
-    def _positive(cls, v):
-        if v < 1:
-            raise ValueError(f"must be >= 1, got {v}")
         return v
 
     @field_validator("methods")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from yarn_jax.cli_config import ParallelConfig
 
@@ -21,15 +21,15 @@ class TrainConfig(ParallelConfig):
     text_field: str | None = Field(None, description="JSONL/TFDS text field")
     tfds_data_dir: str | None = Field(None, description="TFDS data_dir")
     max_docs: int | None = Field(None, description="use the first N documents (null: all)")
-    eval_docs: int = Field(1, description="documents held out (the last ones) for periodic evaluation")
-    seq_len: int = Field(2048, description="tokens per training sequence")
+    eval_docs: NonNegativeInt = Field(1, description="documents held out (the last ones) for periodic evaluation")
+    seq_len: PositiveInt = Field(2048, description="tokens per training sequence")
     packing: Literal["pack", "chunk"] = Field("pack", description="pack documents into rows (segment-aware) "
                                               "or chunk each document (the paper's PG19 chunks)")
-    batch_size: int = Field(1, description="global batch, in sequences per optimizer step")
-    accum: int = Field(1, description="gradient accumulation: micro-batches per step (divides batch_size)")
-    steps: int = Field(10, description="optimizer steps")
-    learning_rate: float = Field(2e-5, description="peak learning rate (after warmup, constant)")
-    warmup_steps: int = Field(20, description="linear warmup steps")
+    batch_size: PositiveInt = Field(1, description="global batch, in sequences per optimizer step")
+    accum: PositiveInt = Field(1, description="gradient accumulation: micro-batches per step (divides batch_size)")
+    steps: PositiveInt = Field(10, description="optimizer steps")
+    learning_rate: PositiveFloat = Field(2e-5, description="peak learning rate (after warmup, constant)")
+    warmup_steps: NonNegativeInt = Field(20, description="linear warmup steps")
     b1: float = Field(0.9, description="AdamW beta1")
     b2: float = Field(0.95, description="AdamW beta2")
     eps: float = Field(1e-8, description="AdamW epsilon")
@@ -42,33 +42,12 @@ class TrainConfig(ParallelConfig):
     attention_backend: str = Field("auto", description="auto | blockwise | splash | gpu_flash | reference")
     seed: int = Field(0, description="data order")
     out: str = Field("runs/train", description="run directory: checkpoints/, metrics.jsonl, tb/")
-    save_every: int = Field(50, description="checkpoint every N steps (and at the end / on SIGTERM)")
-    keep: int = Field(3, description="checkpoints kept")
+    save_every: PositiveInt = Field(50, description="checkpoint every N steps (and at the end / on SIGTERM)")
+    keep: PositiveInt = Field(3, description="checkpoints kept")
     async_checkpoint: bool = Field(True, description="write checkpoints in the background")
-    log_every: int = Field(1, description="metrics every N steps")
-    eval_every: int = Field(0, description="held-out perplexity every N steps (0: never)")
+    log_every: PositiveInt = Field(1, description="metrics every N steps")
+    eval_every: NonNegativeInt = Field(0, description="held-out perplexity every N steps (0: never)")
     eval_length: int | None = Field(None, description="held-out evaluation length (default: seq_len)")
-
-    @field_validator("seq_len", "batch_size", "accum", "steps", "save_every", "keep", "log_every")
-    @classmethod
-    def _positive(cls, v):
-        if v < 1:
-            raise ValueError(f"must be >= 1, got {v}")
-        return v
-
-    @field_validator("eval_docs", "warmup_steps", "eval_every")
-    @classmethod
-    def _non_negative(cls, v):
-        if v < 0:
-            raise ValueError(f"must be >= 0, got {v}")
-        return v
-
-    @field_validator("learning_rate")
-    @classmethod
-    def _lr(cls, v):
-        if not v > 0:
-            raise ValueError(f"must be > 0, got {v}")
-        return v
 
     @model_validator(mode="after")
     def _accum_divides(self):
