@@ -252,9 +252,20 @@ def model_from_params(cfg: LlamaConfig, params, *, dtype="float32", param_dtype=
     return nnx.merge(graphdef, state)
 
 
+def flat_params(state) -> dict[tuple[str, ...], Any]:
+    """{param path tuple: value} of a parameter state (from `nnx.split`/`nnx.state`)."""
+    return {tuple(str(p) for p in path): var.get_value() for path, var in nnx.to_flat_state(state)}
+
+
+def state_from_flat(abstract, flat: dict):
+    """The state shaped like `abstract` (e.g. from `nnx.eval_shape`) holding flat[param path] values."""
+    return nnx.from_flat_state([(path, var.replace(flat[tuple(str(p) for p in path)]))
+                                for path, var in nnx.to_flat_state(abstract)])
+
+
 def model_params(model: Llama) -> dict[tuple[str, ...], Any]:
     """{param path tuple: array} of a model (the inverse of `model_from_params`)."""
-    return {tuple(path): var.get_value() for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    return flat_params(nnx.state(model, nnx.Param))
 
 
 def next_token_log_probs(model: Llama, input_ids, positions=None, segment_ids=None, *, rope=None,

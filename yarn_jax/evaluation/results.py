@@ -21,6 +21,17 @@ def write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def check_settings(path: Path, fixed: dict, what: str) -> None:
+    """Refuse (ConfigError naming the fields) when the JSON at `path` records other values for `fixed`'s keys."""
+    if not path.exists():
+        return
+    old = json.loads(path.read_text())
+    diff = sorted(k for k in fixed if k in old and old[k] != fixed[k])
+    if diff:
+        raise ConfigError(what + " " + ", ".join(f"{k} ({old[k]!r} there, {fixed[k]!r} now)" for k in diff)
+                          + "; choose another --out or delete the directory")
+
+
 class RunStore:
     """The run directory's cells. With write=False (processes other than 0 of a multi-process run) nothing
     touches the disk; `cells` is then filled from process 0's (see `distributed.share_from_primary`)."""
@@ -32,16 +43,8 @@ class RunStore:
         if not write:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
-        cfg_path = self.dir / "config.json"
-        if cfg_path.exists():
-            old = json.loads(cfg_path.read_text())
-            diff = sorted(k for k in fixed if k in old and old[k] != fixed[k])
-            if diff:
-                raise ConfigError(
-                    f"{self.dir} holds results computed with other " + ", ".join(
-                        f"{k} ({old[k]!r} there, {fixed[k]!r} now)" for k in diff)
-                    + "; choose another --out or delete the directory")
-        write_json_atomic(cfg_path, fixed)
+        check_settings(self.dir / "config.json", fixed, f"{self.dir} holds results computed with other")
+        write_json_atomic(self.dir / "config.json", fixed)
         self.cells_path = self.dir / "cells.jsonl"
         if self.cells_path.exists():
             lines = self.cells_path.read_text().splitlines()

@@ -20,7 +20,7 @@ from yarn_jax.checkpoint import is_orbax_root, is_orbax_step, load_gguf_checkpoi
 from yarn_jax.checkpoint.hf import open_hf_checkpoint, tensor_map
 from yarn_jax.config import LlamaConfig
 from yarn_jax.errors import CheckpointError
-from yarn_jax.model import Llama, as_dtype
+from yarn_jax.model import Llama, as_dtype, state_from_flat
 from yarn_jax.sharding.params import tree_shardings
 from yarn_jax.sharding.rules import Sharder
 
@@ -31,8 +31,7 @@ def abstract_model(cfg: LlamaConfig, **model_kwargs):
 
 
 def _fill(graphdef, abstract, arrays) -> Llama:
-    flat = [(path, var.replace(arrays[tuple(path)])) for path, var in nnx.to_flat_state(abstract)]
-    return nnx.merge(graphdef, nnx.from_flat_state(flat))
+    return nnx.merge(graphdef, state_from_flat(abstract, arrays))
 
 
 def _targets(abstract, sharder: Sharder, dtype) -> dict:

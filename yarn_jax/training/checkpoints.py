@@ -20,18 +20,10 @@ from flax import nnx
 from yarn_jax.checkpoint.orbax_ckpt import MODEL_CONFIG, PARAMS, TOKENIZER_FILES, flatten, nest
 from yarn_jax.config import LlamaConfig
 from yarn_jax.errors import CheckpointError
+from yarn_jax.model import flat_params, state_from_flat
 
 log = logging.getLogger("yarn_jax.train")
 OPT_STATE, DATA, TRAIN_CONFIG = "opt_state", "data", "train_config"
-
-
-def state_to_flat(state: nnx.State) -> dict:
-    return {tuple(str(p) for p in path): var.get_value() for path, var in nnx.to_flat_state(state)}
-
-
-def flat_to_state(abstract: nnx.State, flat: dict) -> nnx.State:
-    return nnx.from_flat_state([(path, var.replace(flat[tuple(str(p) for p in path)]))
-                                for path, var in nnx.to_flat_state(abstract)])
 
 
 class TrainCheckpointer:
@@ -60,7 +52,7 @@ class TrainCheckpointer:
         """Save step `step` if it is due (every `save_every`) or forced; returns whether it saved."""
         ocp = self._ocp
         return self.manager.save(step, force=force, args=ocp.args.Composite(**{
-            PARAMS: ocp.args.StandardSave(nest(state_to_flat(state))),
+            PARAMS: ocp.args.StandardSave(nest(flat_params(state))),
             OPT_STATE: ocp.args.StandardSave(list(jax.tree.leaves(opt_state))),
             MODEL_CONFIG: ocp.args.JsonSave(cfg.to_hf_dict()),
             DATA: ocp.args.JsonSave(data),
@@ -77,8 +69,8 @@ class TrainCheckpointer:
             device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
             shardings = (jax.tree.map(lambda _: device, abstract_state), jax.tree.map(lambda _: device, abstract_opt))
         target_state = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s)
-                        for (k, v), s in zip(state_to_flat(abstract_state).items(),
-                                             state_to_flat(shardings[0]).values())}
+                        for (k, v), s in zip(flat_params(abstract_state).items(),
+                                             flat_params(shardings[0]).values())}
         opt_leaves = [jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
                       for x, s in zip(jax.tree.leaves(abstract_opt), jax.tree.leaves(shardings[1]))]
         errors = []
@@ -94,7 +86,7 @@ class TrainCheckpointer:
                 log.warning("%s: checkpoint step %d cannot be restored (%s: %s); moved to %s, trying the "
                             "previous one", self.directory, step, type(e).__name__, str(e)[:200], aside)
                 continue
-            state = flat_to_state(abstract_state, flatten(r[PARAMS]))
+            state = state_from_flat(abstract_state, flatten(r[PARAMS]))
             opt_state = jax.tree.unflatten(jax.tree.structure(abstract_opt), list(r[OPT_STATE]))
             return step, state, opt_state, dict(r[DATA])
         if steps:

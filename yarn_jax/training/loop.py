@@ -20,7 +20,7 @@ from yarn_jax.errors import ConfigError
 from yarn_jax.evaluation.data import load_documents
 from yarn_jax.evaluation.methods import Method
 from yarn_jax.evaluation.perplexity import PerplexityScorer
-from yarn_jax.evaluation.results import write_json_atomic
+from yarn_jax.evaluation.results import check_settings, write_json_atomic
 from yarn_jax.evaluation.runner import resolve_model_path
 from yarn_jax.sharding import distributed
 from yarn_jax.sharding.params import tree_shardings
@@ -51,12 +51,7 @@ def _check_run_dir(out: Path, cfg: TrainConfig, primary: bool) -> None:
     """A run directory belongs to one trajectory: resuming under other data/optimizer settings is refused."""
     path = out / "train_config.json"
     mine = {k: getattr(cfg, k) for k in TRAJECTORY_FIELDS}
-    if path.exists():
-        old = json.loads(path.read_text())
-        diff = sorted(k for k in mine if k in old and old[k] != mine[k])
-        if diff:
-            raise ConfigError(f"{out} holds a run with other " + ", ".join(
-                f"{k} ({old[k]!r} there, {mine[k]!r} now)" for k in diff) + "; choose another --out")
+    check_settings(path, mine, f"{out} holds a run with other")
     if primary:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, {**cfg.model_dump(), **mine})
