@@ -152,30 +152,29 @@ def _backward(q, k, v, q_seg, k_seg, out, lse, dout, dims: _Dims):
         ds = p * (dp - delta_i[..., None])
         return qi, kj, doi, p, ds
 
-    def dq_block(i):
-        def step(masked, j, acc):
-            _, kj, _, _, ds = tile(masked, i, j)
-            return acc + _matmul_rows(ds.astype(k.dtype), kj)
+    def dkv_block(j, dq):
+        """Key block j: its dK/dV over the query blocks that see it; each tile's dQ share is added into
+        dq [B, K, G, Tp, D] as it goes (one pass: every score tile is computed once, not once for dQ and
+        once for dK/dV)."""
+        def step(masked, i, j):
+            qi, kj, doi, p, ds = tile(masked, i, j)
+            dv = jnp.einsum("bkqc,bkqd->bkcd", _rows(p.astype(dout.dtype)), _rows(doi),
+                            preferred_element_type=jnp.float32)
+            dk = jnp.einsum("bkqc,bkqd->bkcd", _rows(ds.astype(q.dtype)), _rows(qi),
+                            preferred_element_type=jnp.float32)
+            return dk, dv, _matmul_rows(ds.astype(k.dtype), kj)
 
-        return lax.fori_loop(0, dims.k_blocks_for(i), lambda j, a: _per_tile(dims, i, j, step, j, a),
-                             jnp.zeros((b, kh, g, dims.bq, d), jnp.float32))
-
-    def dkv_block(j):
-        def step(masked, i, carry):
-            dk, dv = carry
-            qi, _, doi, p, ds = tile(masked, i, j)
-            dv = dv + jnp.einsum("bkqc,bkqd->bkcd", _rows(p.astype(dout.dtype)), _rows(doi),
-                                 preferred_element_type=jnp.float32)
-            dk = dk + jnp.einsum("bkqc,bkqd->bkcd", _rows(ds.astype(q.dtype)), _rows(qi),
-                                 preferred_element_type=jnp.float32)
-            return dk, dv
+        def body(i, carry):
+            dk, dv, dq = carry
+            dk_i, dv_i, dq_i = _per_tile(dims, i, j, step, i, j)
+            dq_rows = lax.dynamic_slice_in_dim(dq, i * dims.bq, dims.bq, axis=3)
+            return dk + dk_i, dv + dv_i, lax.dynamic_update_slice_in_dim(dq, dq_rows + dq_i, i * dims.bq, axis=3)
 
         zeros = jnp.zeros((b, kh, dims.bk, d), jnp.float32)
-        return lax.fori_loop(dims.first_q_block_for(j), dims.nq, lambda i, c: _per_tile(dims, i, j, step, i, c),
-                             (zeros, zeros))
+        dk, dv, dq = lax.fori_loop(dims.first_q_block_for(j), dims.nq, body, (zeros, zeros, dq))
+        return dq, (dk, dv)
 
-    dq = jnp.moveaxis(lax.map(dq_block, jnp.arange(dims.nq)), 0, 3).reshape(q.shape)
-    dk, dv = lax.map(dkv_block, jnp.arange(dims.nk))
+    dq, (dk, dv) = lax.scan(lambda dq, j: dkv_block(j, dq), jnp.zeros(q.shape, jnp.float32), jnp.arange(dims.nk))
     dk = jnp.moveaxis(dk, 0, 2).reshape(k.shape)
     dv = jnp.moveaxis(dv, 0, 2).reshape(v.shape)
     return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)

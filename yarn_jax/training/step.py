@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from yarn_jax.loss import DEFAULT_CHUNK, token_log_probs
+from yarn_jax.loss import DEFAULT_CHUNK, weighted_nll
 from yarn_jax.model import Llama
 from yarn_jax.sharding.params import tree_shardings
 from yarn_jax.sharding.rules import Sharder, activate, constrain
@@ -35,8 +35,7 @@ def loss_terms(model: Llama, batch: dict, *, chunk: int = DEFAULT_CHUNK):
         nxt = jnp.roll(seg, -1, axis=1)
         valid = valid & (nxt == seg) & (seg > 0)
     valid = constrain(jnp.broadcast_to(valid, ids.shape).astype(jnp.float32), BATCH_NAMES)
-    lp = token_log_probs(h, model.lm_head_weight(), targets, chunk=chunk)  # [B, T]
-    return -jnp.sum(lp * valid), jnp.sum(valid)
+    return weighted_nll(h, model.lm_head_weight(), targets, valid, chunk=chunk), jnp.sum(valid)
 
 
 def learning_rate_schedule(learning_rate: float, warmup_steps: int):
