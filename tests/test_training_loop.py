@@ -172,6 +172,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(setup, referen
     (["--rope", "{rope_type: warp}"], "warp"),
     (["--learning-rate", "-1"], "learning_rate"),
     (["--eval-docs", "9"], "eval_docs"),
+    (["--lr-decay", "cosine", "--steps", "3", "--warmup-steps", "3"], "lr_decay=cosine needs steps (3) > warmup_steps (3)"),
 ])
 def test_bad_config_fails_before_compute_naming_the_field(setup, tmp_path, capsys, args, message):
     work, _ = setup

@@ -15,7 +15,7 @@ from yarn_jax.checkpoint.hf import params_to_hf
 from yarn_jax.config import LlamaConfig
 from yarn_jax.loss import weighted_nll
 from yarn_jax.model import flat_params, model_from_params
-from yarn_jax.training.step import loss_terms
+from yarn_jax.training.step import learning_rate_schedule, loss_terms
 
 L0 = 32
 
@@ -71,3 +71,19 @@ def test_weighted_nll_and_gradients_equal_dense():
     np.testing.assert_allclose(fused(h, w), dense(h, w), rtol=1e-6)
     for a, b in zip(jax.grad(fused, argnums=(0, 1))(h, w), jax.grad(dense, argnums=(0, 1))(h, w)):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_learning_rate_schedules_follow_their_formulas():
+    # constant: linear warmup 0 -> lr over W steps, then lr
+    const = learning_rate_schedule(2e-5, 20)
+    for t in (0, 5, 19, 20, 400):
+        assert float(const(t)) == pytest.approx(2e-5 * min(t, 20) / 20, rel=1e-6)
+    # cosine: lr * (r + (1 - r) * (1 + cos(pi * (t - W) / (N - W))) / 2) after warmup, r = 0.1
+    lr, w, n, r = 1e-3, 10, 110, 0.1
+    cos = learning_rate_schedule(lr, w, "cosine", n)
+    for t in (0, 5, 10, 35, 60, 85, 110, 200):
+        frac = min(max(t - w, 0), n - w) / (n - w)
+        want = lr * t / w if t < w else lr * (r + (1 - r) * (1 + np.cos(np.pi * frac)) / 2)
+        assert float(cos(t)) == pytest.approx(want, rel=1e-5, abs=1e-12)
+    with pytest.raises(ValueError, match="total_steps > warmup_steps"):
+        learning_rate_schedule(lr, 10, "cosine", 10)

@@ -30,7 +30,8 @@ class Document:
     ids: np.ndarray  # [n] int32 token ids (no BOS)
 
 
-def _texts(source: str, text_field: str | None, tfds_data_dir: str | None = None) -> Iterator[tuple[str, str]]:
+def iter_texts(source: str, text_field: str | None = None,
+               tfds_data_dir: str | None = None) -> Iterator[tuple[str, str]]:
     """(name, text) pairs of a source, in a deterministic order."""
     if source == "shakespeare":
         from yarn_jax import assets
@@ -93,7 +94,7 @@ def load_documents(source: str, tokenizer, *, min_tokens: int = 0, max_docs: int
     Raises ConfigError when none qualifies (naming the source and the longest document seen)."""
     docs: list[Document] = []
     longest = 0
-    for name, text in _texts(source, text_field, tfds_data_dir):
+    for name, text in iter_texts(source, text_field, tfds_data_dir):
         ids = np.asarray(tokenizer.encode(text, add_special_tokens=False).ids, np.int32)
         longest = max(longest, len(ids))
         if len(ids) >= min_tokens:

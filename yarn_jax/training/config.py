@@ -30,6 +30,8 @@ class TrainConfig(ParallelConfig):
     steps: PositiveInt = Field(10, description="optimizer steps")
     learning_rate: PositiveFloat = Field(2e-5, description="peak learning rate (after warmup, constant)")
     warmup_steps: NonNegativeInt = Field(20, description="linear warmup steps")
+    lr_decay: Literal["constant", "cosine"] = Field("constant", description="after warmup: constant (the paper's "
+                                                    "fine-tuning) or cosine to 0.1x at `steps` (pretraining)")
     b1: float = Field(0.9, description="AdamW beta1")
     b2: float = Field(0.95, description="AdamW beta2")
     eps: float = Field(1e-8, description="AdamW epsilon")
@@ -55,8 +57,14 @@ class TrainConfig(ParallelConfig):
             raise ValueError(f"accum={self.accum} must divide batch_size={self.batch_size}")
         return self
 
+    @model_validator(mode="after")
+    def _cosine_has_room(self):
+        if self.lr_decay == "cosine" and self.steps <= self.warmup_steps:
+            raise ValueError(f"lr_decay=cosine needs steps ({self.steps}) > warmup_steps ({self.warmup_steps})")
+        return self
+
 
 # Fields that define the run's trajectory: a run directory refuses to resume under other values.
 TRAJECTORY_FIELDS = ("rope", "data", "text_field", "max_docs", "eval_docs", "seq_len", "packing", "batch_size",
-                     "accum", "learning_rate", "warmup_steps", "b1", "b2", "eps", "weight_decay", "clip_norm",
-                     "dtype", "param_dtype", "seed")
+                     "accum", "learning_rate", "warmup_steps", "lr_decay", "b1", "b2", "eps", "weight_decay",
+                     "clip_norm", "dtype", "param_dtype", "seed")

@@ -51,6 +51,8 @@ def _check_run_dir(out: Path, cfg: TrainConfig, primary: bool) -> None:
     """A run directory belongs to one trajectory: resuming under other data/optimizer settings is refused."""
     path = out / "train_config.json"
     mine = {k: getattr(cfg, k) for k in TRAJECTORY_FIELDS}
+    if cfg.lr_decay == "cosine":  # the schedule depends on the length of the run
+        mine["steps"] = cfg.steps
     check_settings(path, mine, f"{out} holds a run with other")
     if primary:
         out.mkdir(parents=True, exist_ok=True)
@@ -115,8 +117,9 @@ def train(cfg: TrainConfig) -> dict:
              dict(sharder.mesh.shape) if sharder else "none")
 
     optimizer = make_optimizer(cfg.learning_rate, warmup_steps=cfg.warmup_steps, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                               weight_decay=cfg.weight_decay, clip_norm=cfg.clip_norm)
-    schedule = learning_rate_schedule(cfg.learning_rate, cfg.warmup_steps)
+                               weight_decay=cfg.weight_decay, clip_norm=cfg.clip_norm, decay=cfg.lr_decay,
+                               total_steps=cfg.steps)
+    schedule = learning_rate_schedule(cfg.learning_rate, cfg.warmup_steps, cfg.lr_decay, cfg.steps)
     graphdef, state = nnx.split(pm.module)
     step_fn = TrainStep(graphdef, optimizer, sharder, accum=cfg.accum)
     ckpt = TrainCheckpointer(out / "checkpoints", keep=cfg.keep, save_every=cfg.save_every,

@@ -38,8 +38,17 @@ def loss_terms(model: Llama, batch: dict, *, chunk: int = DEFAULT_CHUNK):
     return weighted_nll(h, model.lm_head_weight(), targets, valid, chunk=chunk), jnp.sum(valid)
 
 
-def learning_rate_schedule(learning_rate: float, warmup_steps: int):
-    """Linear warmup from 0 over `warmup_steps`, then constant (optax schedule of the update count)."""
+def learning_rate_schedule(learning_rate: float, warmup_steps: int, decay: str = "constant",
+                           total_steps: int | None = None, final_ratio: float = 0.1):
+    """Linear warmup from 0 over `warmup_steps`, then constant (the paper's fine-tuning) or cosine decay to
+    final_ratio * learning_rate at total_steps (pretraining); an optax schedule of the update count."""
+    if decay == "cosine":
+        if total_steps is None or total_steps <= warmup_steps:
+            raise ValueError(f"cosine decay needs total_steps > warmup_steps, got {total_steps}, {warmup_steps}")
+        return optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps, total_steps,
+                                                  end_value=final_ratio * learning_rate)
+    if decay != "constant":
+        raise ValueError(f"learning-rate decay {decay!r}: choose constant or cosine")
     if warmup_steps == 0:
         return optax.constant_schedule(learning_rate)
     return optax.join_schedules([optax.linear_schedule(0.0, learning_rate, warmup_steps),
@@ -47,10 +56,11 @@ def learning_rate_schedule(learning_rate: float, warmup_steps: int):
 
 
 def make_optimizer(learning_rate: float = 2e-5, *, warmup_steps: int = 20, b1: float = 0.9, b2: float = 0.95,
-                   eps: float = 1e-8, weight_decay: float = 0.0, clip_norm: float | None = 1.0):
+                   eps: float = 1e-8, weight_decay: float = 0.0, clip_norm: float | None = 1.0,
+                   decay: str = "constant", total_steps: int | None = None):
     """AdamW after global-norm clipping (which really clips: optax applies it to the update), linear warmup
     then constant (the paper's recipe: lr 2e-5, 20 warmup steps, beta (0.9, 0.95), no weight decay)."""
-    schedule = learning_rate_schedule(learning_rate, warmup_steps)
+    schedule = learning_rate_schedule(learning_rate, warmup_steps, decay, total_steps)
     parts = [] if clip_norm is None else [optax.clip_by_global_norm(clip_norm)]
     return optax.chain(*parts, optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
 
