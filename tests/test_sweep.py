@@ -1,0 +1,147 @@
+"""The sweep runner end to end on a CI-sized version of configs/sweeps/repro_small.yaml (the real file, shrunk
+by --set overrides): corpus split, tokenizer, scratch pretraining, fine-tuned and untuned cells, the table
+with the seed spread, plots; a re-run skips finished cells; cluster commands; untuned cells' perplexity
+equals transformers' on the exported base model; bad configs fail before compute."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from yarn_jax.errors import ConfigError
+from yarn_jax.sweep.__main__ import main
+from yarn_jax.sweep.config import load_sweep
+from yarn_jax.sweep.runner import Sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = str(ROOT / "configs" / "sweeps" / "repro_small.yaml")
+L0 = 32
+
+
+def ci_sets(out: Path) -> list[str]:
+    return [
+        f"out={out}",
+        "scratch.vocab_size=400",
+        "scratch.heldout=[twelfth-night, a-winter-s-tale]",
+        "scratch.model={hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 4,"
+        f" num_key_value_heads: 2, head_dim: 8, rope_theta: 10000.0, max_position_embeddings: {L0}}}",
+        "scratch.pretrain={steps: 30, batch_size: 8, learning_rate: 3.0e-3, warmup_steps: 3, lr_decay: cosine,"
+        " remat: none, eval_docs: 1, save_every: 30, keep: 1, async_checkpoint: false, max_docs: 4}",
+        "train={learning_rate: 1.0e-3, warmup_steps: 1, remat: none, eval_docs: 1, save_every: 3, keep: 1,"
+        " async_checkpoint: false, max_docs: 3}",
+        "eval={lengths: [32, 64, 128], max_docs: 2, protocol: truncate}",
+        "grids=[{methods: [linear, yarn], scales: [2], finetune_steps: [3], seeds: [0, 1], train: {batch_size: 2}},"
+        " {methods: [none, yarn, dynamic_yarn], scales: [2]}]",
+    ]
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory, assets):
+    out = tmp_path_factory.mktemp("sweep") / "repro"
+    sets = ci_sets(out)
+    assert main([CONFIG] + [a for s in sets for a in ("--set", s)]) == 0
+    return out, sets
+
+
+def test_pipeline_writes_every_cell_table_and_plots(swept):
+    out, _ = swept
+    ids = ["linear-s2-ft3-seed0", "linear-s2-ft3-seed1", "yarn-s2-ft3-seed0", "yarn-s2-ft3-seed1", "none",
+           "yarn-s2", "dynamic_yarn-s2"]
+    assert sorted(p.name for p in (out / "cells").iterdir()) == sorted(ids)
+    for cid in ids:
+        r = json.loads((out / "cells" / cid / "result.json").read_text())
+        assert set(r["perplexity"]) == {"32", "64", "128"}
+        assert all(math.isfinite(v) and v > 1 for v in r["perplexity"].values())
+        assert bool(r["train_final"]) == ("ft3" in cid)
+    # held-out plays never enter training
+    corpus = out / "setup" / "corpus"
+    assert sorted(p.stem for p in (corpus / "heldout").iterdir()) == ["a-winter-s-tale", "twelfth-night"]
+    assert not {"twelfth-night", "a-winter-s-tale"} & {p.stem for p in (corpus / "train").iterdir()}
+    # pretraining learned something: loss fell
+    losses = [json.loads(line)["loss"] for line in (out / "setup" / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+    assert losses[-1] < losses[0] - 0.5, losses
+    # fine-tuned cells: seeds differ (data order), the table shows mean ± half-range over the 2 seeds
+    a = json.loads((out / "cells" / "yarn-s2-ft3-seed0" / "result.json").read_text())["perplexity"]
+    b = json.loads((out / "cells" / "yarn-s2-ft3-seed1" / "result.json").read_text())["perplexity"]
+    assert a != b
+    table = (out / "table.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| yarn | 2 | 3 |"))
+    mean, half = (float(x) for x in row.split("|")[5].split("±"))
+    assert mean == pytest.approx((a["32"] + b["32"]) / 2, abs=0.006)
+    assert half == pytest.approx(abs(a["32"] - b["32"]) / 2, abs=0.006)
+    for png in ("ppl_vs_length.png", "train_loss.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = (out / "table.csv").read_text().splitlines()
+    assert len(rows) == 1 + 5  # linear/yarn fine-tuned, none/yarn/dynamic_yarn untuned
+
+
+def test_rerun_skips_finished_cells(swept, capsys):
+    out, sets = swept
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*/result.json")}
+    assert main([CONFIG] + [a for s in sets for a in ("--set", s)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*/result.json")} == stamps
+    assert main([CONFIG, "--list"] + [a for s in sets for a in ("--set", s)]) == 0
+    listed = capsys.readouterr().out.split("\n")
+    assert sum(line.startswith("done") for line in listed) == 7
+
+
+def test_emit_commands_cover_setup_cells_and_gather(swept, capsys):
+    out, sets = swept
+    assert main([CONFIG, "--emit-commands"] + [a for s in sets for a in ("--set", s)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].endswith("--setup-only") and lines[-1].endswith("--gather")
+    assert sorted(line.rsplit(" ", 1)[1] for line in lines[1:-1]) == sorted(
+        p.name for p in (out / "cells").iterdir())
+    assert (out / "commands.txt").read_text().strip().splitlines() == lines
+
+
+def test_untuned_cell_equals_transformers_on_the_exported_base(swept, tmp_path):
+    """Independent check of the wiring (model, method, data, length): the yarn x2 cell's perplexity at 128
+    tokens from transformers' LlamaForCausalLM with the same rope_scaling on the pretrained model."""
+    from tokenizers import Tokenizer
+    from transformers import AutoConfig, LlamaForCausalLM
+
+    from yarn_jax.training.export import export_hf
+
+    out, _ = swept
+    hf_dir = export_hf(out / "setup" / "pretrain" / "checkpoints", tmp_path / "hf")
+    config = AutoConfig.from_pretrained(str(hf_dir))
+    config.rope_parameters = {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": L0,
+                              "rope_theta": config.rope_parameters["rope_theta"]}
+    model = LlamaForCausalLM.from_pretrained(str(hf_dir), config=config, attn_implementation="eager").eval()
+    tok = Tokenizer.from_file(str(hf_dir / "tokenizer.json"))
+    doc_means = []
+    for play in ("twelfth-night", "a-winter-s-tale"):
+        text = (out / "setup" / "corpus" / "heldout" / f"{play}.txt").read_text()
+        ids = [config.bos_token_id] + tok.encode(text, add_special_tokens=False).ids[:127]
+        with torch.no_grad():
+            loss = model(torch.tensor([ids]), labels=torch.tensor([ids])).loss.item()
+        doc_means.append(loss)
+    expected = float(np.exp(np.mean(doc_means)))
+    got = json.loads((out / "cells" / "yarn-s2" / "result.json").read_text())["perplexity"]["128"]
+    assert got == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("sets, field", [
+    (["model=smollm2"], "exactly one of `model` and `scratch`"),
+    (["train.rope={rope_type: yarn}"], "train: ['rope']"),
+    (["train.learning_rat=0.1"], "learning_rat"),
+    (["grids.0.scales=[0.5]"], "grids.0.scales"),
+    (["grids.0.vary={not_a_field: [1, 2]}"], "not_a_field"),
+    (["nonsense"], "KEY.PATH=VALUE"),
+])
+def test_bad_sweep_config_names_the_field(sets, field, tmp_path):
+    with pytest.raises(ConfigError, match=field.replace("[", r"\[").replace("]", r"\]").replace("`", "`")):
+        load_sweep(CONFIG, [f"out={tmp_path}"] + sets)
+
+
+def test_bad_cell_settings_fail_before_any_compute(tmp_path):
+    cfg = load_sweep(CONFIG, ci_sets(tmp_path / "s") + ["train.learning_rate=-1"])
+    with pytest.raises(ConfigError, match="learning_rate"):
+        Sweep(cfg).run()
+    assert not (tmp_path / "s").exists()  # nothing built: no split, no tokenizer, no pretraining
