@@ -34,6 +34,16 @@ def test_round_trip_latest_and_given_step(saved):
     assert all(np.array_equal(params[k], p1[k]) for k in p1)
 
 
+def test_relative_paths_load(saved, monkeypatch):
+    """orbax refuses relative paths when reading array metadata; a relative root or step must still load."""
+    root, cfg, p1, p2 = saved
+    monkeypatch.chdir(root.parent)
+    _, params = load_checkpoint(root.name)
+    assert all(np.array_equal(params[k], p2[k]) for k in p2)
+    _, params = load_checkpoint(f"{root.name}/100")
+    assert all(np.array_equal(params[k], p1[k]) for k in p1)
+
+
 def test_incomplete_step_is_ignored(saved):
     root, cfg, p1, p2 = saved
     (root / "300.orbax-checkpoint-tmp-1700000000").mkdir()  # what an interrupted orbax save leaves

@@ -105,9 +105,10 @@ class LlamaConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "LlamaConfig":
+        from etils import epath
+
         try:
-            with open(path) as f:
-                d = json.load(f)
+            d = json.loads(epath.Path(path).read_text())  # local or gs://...
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found") from None
         except json.JSONDecodeError as e:

@@ -231,18 +231,18 @@ def parse_rope_config(
 
 
 def parse_rope_spec(spec: str) -> dict[str, Any] | None:
-    """A rope dict from the command line: HF-style JSON, or the short form
+    """A rope dict from the command line: HF-style JSON / YAML flow mapping, or the short form
     `yarn:factor=4,original_max_position_embeddings=8192` (`default` or `none` for no scaling)."""
     spec = spec.strip()
-    if spec.startswith("{"):
-        import json
+    if spec.startswith("{"):  # JSON, or a YAML flow mapping ({rope_type: yarn, factor: 4})
+        import yaml
 
         try:
-            d = json.loads(spec)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"rope spec {spec!r} is not valid JSON ({e})") from None
+            d = yaml.safe_load(spec)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"rope spec {spec!r} is not valid JSON/YAML ({e})") from None
         if not isinstance(d, dict):
-            raise ConfigError(f"rope spec {spec!r} must be a JSON object")
+            raise ConfigError(f"rope spec {spec!r} must be a mapping")
         return d
     rope_type, _, rest = spec.partition(":")
     if rope_type in ("", "none", "default") and not rest:

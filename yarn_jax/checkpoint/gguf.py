@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -45,8 +45,12 @@ def _field(reader, key: str, default: Any = None) -> Any:
     return value
 
 
-def read_gguf(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """GGUF file -> (HF config.json dict, HF-named float32 tensors)."""
+def open_gguf(path: str | os.PathLike):
+    """GGUF file -> (HF config.json dict, {HF tensor name: shape}, {HF tensor name: a function returning it
+    as float32}).
+
+    The file is memory-mapped; each tensor is dequantized (and q/k un-permuted) only when its function is
+    called, so a caller that takes one tensor at a time holds one tensor at a time."""
     import gguf
 
     path = Path(path)
@@ -72,7 +76,15 @@ def read_gguf(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.nda
     head_dim = meta("attention.key_length", hidden // heads, required=False)
     rot_dim = meta("rope.dimension_count", head_dim, required=False)
 
-    tensors: dict[str, np.ndarray] = {}
+    def loader(t, rotary_heads: int | None) -> Callable[[], np.ndarray]:
+        def load() -> np.ndarray:
+            w = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
+            w = w.reshape(tuple(int(s) for s in reversed(t.shape)))  # ggml lists dims innermost first
+            return w if rotary_heads is None else unpermute_rotary_rows(w, rotary_heads)
+        return load
+
+    tensors: dict[str, Callable[[], np.ndarray]] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
     for t in reader.tensors:
         parts = t.name.split(".")
         if parts[0] == "blk" and len(parts) == 4 and parts[2] in _LAYER_NAMES:
@@ -83,20 +95,16 @@ def read_gguf(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.nda
             raise CheckpointError(f"{path}: tensor 'rope_freqs.weight' (llama3 frequency factors) is not supported")
         else:
             raise CheckpointError(f"{path}: unexpected GGUF tensor '{t.name}'")
-        w = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
-        shape = tuple(int(s) for s in reversed(t.shape))  # ggml lists dims innermost first
-        w = w.reshape(shape)
-        if parts[-2:] == ["attn_q", "weight"]:
-            w = unpermute_rotary_rows(w, heads)
-        elif parts[-2:] == ["attn_k", "weight"]:
-            w = unpermute_rotary_rows(w, kv_heads)
-        tensors[name] = w
+        rotary = {"attn_q": heads, "attn_k": kv_heads}.get(parts[2]) if parts[-1] == "weight" and len(parts) == 4 \
+            else None
+        tensors[name] = loader(t, rotary)
+        shapes[name] = tuple(int(s) for s in reversed(t.shape))
 
     if "model.embed_tokens.weight" not in tensors:
         raise CheckpointError(f"{path}: GGUF tensor 'token_embd.weight' is missing")
     config: dict[str, Any] = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
-        "vocab_size": int(tensors["model.embed_tokens.weight"].shape[0]),
+        "vocab_size": int(shapes["model.embed_tokens.weight"][0]),
         "hidden_size": hidden, "intermediate_size": meta("feed_forward_length"),
         "num_hidden_layers": meta("block_count"), "num_attention_heads": heads, "num_key_value_heads": kv_heads,
         "head_dim": head_dim, "max_position_embeddings": meta("context_length"),
@@ -117,14 +125,20 @@ def read_gguf(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.nda
         if scaling == "yarn":
             rope["original_max_position_embeddings"] = meta("rope.scaling.original_context_length")
         config["rope_scaling"] = rope
-    return config, tensors
+    return config, shapes, tensors
+
+
+def read_gguf(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """GGUF file -> (HF config.json dict, HF-named float32 tensors), all dequantized."""
+    config, _, tensors = open_gguf(path)
+    return config, {name: load() for name, load in tensors.items()}
 
 
 def load_gguf_checkpoint(path: str | os.PathLike):
     """GGUF file -> (LlamaConfig, params keyed by our param paths)."""
     from yarn_jax.checkpoint.hf import check_tensor_names, hf_to_params
 
-    config, tensors = read_gguf(path)
+    config, shapes, tensors = open_gguf(path)
     cfg = LlamaConfig.from_hf_dict(config, where=f"{path} (GGUF metadata)")
-    check_tensor_names(cfg, {k: v.shape for k, v in tensors.items()}, str(path))
-    return cfg, hf_to_params(cfg, tensors.__getitem__)
+    check_tensor_names(cfg, shapes, str(path))
+    return cfg, hf_to_params(cfg, lambda name: tensors[name]())

@@ -13,18 +13,18 @@ import shutil
 import struct
 import tempfile
 from pathlib import Path
-from typing import Callable, Mapping, NamedTuple
+from typing import Callable, Iterable, Mapping, NamedTuple
 
 import numpy as np
-from safetensors import safe_open
-from safetensors.numpy import save_file
 
+from yarn_jax.checkpoint.memory import aligned_empty, release_host_memory
 from yarn_jax.config import LlamaConfig
 from yarn_jax.errors import CheckpointError
 
 # Buffers some HF checkpoints carry that hold no parameters (recomputed from the config).
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
+                   "chat_template.jinja")
 
 Path_ = tuple[str, ...]
 
@@ -38,6 +38,11 @@ class Layout(NamedTuple):
     hf_shape: tuple[int, ...]
     view: tuple[int, ...]
     perm: tuple[int, ...]
+
+    def our_shape(self, num_layers: int) -> tuple[int, ...]:
+        """Our parameter's shape ([L, ...] for per-layer ones)."""
+        shape = tuple(self.view[p] for p in self.perm)
+        return (num_layers,) + shape if "{i}" in self.name else shape
 
     def to_ours(self, w: np.ndarray) -> np.ndarray:
         return w.reshape(self.view).transpose(self.perm)
@@ -160,9 +165,14 @@ def safetensors_files(directory: Path) -> list[Path]:
     single = directory / "model.safetensors"
     if single.exists():
         return [single]
-    if list(directory.glob("*.bin")) or list(directory.glob("*.pt")):
-        raise CheckpointError(f"{directory}: only pickle checkpoints (*.bin/*.pt) found; yarn_jax reads "
-                              "safetensors only (never unpickles). Convert with transformers' save_pretrained.")
+    pickles = sorted(p.name for pattern in ("*.bin", "*.pt", "*.pth") for p in directory.glob(pattern))
+    if pickles:
+        raise CheckpointError(
+            f"{directory}: weights only in pickle format ({', '.join(pickles[:4])}{' ...' if len(pickles) > 4 else ''}); "
+            "yarn_jax never unpickles (a pickle can run code). Convert them to safetensors once, where you trust "
+            "the file: python -c \"from transformers import AutoModelForCausalLM as M; "
+            f"M.from_pretrained('{directory}').save_pretrained('{directory}-safetensors')\" "
+            "(transformers writes safetensors by default)")
     raise CheckpointError(f"{directory}: no model.safetensors or model.safetensors.index.json")
 
 
@@ -179,27 +189,58 @@ class TensorFile:
     DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
               "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 
-    def __init__(self, path: Path):
+    def __init__(self, path):
+        """Parse and validate the header (dtypes, shapes, offsets, file size); path: a pathlib or etils path
+        (local, or gs://... — remote files are read with seek + read instead of memory maps)."""
         import ml_dtypes
 
         self.path = path
-        with path.open("rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
-        header.pop("__metadata__", None)
-        self.base = 8 + n
-        self.entries = {}
-        for name, h in header.items():
-            dt = self.DTYPES[h["dtype"]]
-            self.entries[name] = (ml_dtypes.bfloat16 if dt == "bfloat16" else np.dtype(dt), tuple(h["shape"]),
-                                  h["data_offsets"][0])
+        self.local = "://" not in os.fspath(path)
+        try:
+            with path.open("rb") as f:
+                head = f.read(8)
+                if len(head) < 8:
+                    raise ValueError(f"file is {len(head)} bytes long")
+                (n,) = struct.unpack("<Q", head)
+                if n > 2**28:
+                    raise ValueError(f"header length {n} is implausible")
+                raw = f.read(n)
+                if len(raw) < n:
+                    raise ValueError(f"header cut short ({len(raw)} of {n} bytes)")
+            header = json.loads(raw)
+            if not isinstance(header, dict):
+                raise ValueError("header is not a JSON object")
+            header.pop("__metadata__", None)
+            self.base = 8 + n
+            self.entries, end = {}, 0
+            for name, h in header.items():
+                dt = np.dtype(ml_dtypes.bfloat16 if h["dtype"] == "BF16" else self.DTYPES[h["dtype"]])
+                shape, (begin, stop) = tuple(int(d) for d in h["shape"]), h["data_offsets"]
+                if stop - begin != int(np.prod(shape)) * dt.itemsize:
+                    raise ValueError(f"tensor '{name}': offsets {begin}..{stop} do not hold {shape} {dt}")
+                self.entries[name] = (dt, shape, begin)
+                end = max(end, stop)
+            stat = path.stat()
+            size = getattr(stat, "st_size", None)
+            size = stat.length if size is None else size
+            if size != self.base + end:
+                raise ValueError(f"file is {size} bytes, its header describes {self.base + end}: truncated or "
+                                 "corrupt")
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, struct.error) as e:
+            raise CheckpointError(f"{path}: cannot read safetensors header ({e})") from None
 
     def read(self, name: str, index=...) -> np.ndarray:
-        """tensor[index] as a new array (only the pages of the tensor that hold the block are touched)."""
+        """tensor[index] as a new array (locally, only the pages of the tensor that hold the block)."""
         dtype, shape, start = self.entries[name]
         if not shape or 0 in shape:
             return np.zeros(shape, dtype)[index]
-        mm = np.memmap(self.path, dtype=dtype, mode="r", offset=self.base + start, shape=shape)
+        if index is Ellipsis or not self.local:  # whole tensor: read into a new array (no mapped pages held)
+            out = aligned_empty(shape, dtype)
+            with self.path.open("rb") as f:
+                f.seek(self.base + start)
+                f.readinto(out.reshape(-1).view(np.uint8).data)
+            return out if index is Ellipsis else np.array(out[index])
+        mm = np.memmap(os.fspath(self.path), dtype=dtype, mode="r", offset=self.base + start, shape=shape)
         try:
             return np.array(mm[index])
         finally:
@@ -211,30 +252,124 @@ def open_hf_checkpoint(path: str | os.PathLike):
     """Context: (config, {HF tensor name: its TensorFile}) of an HF directory, every name and shape checked
     against the config first. Read a tensor with `files[name].read(name)`, a block of it with
     `files[name].read(name, (rows, cols))` (only those pages are touched)."""
-    directory = Path(path)
+    from etils import epath
+
+    directory = epath.Path(path)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a directory")
     cfg = LlamaConfig.from_json_file(directory / "config.json")
-    files = safetensors_files(directory)
-    where: dict[str, Path] = {}
-    shapes: dict[str, tuple[int, ...]] = {}
-    for f in files:
-        try:
-            with safe_open(str(f), framework="numpy") as st:  # validates the header and the file's size
-                for name in st.keys():
-                    where[name] = f
-                    shapes[name] = tuple(st.get_slice(name).get_shape())
-        except Exception as e:  # safetensors raises its own error types for corrupt headers
-            raise CheckpointError(f"{f}: cannot read safetensors header ({e})") from None
-    check_tensor_names(cfg, shapes, str(directory))
-    readers = {f: TensorFile(f) for f in files}
-    yield cfg, {name: readers[f] for name, f in where.items()}
+    readers = {f: TensorFile(f) for f in safetensors_files(directory)}  # headers and sizes validated
+    where = {name: r for r in readers.values() for name in r.entries}
+    check_tensor_names(cfg, {name: r.entries[name][1] for name, r in where.items()}, str(directory))
+    yield cfg, where
 
 
 def load_hf_checkpoint(path: str | os.PathLike) -> tuple[LlamaConfig, dict[Path_, np.ndarray]]:
     """HF directory -> (config, params as numpy arrays keyed by our param paths)."""
     with open_hf_checkpoint(path) as (cfg, files):
         return cfg, hf_to_params(cfg, lambda name: files[name].read(name))
+
+
+SAFETENSORS_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
+
+
+def np_dtype(name: str) -> np.dtype:
+    """float32 / bfloat16 / float16 -> numpy dtype (bfloat16 from ml_dtypes)."""
+    import ml_dtypes
+
+    if name not in SAFETENSORS_DTYPES:
+        raise CheckpointError(f"dtype {name!r}: choose one of {', '.join(SAFETENSORS_DTYPES)}")
+    return np.dtype(ml_dtypes.bfloat16 if name == "bfloat16" else name)
+
+
+def read_checked(t: Layout, cfg: LlamaConfig, read: Callable[[Layout], np.ndarray], source: str) -> np.ndarray:
+    """read(t), its shape checked against the config (the error names the parameter and the source)."""
+    value = read(t)
+    want = t.our_shape(cfg.num_hidden_layers)
+    if tuple(value.shape) != want:
+        raise CheckpointError(f"{source}: parameter {'/'.join(t.path)} has shape {tuple(value.shape)}, expected "
+                              f"{want} from the config")
+    return value
+
+
+def _plan_shards(cfg: LlamaConfig, dtype: str, max_shard_bytes: int):
+    """[(file name, [(hf name, shape, nbytes)])] in parameter order (each parameter's layers in a row)."""
+    item = np_dtype(dtype).itemsize
+    entries = []
+    for t in tensor_map(cfg):
+        for i in (range(cfg.num_hidden_layers) if "{i}" in t.name else [None]):
+            entries.append((t.name.format(i=i), t.hf_shape, int(np.prod(t.hf_shape)) * item))
+    shards, current, size = [], [], 0
+    for e in entries:
+        if current and size + e[2] > max_shard_bytes:
+            shards.append(current)
+            current, size = [], 0
+        current.append(e)
+        size += e[2]
+    shards.append(current)
+    if len(shards) == 1:
+        return [("model.safetensors", shards[0])]
+    return [(f"model-{n:05d}-of-{len(shards):05d}.safetensors", s) for n, s in enumerate(shards, 1)]
+
+
+def _safetensors_header(entries, code: str) -> bytes:
+    """u64 little-endian length, then JSON (dtype, shape, data_offsets per tensor) padded to 8 bytes."""
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for name, shape, nbytes in entries:
+        header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    body = json.dumps(header, separators=(",", ":")).encode()
+    body += b" " * (-len(body) % 8)
+    return len(body).to_bytes(8, "little") + body
+
+
+def write_hf_directory(directory, cfg: LlamaConfig, read: Callable[[Layout], np.ndarray], *,
+                       dtype: str = "float32", tokenizer_dir=None, max_shard_bytes: int = 5 * 2**30,
+                       source: str = "source", progress: Callable[[Iterable], Iterable] = iter) -> None:
+    """Fill a new directory (an etils path: local or gs://...) with config.json (cfg's rope), safetensors
+    and the tokenizer files, reading one parameter at a time through `read`.
+
+    The safetensors are written as a stream: each shard's header is planned from the config (names, dtype,
+    shapes, offsets) before any tensor is read, then tensors are appended as their parameter arrives — the
+    safetensors library only writes whole dicts. Shards above max_shard_bytes get an index, as in HF."""
+    from etils import epath
+
+    directory = epath.Path(directory)
+    code, target = SAFETENSORS_DTYPES[dtype], np_dtype(dtype)
+    config = cfg.to_hf_dict()  # raises for a rope with no HF form, before anything is written
+    config["torch_dtype"] = dtype
+    plan = _plan_shards(cfg, dtype, max_shard_bytes)
+    shard_of = {name: fname for fname, entries in plan for name, _, _ in entries}
+    entries_of, written, out = dict(plan), {}, None  # out: (shard name, open file)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    try:
+        for t in progress(tensor_map(cfg)):
+            value = read_checked(t, cfg, read, source)
+            for i in (range(cfg.num_hidden_layers) if "{i}" in t.name else [None]):
+                name = t.name.format(i=i)
+                if out is None or out[0] != shard_of[name]:  # shards are filled in plan order, start to end
+                    if out is not None:
+                        out[1].close()
+                    out = (shard_of[name], (directory / shard_of[name]).open("wb"))
+                    out[1].write(_safetensors_header(entries_of[shard_of[name]], code))
+                tensor = np.ascontiguousarray(t.to_hf(value if i is None else value[i]).astype(target, copy=False))
+                out[1].write(tensor.reshape(-1).view(np.uint8).data)  # the buffer itself, no bytes copy
+                written[name] = shard_of[name]
+            del value
+            release_host_memory()
+    finally:
+        if out is not None:
+            out[1].close()
+    if len(plan) > 1:
+        total = sum(nbytes for _, entries in plan for _, _, nbytes in entries)
+        (directory / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": written}, indent=2))
+    if tokenizer_dir is not None:
+        for fname in TOKENIZER_FILES:
+            src = epath.Path(tokenizer_dir) / fname
+            if src.exists():
+                src.copy(directory / fname, overwrite=True)
 
 
 def save_hf_checkpoint(
@@ -246,47 +381,15 @@ def save_hf_checkpoint(
     tokenizer_dir: str | os.PathLike | None = None,
     max_shard_bytes: int = 5 * 2**30,
 ) -> Path:
-    """Write an HF directory (config.json with the rope used, safetensors, tokenizer files) atomically.
-
-    Shards above `max_shard_bytes` with a `model.safetensors.index.json`, as transformers does.
-    """
-    import ml_dtypes
-
-    np_dtype = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}[dtype]
+    """Write params (in memory) as an HF directory at `path`, atomically: built in a temporary sibling,
+    then moved into place (replacing an existing directory)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    config = cfg.to_hf_dict()
-    config["torch_dtype"] = dtype
-    tensors = {k: v.astype(np_dtype) for k, v in params_to_hf(cfg, params).items()}
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     tmp.chmod(0o755)
     try:
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        shards, current, size = [], {}, 0
-        for name in tensors:
-            nbytes = tensors[name].nbytes
-            if current and size + nbytes > max_shard_bytes:
-                shards.append(current)
-                current, size = {}, 0
-            current[name] = tensors[name]
-            size += nbytes
-        shards.append(current)
-        if len(shards) == 1:
-            save_file(shards[0], str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        else:
-            weight_map = {}
-            for n, shard in enumerate(shards, 1):
-                fname = f"model-{n:05d}-of-{len(shards):05d}.safetensors"
-                save_file(shard, str(tmp / fname), metadata={"format": "pt"})
-                weight_map.update({name: fname for name in shard})
-            total = sum(t.nbytes for t in tensors.values())
-            (tmp / "model.safetensors.index.json").write_text(
-                json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-        if tokenizer_dir is not None:
-            for fname in TOKENIZER_FILES:
-                src = Path(tokenizer_dir) / fname
-                if src.exists():
-                    shutil.copy2(src, tmp / fname)
+        write_hf_directory(tmp, cfg, lambda t: np.asarray(params[t.path]), dtype=dtype,
+                           tokenizer_dir=tokenizer_dir, max_shard_bytes=max_shard_bytes)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

@@ -1,5 +1,6 @@
 """Export a training checkpoint to an HF directory (config.json carrying the rope configuration trained
-with, safetensors, tokenizer files) that transformers loads directly.
+with, safetensors, tokenizer files) that transformers loads directly. (`python -m yarn_jax.convert` does
+the same with a logit check.)
 
     python -m yarn_jax.training.export runs/smollm2_yarn/checkpoints hf_out [--step N] [--dtype bfloat16]
 """
@@ -10,23 +11,21 @@ import argparse
 import sys
 from pathlib import Path
 
-from yarn_jax.checkpoint import load_orbax_checkpoint, save_hf_checkpoint
 from yarn_jax.checkpoint.orbax_ckpt import is_orbax_root, is_orbax_step
 from yarn_jax.errors import CheckpointError, YarnJaxError
 
 
 def export_hf(checkpoint: str | Path, out: str | Path, *, step: int | None = None, dtype: str = "float32") -> Path:
-    """ROOT (its latest complete step, or `step`) or ROOT/<step> -> an HF directory at `out`."""
+    """ROOT (its latest complete step, or `step`) or ROOT/<step> -> an HF directory at `out` (replaced if it
+    exists), streamed one parameter at a time (`yarn_jax.convert` without the logit check)."""
+    from yarn_jax.convert import convert
+
     p = Path(checkpoint)
-    if is_orbax_step(p):
-        root, step = p.parent, int(p.name)
-    elif is_orbax_root(p):
-        root = p
-    else:
+    if not (is_orbax_step(p) or is_orbax_root(p)):
         raise CheckpointError(f"{p}: not a yarn_jax checkpoint directory (train.py's RUN/checkpoints or one of "
                               "its numbered steps)")
-    cfg, params = load_orbax_checkpoint(root, step)
-    return save_hf_checkpoint(out, cfg, params, dtype=dtype, tokenizer_dir=str(root))
+    convert(p, out, to="hf", step=step, dtype=dtype, verify_logits=False, overwrite=True, progress=False)
+    return Path(out)
 
 
 def main(argv=None) -> int:

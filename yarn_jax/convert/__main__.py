@@ -1,0 +1,63 @@
+"""python -m yarn_jax.convert SRC DST: convert a checkpoint, verified by a logit check.
+
+  SRC: an HF directory (safetensors, single or sharded), a .gguf file, or a yarn_jax checkpoint (train.py's
+       RUN/checkpoints root — its latest complete step, or --step N — or a ROOT/<step> directory).
+  DST: the new HF directory (--to hf) or yarn_jax checkpoint root (--to orbax); local or any etils/orbax
+       path (gs://...). Default --to: hf for yarn_jax sources, orbax otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from yarn_jax.errors import YarnJaxError
+
+
+def parse_rope(text: str | None):
+    """--rope: None keeps the source's rope; `default`/`none` removes any scaling."""
+    if text is None:
+        return None
+    from yarn_jax.rope import parse_rope_spec
+
+    return parse_rope_spec(text) or {"rope_type": "default"}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m yarn_jax.convert", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("src")
+    ap.add_argument("dst")
+    ap.add_argument("--to", choices=["hf", "orbax"], default=None, help="output format (default: see above)")
+    ap.add_argument("--step", type=int, default=None, help="step of a yarn_jax source (default: latest complete)")
+    ap.add_argument("--rope", default=None,
+                    help="rope configuration written into the result: an HF rope_scaling dict as JSON/YAML, "
+                         "e.g. '{rope_type: yarn, factor: 16, original_max_position_embeddings: 4096}', or "
+                         "the short form yarn:factor=16,original_max_position_embeddings=4096")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    ap.add_argument("--no-verify", dest="verify", action="store_false", help="skip the logit check")
+    ap.add_argument("--verify-tokens", type=int, default=1024, help="prompt length of the logit check")
+    ap.add_argument("--reference", choices=["yarn_jax", "transformers"], default="yarn_jax",
+                    help="run the source in yarn_jax, or in transformers (HF sources, needs torch)")
+    ap.add_argument("--max-abs-logit", type=float, default=None, help="threshold (default 1e-3)")
+    ap.add_argument("--max-kl", type=float, default=None, help="threshold in nats/token (default 1e-6)")
+    ap.add_argument("--max-shard-gb", type=float, default=5.0, help="HF output: safetensors shard size")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing DST")
+    args = ap.parse_args(argv)
+    from yarn_jax.convert import convert
+
+    try:
+        report = convert(args.src, args.dst, to=args.to, step=args.step, rope=parse_rope(args.rope),
+                         dtype=args.dtype, verify_logits=args.verify, verify_tokens=args.verify_tokens,
+                         reference=args.reference, max_abs=args.max_abs_logit, max_kl=args.max_kl,
+                         overwrite=args.overwrite, max_shard_bytes=int(args.max_shard_gb * 2**30))
+    except YarnJaxError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3 if type(e).__name__ == "VerificationError" else 2
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
