@@ -273,3 +273,66 @@ def test_peak_memory_is_a_few_parameters_not_the_model(assets, tmp_path, source,
     m = json.loads(out.stdout.strip().splitlines()[-1])
     assert m["extra"] <= 3 * m["largest"], m
     assert m["extra"] < m["model"], m
+
+
+def write_tiny_gguf(path: Path, hf: dict, tensors: dict[str, np.ndarray]) -> None:
+    """A float32 llama GGUF file written with the gguf package the way llama.cpp's converter lays it out:
+    GGUF tensor names, q/k rows permuted into the interleaved rotary order."""
+    import gguf
+
+    def permute(w, n_head):  # llama.cpp convert_hf_to_gguf: half-split -> interleaved pairs
+        rows, cols = w.shape
+        return w.reshape(n_head, 2, rows // n_head // 2, cols).swapaxes(1, 2).reshape(rows, cols)
+
+    names = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
+             "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(hf["num_hidden_layers"])
+    w.add_context_length(hf["max_position_embeddings"])
+    w.add_embedding_length(hf["hidden_size"])
+    w.add_feed_forward_length(hf["intermediate_size"])
+    w.add_head_count(hf["num_attention_heads"])
+    w.add_head_count_kv(hf["num_key_value_heads"])
+    w.add_key_length(hf["head_dim"])
+    w.add_rope_dimension_count(hf["head_dim"])
+    w.add_layer_norm_rms_eps(hf["rms_norm_eps"])
+    w.add_rope_freq_base(hf["rope_parameters"]["rope_theta"])
+    for name, value in tensors.items():
+        value = value.astype(np.float32)
+        if name.startswith("model.layers."):
+            _, _, i, *rest = name.split(".")
+            key = ".".join(rest[:-1])
+            if key == "self_attn.q_proj":
+                value = permute(value, hf["num_attention_heads"])
+            elif key == "self_attn.k_proj":
+                value = permute(value, hf["num_key_value_heads"])
+            gname = f"blk.{i}.{names[key]}.{rest[-1]}"
+        else:
+            gname = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+                     "lm_head.weight": "output.weight"}[name]
+        w.add_tensor(gname, np.ascontiguousarray(value))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+@pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
+def test_tiny_gguf_to_hf_to_orbax_keeps_the_original_weights(tmp_path, tie):
+    src, original = transformers_saved(tmp_path, tie=tie)
+    truth = hf_tensors(src)
+    write_tiny_gguf(tmp_path / "tiny.gguf", json.loads((src / "config.json").read_text()), truth)
+    convert(tmp_path / "tiny.gguf", tmp_path / "hf", to="hf", verify_tokens=100, progress=False)
+    got = hf_tensors(tmp_path / "hf")
+    assert got.keys() == truth.keys()
+    for name in truth:
+        assert np.array_equal(got[name], truth[name]), name
+    report = convert(tmp_path / "hf", tmp_path / "orbax", reference="transformers", verify_tokens=100,
+                     progress=False)
+    assert report["verify"]["passed"]
+    cfg, params = load_checkpoint(tmp_path / "orbax")
+    assert all(np.array_equal(a, truth[k]) for k, a in params_to_hf(cfg, params).items())
+    ids = np.random.default_rng(1).integers(0, 97, size=(1, 100))
+    reloaded = LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    np.testing.assert_array_equal(torch_logits(original, ids), torch_logits(reloaded, ids))
