@@ -94,6 +94,14 @@ def markdown_table(rows: list[dict], lengths: list[int], vary_keys: list[str], l
     return "\n".join(lines) + "\n"
 
 
+def method_color(method: str) -> str:
+    """One color per method in every panel and plot (tab10 in the methods' usual order)."""
+    from yarn_jax.evaluation.methods import NAMED
+
+    order = ["none", *NAMED]
+    return plt.get_cmap("tab10")(order.index(method) % 10 if method in order else 9)
+
+
 def plot_ppl(rows: list[dict], lengths: list[int], path: Path, title: str, l0: int | None) -> Path:
     """One panel per (fine-tuned or not, scale): perplexity against length per method, seed range shaded."""
     panels = sorted({(r["finetune_steps"] > 0, r["scale"]) for r in rows if r["method"] != "none"}) or [(False, 1.0)]
@@ -105,7 +113,7 @@ def plot_ppl(rows: list[dict], lengths: list[int], path: Path, title: str, l0: i
             xs = [n for n in lengths if r[f"ppl@{n}"] is not None]
             label = r["method"] + (f" ({r['finetune_steps']} steps)" if tuned else "")
             line, = ax.plot(xs, [r[f"ppl@{n}"] for n in xs], marker="o", label=label,
-                            linestyle="--" if r["method"] == "none" else "-")
+                            color=method_color(r["method"]), linestyle="--" if r["method"] == "none" else "-")
             if r["seeds"] > 1:
                 ax.fill_between(xs, [r[f"min@{n}"] for n in xs], [r[f"max@{n}"] for n in xs],
                                 color=line.get_color(), alpha=0.2)
@@ -147,16 +155,18 @@ def plot_train_loss(results: list[dict], cells_dir: Path, path: Path, title: str
             steps, losses = read_metrics(cells_dir / r["id"] / "train" / "metrics.jsonl")
             if steps:
                 label = r["method"] + "".join(f" {k}={r[k]}" for k in r if k not in _RESULT_BASE)
-                by_scale[r["scale"]][label].append((steps, losses))
+                by_scale[r["scale"]][(label, r["method"])].append((steps, losses))
     if not by_scale:
         return None
     scales = sorted(by_scale)
     fig, axes = plt.subplots(1, len(scales), figsize=(5.2 * len(scales), 4.0), squeeze=False)
     for ax, scale in zip(axes[0], scales):
-        for label, runs in by_scale[scale].items():
+        for (label, method), runs in by_scale[scale].items():
             n = min(len(s) for s, _ in runs)
             ys = np.array([loss[:n] for _, loss in runs])
-            line, = ax.plot(runs[0][0][:n], ys.mean(0), label=label)
+            # several lines of one method (a hyperparameter axis) share its color family via the cycle
+            same = sum(1 for (_, m) in by_scale[scale] if m == method) > 1
+            line, = ax.plot(runs[0][0][:n], ys.mean(0), label=label, color=None if same else method_color(method))
             if len(runs) > 1:
                 ax.fill_between(runs[0][0][:n], ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2)
         ax.set_title(f"fine-tuning at s = {scale:g}")
