@@ -74,10 +74,36 @@ def test_pipeline_writes_every_cell_table_and_plots(swept):
     mean, half = (float(x) for x in row.split("|")[5].split("±"))
     assert mean == pytest.approx((a["32"] + b["32"]) / 2, abs=0.006)
     assert half == pytest.approx(abs(a["32"] - b["32"]) / 2, abs=0.006)
-    for png in ("ppl_vs_length.png", "train_loss.png"):
+    for png in ("ppl_vs_length.png", "nll_vs_position.png", "train_loss.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = (out / "table.csv").read_text().splitlines()
     assert len(rows) == 1 + 5  # linear/yarn fine-tuned, none/yarn/dynamic_yarn untuned
+
+
+def test_position_curves_average_back_to_the_perplexity(swept):
+    """The NLL-by-position curves (longest length, 16 buckets of 8 tokens; the first holds 7 predictions
+    after BOS) weighted by their token counts give back each cell's log perplexity at that length; fine-tuned
+    cells keep one curve per seed."""
+    from yarn_jax.sweep.report import load_results, position_curves
+
+    out, _ = swept
+    ids = sorted(p.name for p in (out / "cells").iterdir())
+    results, missing = load_results(out / "cells", ids)
+    assert not missing
+    curves = position_curves(results, out / "cells")
+    weights = np.full(16, 8.0)
+    weights[0] = 7.0
+    by_key = {(r["finetune_steps"] > 0, r["scale"], r["method"]): r for r in results}
+    for (tuned, scale, method, _, _), (xs, ys) in curves.items():
+        assert xs == pytest.approx((np.arange(16) + 0.5) * 8)
+        assert ys.shape == ((2, 16) if tuned else (1, 16))
+        if not tuned:
+            ppl = by_key[(tuned, scale, method)]["perplexity"]["128"]
+            assert float(np.average(ys[0], weights=weights)) == pytest.approx(math.log(ppl), rel=1e-6)
+    a = json.loads((out / "cells" / "yarn-s2-ft3-seed0" / "result.json").read_text())["perplexity"]["128"]
+    b = json.loads((out / "cells" / "yarn-s2-ft3-seed1" / "result.json").read_text())["perplexity"]["128"]
+    ys = curves[(True, 2.0, "yarn", "yarn", 3)][1]
+    assert sorted(np.average(ys, axis=1, weights=weights)) == pytest.approx(sorted([math.log(a), math.log(b)]))
 
 
 def test_rerun_skips_finished_cells(swept, capsys):

@@ -1,5 +1,5 @@
 """A sweep's combined results: per-cell CSV, the table by method x scale x budget with the spread over
-seeds (markdown + CSV), perplexity-vs-length and training-loss plots (PNG)."""
+seeds (markdown + CSV), perplexity-vs-length, NLL-by-position and training-loss plots (PNG)."""
 
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ def method_color(method: str) -> str:
 
 def plot_ppl(rows: list[dict], lengths: list[int], path: Path, title: str, l0: int | None) -> Path:
     """One panel per (fine-tuned or not, scale): perplexity against length per method, seed range shaded."""
-    panels = sorted({(r["finetune_steps"] > 0, r["scale"]) for r in rows if r["method"] != "none"}) or [(False, 1.0)]
+    panels = _panels(rows)
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.3), squeeze=False, sharey=True)
     for ax, (tuned, scale) in zip(axes[0], panels):
         for r in rows:
@@ -129,6 +129,67 @@ def plot_ppl(rows: list[dict], lengths: list[int], path: Path, title: str, l0: i
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel("perplexity (held-out)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _panels(results_or_rows: list[dict]) -> list[tuple[bool, float]]:
+    """(fine-tuned?, scale) of every panel; the unmodified model is drawn in all of them."""
+    return sorted({(r["finetune_steps"] > 0, r["scale"]) for r in results_or_rows if r["method"] != "none"}) \
+        or [(False, 1.0)]
+
+
+def position_curves(results: list[dict], cells_dir: Path) -> dict[tuple, tuple[list[float], np.ndarray]]:
+    """{(fine-tuned?, scale, method, label, steps): (bucket centres, mean NLL [seeds, buckets])} from each
+    cell's eval/summary.json (the NLL by position at the cell's longest evaluation length)."""
+    runs: dict[tuple, list[tuple[list, list]]] = defaultdict(list)
+    for r in results:
+        path = cells_dir / r["id"] / "eval" / "summary.json"
+        if not path.exists():
+            continue
+        for c in json.loads(path.read_text()).get("position_curves", {}).values():  # one method per cell
+            label = r["method"] + "".join(f" {k}={r[k]}" for k in r if k not in _RESULT_BASE)
+            runs[(r["finetune_steps"] > 0, r["scale"], r["method"], label, r["finetune_steps"])].append(
+                (c["bucket_centres"], c["mean_nll"]))
+    out = {}
+    for key, rs in runs.items():
+        n = min(len(x) for x, _ in rs)
+        out[key] = (rs[0][0][:n], np.array([y[:n] for _, y in rs]))
+    return out
+
+
+def plot_nll_by_position(results: list[dict], cells_dir: Path, path: Path, title: str,
+                         l0: int | None) -> Path | None:
+    """Mean NLL by position at the longest evaluation length, one panel per (fine-tuned or not, scale), one
+    line per method (mean over seeds, range shaded): where in the window a method breaks down, which the
+    perplexity over the whole window averages away."""
+    curves = position_curves(results, cells_dir)
+    if not curves:
+        return None
+    panels = _panels(results)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.3), squeeze=False, sharey=True)
+    for ax, (tuned, scale) in zip(axes[0], panels):
+        for (c_tuned, c_scale, method, label, steps), (xs, ys) in curves.items():
+            if c_tuned != tuned or (c_scale != scale and method != "none"):
+                continue
+            # several lines of one method (a hyperparameter axis) take the color cycle instead
+            same = sum(1 for k in curves if k[:3] == (c_tuned, c_scale, method)) > 1
+            line, = ax.plot(xs, ys.mean(0), marker=".", color=None if same else method_color(method),
+                            label=label + (f" ({steps} steps)" if tuned else ""),
+                            linestyle="--" if method == "none" else "-")
+            if len(ys) > 1:
+                ax.fill_between(xs, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2)
+        if l0:
+            ax.axvline(l0, color="grey", linewidth=0.8)
+            ax.axvline(l0 * scale, color="grey", linewidth=0.8, linestyle=":")
+        ax.set_xlabel("position in the window (tokens); lines at L0 and s·L0")
+        ax.set_title(f"s = {scale:g}, " + ("fine-tuned" if tuned else "no fine-tuning"))
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("mean NLL per token (nats)")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -3,7 +3,7 @@
 Directory layout under `out`:
     setup/            corpus split, tokenizer, random init, pretraining run (scratch sweeps only)
     cells/<id>/       train/ (a train.py run directory), eval/ (an eval.py run directory), result.json
-    table.md, table.csv, cells.csv, ppl_vs_length.png, train_loss.png, commands.txt
+    table.md, table.csv, cells.csv, ppl_vs_length.png, nll_vs_position.png, train_loss.png, commands.txt
 
 A cell's result.json is written (atomically) when the cell is finished; a re-run skips those cells, and
 the train/eval directories inside an unfinished cell resume where they stopped. Cells can also run as
@@ -236,6 +236,10 @@ class Sweep:
         if rows:
             plots.append(report.plot_ppl(rows, lengths, self.out / "ppl_vs_length.png",
                                          f"{self.cfg.name}: held-out perplexity", l0))
+        nll_plot = report.plot_nll_by_position(results, self.out / "cells", self.out / "nll_vs_position.png",
+                                               f"{self.cfg.name}: NLL by position at the longest length", l0)
+        if nll_plot:
+            plots.append(nll_plot)
         loss_plot = report.plot_train_loss(results, self.out / "cells", self.out / "train_loss.png",
                                            f"{self.cfg.name}: fine-tuning loss")
         if loss_plot:
