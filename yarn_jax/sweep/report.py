@@ -117,23 +117,36 @@ def plot_ppl(rows: list[dict], lengths: list[int], path: Path, title: str, l0: i
             if r["seeds"] > 1:
                 ax.fill_between(xs, [r[f"min@{n}"] for n in xs], [r[f"max@{n}"] for n in xs],
                                 color=line.get_color(), alpha=0.2)
-        if l0:
-            ax.axvline(l0, color="grey", linewidth=0.8)
-            ax.axvline(l0 * scale, color="grey", linewidth=0.8, linestyle=":")
         ax.set_xscale("log", base=2)
         ax.set_xticks(lengths, [str(n) for n in lengths])
         ax.minorticks_off()
         ax.set_yscale("log")
-        ax.set_xlabel("evaluation length (tokens); lines at L0 and s·L0")
-        ax.set_title(f"s = {scale:g}, " + ("fine-tuned" if tuned else "no fine-tuning"))
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    axes[0][0].set_ylabel("perplexity (held-out)")
+        _label_panel(ax, tuned, scale, l0, "evaluation length (tokens)")
+    return _save(fig, axes, path, title, "perplexity (held-out)")
+
+
+def _label_panel(ax, tuned: bool, scale: float, l0: int | None, xlabel: str) -> None:
+    if l0:
+        ax.axvline(l0, color="grey", linewidth=0.8)
+        ax.axvline(l0 * scale, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_xlabel(xlabel + ("; lines at L0 and s·L0" if l0 else ""))
+    ax.set_title(f"s = {scale:g}, " + ("fine-tuned" if tuned else "no fine-tuning"))
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _save(fig, axes, path: Path, title: str, ylabel: str) -> Path:
+    axes[0][0].set_ylabel(ylabel)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _line_label(r: dict) -> str:
+    """A cell's method with its varied hyperparameters: `yarn learning_rate=0.0001`."""
+    return r["method"] + "".join(f" {k}={r[k]}" for k in r if k not in _RESULT_BASE)
 
 
 def _panels(results_or_rows: list[dict]) -> list[tuple[bool, float]]:
@@ -151,7 +164,7 @@ def position_curves(results: list[dict], cells_dir: Path) -> dict[tuple, tuple[l
         if not path.exists():
             continue
         for c in json.loads(path.read_text()).get("position_curves", {}).values():  # one method per cell
-            label = r["method"] + "".join(f" {k}={r[k]}" for k in r if k not in _RESULT_BASE)
+            label = _line_label(r)
             runs[(r["finetune_steps"] > 0, r["scale"], r["method"], label, r["finetune_steps"])].append(
                 (c["bucket_centres"], c["mean_nll"]))
     out = {}
@@ -182,19 +195,8 @@ def plot_nll_by_position(results: list[dict], cells_dir: Path, path: Path, title
                             linestyle="--" if method == "none" else "-")
             if len(ys) > 1:
                 ax.fill_between(xs, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2)
-        if l0:
-            ax.axvline(l0, color="grey", linewidth=0.8)
-            ax.axvline(l0 * scale, color="grey", linewidth=0.8, linestyle=":")
-        ax.set_xlabel("position in the window (tokens); lines at L0 and s·L0")
-        ax.set_title(f"s = {scale:g}, " + ("fine-tuned" if tuned else "no fine-tuning"))
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-    axes[0][0].set_ylabel("mean NLL per token (nats)")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+        _label_panel(ax, tuned, scale, l0, "position in the window (tokens)")
+    return _save(fig, axes, path, title, "mean NLL per token (nats)")
 
 
 def read_metrics(path: Path) -> tuple[list[int], list[float]]:
@@ -215,7 +217,7 @@ def plot_train_loss(results: list[dict], cells_dir: Path, path: Path, title: str
         if r["finetune_steps"]:
             steps, losses = read_metrics(cells_dir / r["id"] / "train" / "metrics.jsonl")
             if steps:
-                label = r["method"] + "".join(f" {k}={r[k]}" for k in r if k not in _RESULT_BASE)
+                label = _line_label(r)
                 by_scale[r["scale"]][(label, r["method"])].append((steps, losses))
     if not by_scale:
         return None
@@ -232,11 +234,6 @@ def plot_train_loss(results: list[dict], cells_dir: Path, path: Path, title: str
                 ax.fill_between(runs[0][0][:n], ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2)
         ax.set_title(f"fine-tuning at s = {scale:g}")
         ax.set_xlabel("step")
-        ax.set_ylabel("training loss (nats/token)")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, axes, path, title, "training loss (nats/token)")
