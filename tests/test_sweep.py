@@ -171,3 +171,27 @@ def test_bad_cell_settings_fail_before_any_compute(tmp_path):
     with pytest.raises(ConfigError, match="learning_rate"):
         Sweep(cfg).run()
     assert not (tmp_path / "s").exists()  # nothing built: no split, no tokenizer, no pretraining
+
+
+def test_model_sweep_on_the_exported_base_matches_and_reads_l0(swept, tmp_path):
+    """A `model:` sweep (like the SmolLM2 ablation) over the scratch sweep's pretrained model exported to HF
+    gives the scratch sweep's untuned perplexities, with L0 read from the model's config.json (not set in the
+    sweep) for the table header."""
+    from yarn_jax.training.export import export_hf
+
+    out, _ = swept
+    hf_dir = export_hf(out / "setup" / "pretrain" / "checkpoints", tmp_path / "hf")
+    cfg_path = tmp_path / "model_sweep.yaml"
+    cfg_path.write_text(
+        f"name: exported\nout: {tmp_path / 'sweep'}\nmodel: {hf_dir}\n"
+        f"data: {out / 'setup' / 'corpus' / 'heldout'}\n"
+        "eval: {lengths: [32, 64, 128], max_docs: 2, protocol: truncate}\n"
+        "grids: [{methods: [none, yarn], scales: [2]}]\n")
+    assert main([str(cfg_path)]) == 0
+    for cid in ("none", "yarn-s2"):
+        got = json.loads((tmp_path / "sweep" / "cells" / cid / "result.json").read_text())["perplexity"]
+        want = json.loads((out / "cells" / cid / "result.json").read_text())["perplexity"]
+        assert got == pytest.approx(want, rel=1e-5)
+    header = (tmp_path / "sweep" / "table.md").read_text().splitlines()[2]
+    assert "64 (2·L0)" in header and "128 (4·L0)" in header
+    assert (tmp_path / "sweep" / "nll_vs_position.png").read_bytes()[:4] == b"\x89PNG"

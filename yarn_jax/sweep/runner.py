@@ -250,6 +250,14 @@ class Sweep:
         return {"rows": rows, "missing": missing, "plots": [str(p) for p in plots]}
 
     def _l0_hint(self) -> int | None:
+        """L0 for the table headers and plot markers: the scratch model's, the configured one, or the one the
+        finished cells' evaluations used (read from the model's config.json when they ran)."""
         if self.cfg.scratch:
             return int(self.cfg.scratch.model["max_position_embeddings"])
-        return self.cfg.original_context
+        if self.cfg.original_context:
+            return self.cfg.original_context
+        for c in self.cells:
+            summary = self.out / "cells" / c.id / "eval" / "summary.json"
+            if summary.exists():
+                return json.loads(summary.read_text())["config"].get("original_context")
+        return None
