@@ -39,10 +39,20 @@ class Layout(NamedTuple):
     view: tuple[int, ...]
     perm: tuple[int, ...]
 
+    @property
+    def per_layer(self) -> bool:
+        return "{i}" in self.name
+
+    def hf_names(self, num_layers: int) -> list[tuple[int | None, str]]:
+        """[(layer, HF tensor name)]: one per layer for a per-layer parameter, else [(None, name)]."""
+        if not self.per_layer:
+            return [(None, self.name)]
+        return [(i, self.name.format(i=i)) for i in range(num_layers)]
+
     def our_shape(self, num_layers: int) -> tuple[int, ...]:
         """Our parameter's shape ([L, ...] for per-layer ones)."""
         shape = tuple(self.view[p] for p in self.perm)
-        return (num_layers,) + shape if "{i}" in self.name else shape
+        return (num_layers,) + shape if self.per_layer else shape
 
     def to_ours(self, w: np.ndarray) -> np.ndarray:
         return w.reshape(self.view).transpose(self.perm)
@@ -97,12 +107,7 @@ def tensor_map(cfg: LlamaConfig) -> list[Layout]:
 
 
 def expected_hf_names(cfg: LlamaConfig) -> dict[str, tuple[int, ...]]:
-    names = {}
-    for t in tensor_map(cfg):
-        layers = range(cfg.num_hidden_layers) if "{i}" in t.name else [None]
-        for i in layers:
-            names[t.name.format(i=i)] = t.hf_shape
-    return names
+    return {name: t.hf_shape for t in tensor_map(cfg) for _, name in t.hf_names(cfg.num_hidden_layers)}
 
 
 def check_tensor_names(cfg: LlamaConfig, shapes: Mapping[str, tuple[int, ...]], source: str) -> None:
@@ -129,7 +134,7 @@ def hf_to_params(cfg: LlamaConfig, get: Callable[[str], np.ndarray]) -> dict[Pat
     """Convert HF-named tensors (fetched one at a time by `get`) into our params, per-layer ones stacked."""
     params = {}
     for t in tensor_map(cfg):
-        if "{i}" in t.name:
+        if t.per_layer:
             params[t.path] = np.stack([t.to_ours(get(t.name.format(i=i))) for i in range(cfg.num_hidden_layers)])
         else:
             params[t.path] = t.to_ours(get(t.name))
@@ -141,7 +146,7 @@ def params_to_hf(cfg: LlamaConfig, params: Mapping[Path_, np.ndarray]) -> dict[s
     out = {}
     for t in tensor_map(cfg):
         value = np.asarray(params[t.path])
-        if "{i}" in t.name:
+        if t.per_layer:
             for i in range(cfg.num_hidden_layers):
                 out[t.name.format(i=i)] = np.ascontiguousarray(t.to_hf(value[i]))
         else:
@@ -295,10 +300,8 @@ def read_checked(t: Layout, cfg: LlamaConfig, read: Callable[[Layout], np.ndarra
 def _plan_shards(cfg: LlamaConfig, dtype: str, max_shard_bytes: int):
     """[(file name, [(hf name, shape, nbytes)])] in parameter order (each parameter's layers in a row)."""
     item = np_dtype(dtype).itemsize
-    entries = []
-    for t in tensor_map(cfg):
-        for i in (range(cfg.num_hidden_layers) if "{i}" in t.name else [None]):
-            entries.append((t.name.format(i=i), t.hf_shape, int(np.prod(t.hf_shape)) * item))
+    entries = [(name, t.hf_shape, int(np.prod(t.hf_shape)) * item)
+               for t in tensor_map(cfg) for _, name in t.hf_names(cfg.num_hidden_layers)]
     shards, current, size = [], [], 0
     for e in entries:
         if current and size + e[2] > max_shard_bytes:
@@ -346,8 +349,7 @@ def write_hf_directory(directory, cfg: LlamaConfig, read: Callable[[Layout], np.
     try:
         for t in progress(tensor_map(cfg)):
             value = read_checked(t, cfg, read, source)
-            for i in (range(cfg.num_hidden_layers) if "{i}" in t.name else [None]):
-                name = t.name.format(i=i)
+            for i, name in t.hf_names(cfg.num_hidden_layers):
                 if out is None or out[0] != shard_of[name]:  # shards are filled in plan order, start to end
                     if out is not None:
                         out[1].close()
@@ -365,11 +367,21 @@ def write_hf_directory(directory, cfg: LlamaConfig, read: Callable[[Layout], np.
         total = sum(nbytes for _, entries in plan for _, _, nbytes in entries)
         (directory / "model.safetensors.index.json").write_text(
             json.dumps({"metadata": {"total_size": total}, "weight_map": written}, indent=2))
-    if tokenizer_dir is not None:
-        for fname in TOKENIZER_FILES:
-            src = epath.Path(tokenizer_dir) / fname
-            if src.exists():
-                src.copy(directory / fname, overwrite=True)
+    copy_tokenizer_files(tokenizer_dir, directory)
+
+
+def copy_tokenizer_files(tokenizer_dir, directory, names: Iterable[str] = TOKENIZER_FILES,
+                         overwrite: bool = True) -> None:
+    """Copy the tokenizer files among `names` that tokenizer_dir has (if given) into directory (etils paths:
+    local or gs://...); with overwrite=False, files already there are kept."""
+    from etils import epath
+
+    if tokenizer_dir is None:
+        return
+    for fname in names:
+        src, dst = epath.Path(tokenizer_dir) / fname, epath.Path(directory) / fname
+        if src.exists() and (overwrite or not dst.exists()):
+            src.copy(dst, overwrite=overwrite)
 
 
 def save_hf_checkpoint(

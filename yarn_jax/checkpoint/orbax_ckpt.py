@@ -81,13 +81,12 @@ def copy_tokenizer(tokenizer_dir, root) -> None:
     """Copy the tokenizer files of tokenizer_dir (if any) to a checkpoint root (etils paths)."""
     from etils import epath
 
+    from yarn_jax.checkpoint.hf import copy_tokenizer_files
+
     if tokenizer_dir is None:
         return
     epath.Path(root).mkdir(parents=True, exist_ok=True)
-    for name in TOKENIZER_FILES:
-        src = epath.Path(tokenizer_dir) / name
-        if src.exists():
-            src.copy(epath.Path(root) / name, overwrite=True)
+    copy_tokenizer_files(tokenizer_dir, root, TOKENIZER_FILES)
 
 
 def save_orbax_checkpoint(root: str | os.PathLike, step: int, cfg: LlamaConfig,

@@ -58,7 +58,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = 
             if reference == "transformers" and source.kind != "hf":
                 raise ConfigError(f"--reference transformers needs an HF source directory; {src} is {source.kind}")
             cfg = source.cfg if rope is None else source.cfg.with_rope(rope, where="--rope")
-            cfg.to_hf_dict()  # a rope with no HF form (dynamic_yarn) fails here, before anything is written
+            hf_rope = cfg.to_hf_dict().get("rope_parameters")  # no HF form (dynamic_yarn): fails before writing
             final.parent.mkdir(parents=True, exist_ok=True)
             bar = _progress(f"{source.kind} -> {to}") if progress else iter
             common = dict(dtype=dtype, tokenizer_dir=source.tokenizer_dir, source=src, progress=bar)
@@ -68,7 +68,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = 
                 write_orbax_streamed(tmp, cfg, source.read, **common)
             kind = source.kind
         report: dict[str, Any] = {"source": src, "source_format": kind, "destination": dst, "format": to,
-                                  "dtype": dtype, "rope": cfg.to_hf_dict().get("rope_parameters"),
+                                  "dtype": dtype, "rope": hf_rope,
                                   "seconds_convert": round(time.time() - start, 2)}
         if verify_logits:
             t0 = time.time()

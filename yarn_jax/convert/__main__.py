@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-shard-gb", type=float, default=5.0, help="HF output: safetensors shard size")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing DST")
     args = ap.parse_args(argv)
-    from yarn_jax.convert import convert
+    from yarn_jax.convert import VerificationError, convert
 
     try:
         report = convert(args.src, args.dst, to=args.to, step=args.step, rope=parse_rope(args.rope),
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
                          overwrite=args.overwrite, max_shard_bytes=int(args.max_shard_gb * 2**30))
     except YarnJaxError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 3 if type(e).__name__ == "VerificationError" else 2
+        return 3 if isinstance(e, VerificationError) else 2
     print(json.dumps(report, indent=2))
     return 0
 

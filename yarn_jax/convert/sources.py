@@ -65,21 +65,19 @@ def source_kind(path: str) -> str:
 def open_source(path: str | os.PathLike, step: int | None = None, dtype: str = "float32"):
     """Context: the `Source` of an HF directory, a .gguf file or a yarn_jax checkpoint (ROOT, its latest
     complete step or `step`; or ROOT/<step>), reading parameters in `dtype`."""
+    from etils import epath
+
     from yarn_jax.checkpoint.hf import np_dtype
 
     path = os.fspath(path)
     target = np_dtype(dtype)
     kind = source_kind(path)
     if kind == "orbax":
-        from etils import epath
-
         e = epath.Path(path)
         root, step = (e.parent, int(e.name)) if is_orbax_step(path) else (e, step)
         with open_orbax_params(root, step) as (cfg, read_param):
             yield Source("orbax", path, cfg, os.fspath(root), lambda t: read_param(t.path, target))
         return
-    from etils import epath
-
     p = epath.Path(path)  # HF directories may be remote (gs://...); GGUF files are memory-mapped: local
     if not p.exists():
         raise CheckpointError(f"{p}: no such file or directory")

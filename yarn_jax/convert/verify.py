@@ -66,13 +66,15 @@ def transformers_logits(hf_dir: str, ids: np.ndarray, rope: Mapping[str, Any] | 
     return out
 
 
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
 def compare_logits(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
     """max |Δ logit| and mean over positions of KL(softmax(ref) || softmax(got)), in nats."""
     ref, got = ref.astype(np.float64), got.astype(np.float64)
-    lp = ref - ref.max(-1, keepdims=True)
-    lp -= np.log(np.exp(lp).sum(-1, keepdims=True))
-    lq = got - got.max(-1, keepdims=True)
-    lq -= np.log(np.exp(lq).sum(-1, keepdims=True))
+    lp, lq = _log_softmax(ref), _log_softmax(got)
     kl = (np.exp(lp) * (lp - lq)).sum(-1)
     return {"max_abs_logit_diff": float(np.abs(ref - got).max()), "mean_kl": float(max(kl.mean(), 0.0)),
             "tokens": int(ref.shape[0])}

@@ -17,6 +17,7 @@ import time
 import jax
 from flax import nnx
 
+from yarn_jax.checkpoint.hf import copy_tokenizer_files
 from yarn_jax.checkpoint.orbax_ckpt import MODEL_CONFIG, PARAMS, TOKENIZER_FILES, flatten, nest
 from yarn_jax.config import LlamaConfig
 from yarn_jax.errors import CheckpointError
@@ -111,15 +112,8 @@ class TrainCheckpointer:
         return dst.name
 
     def copy_tokenizer(self, tokenizer_dir: str | None) -> None:
-        from etils import epath
-
-        if tokenizer_dir is None or jax.process_index() != 0:
-            return
-        root = epath.Path(self.directory)
-        for name in TOKENIZER_FILES:
-            src = epath.Path(tokenizer_dir) / name
-            if src.exists() and not (root / name).exists():
-                src.copy(root / name)
+        if jax.process_index() == 0:
+            copy_tokenizer_files(tokenizer_dir, self.directory, TOKENIZER_FILES, overwrite=False)
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
