@@ -81,3 +81,22 @@ def torch_logits(model, ids, float64=False):
     with torch.no_grad():
         out = model(torch.as_tensor(np.asarray(ids))).logits
     return out.numpy() if float64 else out.float().numpy()
+
+
+def snapshot(root) -> dict[str, str]:
+    """{relative path: sha256 of the file (or 'dir' / 'link -> target')} of everything under root, hidden
+    entries included: compare before/after to prove a refused command changed nothing on disk."""
+    import hashlib
+    from pathlib import Path
+
+    root = Path(root)
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        if p.is_symlink():
+            out[rel] = f"link -> {os.readlink(p)}"
+        elif p.is_dir():
+            out[rel] = "dir"
+        else:
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out

@@ -186,3 +186,57 @@ def test_hf_config_round_trip_for_paper_variants():
                                                  "original_max_position_embeddings": 32}))
     with pytest.raises(ConfigError, match="dynamic_yarn"):
         cfg.to_hf_dict()
+
+
+# --- safetensors headers and indexes: as strict as the safetensors library -----------------------------------
+
+def _raw_safetensors(path, entries: dict, data: bytes):
+    """A safetensors file with a hand-written header: {name: (dtype, shape, [begin, end])}."""
+    header = {k: {"dtype": dt, "shape": list(shape), "data_offsets": list(off)} for k, (dt, shape, off) in entries.items()}
+    body = json.dumps(header).encode()
+    body += b" " * (-len(body) % 8)
+    path.write_bytes(len(body).to_bytes(8, "little") + body + data)
+
+
+@pytest.mark.parametrize("entries, nbytes, message", [
+    ({"a": ("F32", [4], [0, 16]), "b": ("F32", [4], [0, 16])}, 16, "must be contiguous and must not overlap"),
+    ({"a": ("F32", [4], [0, 16]), "b": ("F32", [2], [8, 16])}, 16, "must be contiguous and must not overlap"),
+    ({"a": ("F32", [4], [0, 16]), "b": ("F32", [4], [32, 48])}, 48, "data starts at byte 32, expected 16"),
+    ({"a": ("F32", [4], [-16, 0])}, 0, "not two non-negative integers"),
+    ({"a": ("F32", [4], [4, 20])}, 20, "data starts at byte 4, expected 0"),
+    ({"a": ("F32", [-4], [0, 16])}, 16, "not a list of non-negative integers"),
+], ids=["same-range", "overlap", "gap", "negative", "before-start", "negative-dim"])
+def test_safetensors_byte_ranges_are_checked_like_the_library(tmp_path, entries, nbytes, message):
+    """Every header the safetensors library refuses, TensorFile refuses too (the library is the reference)."""
+    from safetensors import safe_open
+
+    from yarn_jax.checkpoint.hf import TensorFile
+
+    f = tmp_path / "model.safetensors"
+    _raw_safetensors(f, entries, bytes(nbytes))
+    with pytest.raises(Exception):  # the reference refuses this file
+        with safe_open(str(f), "np") as g:
+            [g.get_tensor(k) for k in g.keys()]
+    from etils import epath
+
+    with pytest.raises(CheckpointError, match=message):
+        TensorFile(epath.Path(f))
+    # and a well-formed file with tensors stored out of name order is accepted by both
+    _raw_safetensors(f, {"a": ("F32", [2], [8, 16]), "b": ("F32", [2], [0, 8])}, np.arange(4, dtype="<f4").tobytes())
+    assert TensorFile(epath.Path(f)).read("a").tolist() == [2.0, 3.0]
+    with safe_open(str(f), "np") as g:
+        assert g.get_tensor("a").tolist() == [2.0, 3.0]
+
+
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "/tmp/outside.safetensors", "sub/model.safetensors",
+                                   "..", "model.bin"])
+def test_sharded_index_names_only_files_inside_the_model_directory(tmp_path, shard):
+    path, _ = hf_saved_model(tmp_path)
+    outside = tmp_path / "outside.safetensors"
+    outside.write_bytes(b"\0" * 12345)
+    weight_map = {k: "model.safetensors" for k in load_file(str(path / "model.safetensors"))}
+    weight_map["model.norm.weight"] = shard
+    (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(CheckpointError, match="is not a .safetensors file name inside the model directory") as e:
+        load_checkpoint(path)
+    assert "12345" not in str(e.value) and "outside" not in str(e.value).replace(shard, "")

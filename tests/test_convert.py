@@ -7,6 +7,7 @@ small multiple of the largest parameter."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import random_params, tiny_hf_dict
+from conftest import random_params, snapshot, tiny_hf_dict
 from safetensors.numpy import load_file
 from transformers import AutoModelForCausalLM
 from transformers import LlamaConfig as HFLlamaConfig
@@ -224,13 +225,13 @@ def _env():
     return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
-def test_kill_9_mid_conversion_leaves_nothing_that_looks_valid(assets, tmp_path):
+def test_kill_9_mid_conversion_leaves_nothing_that_looks_valid(assets, tmp_path, caplog):
     dst = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "yarn_jax.convert", str(assets["smollm2"]), str(dst),
                              "--no-verify"], env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline:  # wait until parameters are being written
-        if list(tmp_path.glob(".out.converting-*/params-partial.partial_save/*")):  # orbax's pending saves
+        if list(tmp_path.glob(".out.staging-*/params-partial.partial_save/*")):  # orbax's pending saves
             break
         time.sleep(0.05)
     else:
@@ -241,8 +242,13 @@ def test_kill_9_mid_conversion_leaves_nothing_that_looks_valid(assets, tmp_path)
     assert not dst.exists()
     with pytest.raises(YarnJaxError):
         load_checkpoint(dst)
-    # the same command again completes (the dead run's temporary sibling is not in its way)
-    convert(assets["smollm2"], dst, verify_logits=False, progress=False)
+    stale = list(tmp_path.glob(".out.staging-*"))
+    assert len(stale) == 1  # the dead run's hidden staging directory, hundreds of MB
+    # the same command again completes, and removes (and reports) the dead run's staging directory
+    with caplog.at_level(logging.WARNING, logger="yarn_jax"):
+        convert(assets["smollm2"], dst, verify_logits=False, progress=False)
+    assert not stale[0].exists() and str(stale[0]) in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     cfg, params = load_checkpoint(dst)
     assert cfg.num_hidden_layers == 30 and len(params) == 11
 
@@ -336,3 +342,116 @@ def test_tiny_gguf_to_hf_to_orbax_keeps_the_original_weights(tmp_path, tie):
     ids = np.random.default_rng(1).integers(0, 97, size=(1, 100))
     reloaded = LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()
     np.testing.assert_array_equal(torch_logits(original, ids), torch_logits(reloaded, ids))
+
+
+# --- never delete what the command did not create ---------------------------------------------------------
+
+def _tiny_hf(directory: Path) -> Path:
+    from yarn_jax.checkpoint import save_hf_checkpoint
+
+    cfg = LlamaConfig.from_hf_dict(tiny_hf_dict(None, max_pos=64))
+    return save_hf_checkpoint(directory, cfg, random_params(cfg))
+
+
+def _cli(*args) -> tuple[int, str]:
+    proc = subprocess.run([sys.executable, "-m", *args], env=_env(), capture_output=True, text=True)
+    return proc.returncode, proc.stderr
+
+
+def test_destination_overlapping_the_source_is_refused_and_nothing_changes(tmp_path):
+    """The reported data loss: `convert SRC PARENT --overwrite` deleted the parent (the source and the
+    files beside it); DST == SRC replaced the source. Both now refuse, with every byte left in place."""
+    work = tmp_path / "work"
+    src = _tiny_hf(work / "models" / "tiny")
+    (work / "models" / "notes.txt").write_text("my notes")
+    before = snapshot(tmp_path)
+    for dst, message in [(work / "models", "contains the source"), (src, "is the source itself"),
+                         (src / "sub", "lies inside the source"), (work, "contains the source")]:
+        code, err = _cli("yarn_jax.convert", str(src), str(dst), "--overwrite", "--no-verify")
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+        assert snapshot(tmp_path) == before
+    # the same through a symlink to the source's parent
+    (tmp_path / "alias").symlink_to(work / "models")
+    with pytest.raises(YarnJaxError, match="contains the source"):
+        convert(src, tmp_path / "alias", overwrite=True, verify_logits=False, progress=False)
+    (tmp_path / "alias").unlink()
+    assert snapshot(tmp_path) == before
+
+
+def test_overwrite_replaces_only_a_checkpoint_or_an_empty_directory(tmp_path):
+    src = _tiny_hf(tmp_path / "src")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    (mine / "config.json").write_text("{}")
+    before = snapshot(tmp_path)
+    with pytest.raises(YarnJaxError, match=r"mine: holds config\.json, thesis\.tex, which is not a checkpoint"):
+        convert(src, mine, overwrite=True, verify_logits=False, progress=False)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(YarnJaxError, match="exists and is not a directory"):
+        convert(src, tmp_path / "afile", overwrite=True, verify_logits=False, progress=False)
+    (tmp_path / "afile").unlink()
+    assert snapshot(tmp_path) == before
+    # a checkpoint (of either kind) and an empty directory are replaced
+    old_hf = _tiny_hf(tmp_path / "old_hf")
+    convert(src, tmp_path / "old_orbax", verify_logits=False, progress=False)
+    (tmp_path / "empty").mkdir()
+    for dst in (old_hf, tmp_path / "old_orbax", tmp_path / "empty"):
+        convert(src, dst, to="hf", overwrite=True, verify_logits=False, progress=False)
+        assert hf_tensors(dst).keys() == hf_tensors(src).keys()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_export_refuses_an_existing_directory_and_the_run_directory(tmp_path):
+    src = _tiny_hf(tmp_path / "src")
+    run = tmp_path / "run"
+    convert(src, run / "checkpoints", verify_logits=False, progress=False)
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("unrelated")
+    before = snapshot(tmp_path)
+    for args, message in [((str(run / "checkpoints"), str(out)), "already exists"),
+                          ((str(run / "checkpoints"), str(out), "--overwrite"), "which is not a checkpoint"),
+                          ((str(run / "checkpoints"), str(run)), "contains the source"),
+                          ((str(run / "checkpoints"), str(run), "--overwrite"), "contains the source"),
+                          ((str(run / "checkpoints"), str(run / "checkpoints"), "--overwrite"), "the source itself")]:
+        code, err = _cli("yarn_jax.training.export", *args)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (args, err)
+        assert snapshot(tmp_path) == before
+    code, err = _cli("yarn_jax.training.export", str(run / "checkpoints"), str(tmp_path / "new"))
+    assert code == 0, err
+    assert hf_tensors(tmp_path / "new").keys() == hf_tensors(src).keys()
+
+
+def test_save_pretrained_never_replaces_unrelated_content(tmp_path):
+    import yarn_jax
+
+    src = _tiny_hf(tmp_path / "src")
+    model = yarn_jax.from_pretrained(src)
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "paper.pdf").write_bytes(b"%PDF")
+    before = snapshot(tmp_path)
+    with pytest.raises(YarnJaxError, match="not a checkpoint yarn_jax recognises"):
+        model.save_pretrained(tmp_path / "docs")
+    assert snapshot(tmp_path) == before
+    model.save_pretrained(src)  # its own kind of directory: replaced
+    assert hf_tensors(src).keys() == hf_tensors(tmp_path / "src").keys()
+
+
+def test_nan_source_is_refused_naming_the_source_parameter(tmp_path):
+    cfg = LlamaConfig.from_hf_dict(tiny_hf_dict(None, max_pos=64))
+    params = random_params(cfg)
+    params[("layers", "v_proj")][1, 3, 0, 5] = np.nan
+    from safetensors.numpy import save_file
+
+    src = tmp_path / "src"  # written by the safetensors library (yarn_jax refuses to write NaN weights)
+    src.mkdir()
+    save_file(params_to_hf(cfg, params), str(src / "model.safetensors"))
+    (src / "config.json").write_text(json.dumps(cfg.to_hf_dict()))
+    for verify_logits in (False, True):
+        with pytest.raises(YarnJaxError, match=r"src: parameter layers/v_proj holds 1 NaN/inf value"):
+            convert(src, tmp_path / "out", verify_logits=verify_logits, progress=False)
+        assert nothing_left(tmp_path, "out")
+    with pytest.raises(YarnJaxError, match=r"parameter layers/v_proj holds 1 NaN/inf"):
+        load_checkpoint(src)

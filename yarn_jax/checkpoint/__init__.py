@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from yarn_jax.checkpoint.gguf import load_gguf_checkpoint, read_gguf
-from yarn_jax.checkpoint.hf import load_hf_checkpoint, save_hf_checkpoint
+from yarn_jax.checkpoint.hf import check_finite, load_hf_checkpoint, save_hf_checkpoint
 from yarn_jax.checkpoint.orbax_ckpt import (is_orbax_root, is_orbax_step, load_orbax_checkpoint,
                                            save_orbax_checkpoint)
 from yarn_jax.errors import CheckpointError
@@ -15,7 +15,15 @@ from yarn_jax.errors import CheckpointError
 
 def load_checkpoint(path: str | os.PathLike):
     """An HF directory, a `.gguf` file or a yarn_jax checkpoint directory (orbax; its latest complete
-    step, or `ROOT/<step>` for a given one) -> (LlamaConfig, {param path: numpy array})."""
+    step, or `ROOT/<step>` for a given one) -> (LlamaConfig, {param path: numpy array}), every parameter
+    checked to be finite."""
+    cfg, params = _load(path)
+    for name, value in params.items():
+        check_finite(value, "/".join(name), str(path))
+    return cfg, params
+
+
+def _load(path):
     p = Path(path)
     if p.is_file() and p.suffix == ".gguf":
         return load_gguf_checkpoint(p)

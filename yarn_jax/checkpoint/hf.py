@@ -9,9 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import struct
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, NamedTuple
 
@@ -160,9 +158,19 @@ def safetensors_files(directory: Path) -> list[Path]:
     if index.exists():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise CheckpointError(f"{index}: not a valid safetensors index ({e})") from None
-        files = sorted({directory / f for f in weight_map.values()})
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{index}: not a valid safetensors index ({type(e).__name__}: {e})") from None
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index}: 'weight_map' is not an object")
+        names = set()
+        for tensor, fname in weight_map.items():
+            # a plain file name inside the directory: no separators, no '..', not absolute
+            if (not isinstance(fname, str) or fname in ("", ".", "..") or "/" in fname or "\\" in fname
+                    or "\0" in fname or not fname.endswith(".safetensors")):
+                raise CheckpointError(f"{index}: tensor '{tensor}' is mapped to {fname!r}, which is not a "
+                                      ".safetensors file name inside the model directory")
+            names.add(fname)
+        files = [directory / f for f in sorted(names)]
         for f in files:
             if not f.exists():
                 raise CheckpointError(f"{index}: lists shard '{f.name}', which does not exist")
@@ -179,6 +187,10 @@ def safetensors_files(directory: Path) -> list[Path]:
             f"M.from_pretrained('{directory}').save_pretrained('{directory}-safetensors')\" "
             "(transformers writes safetensors by default)")
     raise CheckpointError(f"{directory}: no model.safetensors or model.safetensors.index.json")
+
+
+def _is_count(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
 class TensorFile:
@@ -217,14 +229,28 @@ class TensorFile:
                 raise ValueError("header is not a JSON object")
             header.pop("__metadata__", None)
             self.base = 8 + n
-            self.entries, end = {}, 0
+            self.entries, ranges = {}, []
             for name, h in header.items():
+                if not isinstance(h, dict):
+                    raise ValueError(f"tensor '{name}': entry is not an object")
                 dt = np.dtype(ml_dtypes.bfloat16 if h["dtype"] == "BF16" else self.DTYPES[h["dtype"]])
-                shape, (begin, stop) = tuple(int(d) for d in h["shape"]), h["data_offsets"]
+                shape, offsets = h["shape"], h["data_offsets"]
+                if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+                    raise ValueError(f"tensor '{name}': shape {shape!r} is not a list of non-negative integers")
+                if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
+                    raise ValueError(f"tensor '{name}': data_offsets {offsets!r} are not two non-negative integers")
+                shape, (begin, stop) = tuple(shape), offsets
                 if stop - begin != int(np.prod(shape)) * dt.itemsize:
                     raise ValueError(f"tensor '{name}': offsets {begin}..{stop} do not hold {shape} {dt}")
                 self.entries[name] = (dt, shape, begin)
-                end = max(end, stop)
+                ranges.append((begin, stop, name))
+            # as strict as the safetensors library: the tensors tile the data section, in some order, exactly
+            end = 0
+            for begin, stop, name in sorted(ranges):
+                if begin != end:
+                    raise ValueError(f"tensor '{name}': data starts at byte {begin}, expected {end} (byte ranges "
+                                     "must be contiguous and must not overlap)")
+                end = stop
             stat = path.stat()
             size = getattr(stat, "st_size", None)
             size = stat.length if size is None else size
@@ -288,13 +314,31 @@ def np_dtype(name: str) -> np.dtype:
 
 
 def read_checked(t: Layout, cfg: LlamaConfig, read: Callable[[Layout], np.ndarray], source: str) -> np.ndarray:
-    """read(t), its shape checked against the config (the error names the parameter and the source)."""
+    """read(t), its shape checked against the config and its values finite (the error names the parameter
+    and the source)."""
     value = read(t)
     want = t.our_shape(cfg.num_hidden_layers)
     if tuple(value.shape) != want:
         raise CheckpointError(f"{source}: parameter {'/'.join(t.path)} has shape {tuple(value.shape)}, expected "
                               f"{want} from the config")
+    check_finite(value, "/".join(t.path), source)
     return value
+
+
+def check_finite(value, name: str, source: str) -> None:
+    """Raise CheckpointError when a tensor (numpy, or a jax.Array possibly sharded across processes) holds
+    NaN or inf — a damaged checkpoint; the error names the parameter, the source and the count."""
+    import jax.numpy as jnp
+
+    if not jnp.issubdtype(value.dtype, jnp.floating):
+        return
+    if isinstance(value, np.ndarray):
+        bad = value.size - int(np.count_nonzero(np.isfinite(value)))
+    else:  # reduced where the shards live; the count is replicated
+        bad = int(value.size - jnp.isfinite(value).sum())
+    if bad:
+        raise CheckpointError(f"{source}: parameter {name} holds {bad} NaN/inf value(s) of {value.size}; the "
+                              "checkpoint is damaged")
 
 
 def _plan_shards(cfg: LlamaConfig, dtype: str, max_shard_bytes: int):
@@ -393,19 +437,17 @@ def save_hf_checkpoint(
     tokenizer_dir: str | os.PathLike | None = None,
     max_shard_bytes: int = 5 * 2**30,
 ) -> Path:
-    """Write params (in memory) as an HF directory at `path`, atomically: built in a temporary sibling,
-    then moved into place (replacing an existing directory)."""
+    """Write params (in memory) as an HF directory at `path`, atomically: built in a staging sibling, then
+    moved into place. An existing `path` is replaced only if it is a checkpoint directory (or empty)."""
+    from yarn_jax.outputs import Staging, check_replaceable, lock
+
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    tmp.chmod(0o755)
-    try:
-        write_hf_directory(tmp, cfg, lambda t: np.asarray(params[t.path]), dtype=dtype,
-                           tokenizer_dir=tokenizer_dir, max_shard_bytes=max_shard_bytes)
+    with lock(target, f"destination {target}"):
         if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            check_replaceable(target, "save_hf_checkpoint")
+        staging = Staging(target)
+        with staging as tmp:
+            write_hf_directory(tmp, cfg, lambda t: np.asarray(params[t.path]), dtype=dtype,
+                               tokenizer_dir=tokenizer_dir, max_shard_bytes=max_shard_bytes)
+            staging.commit(replace=True)
     return target

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import uuid
 from typing import Any, Mapping
 
 from yarn_jax.checkpoint.hf import write_hf_directory
@@ -17,6 +16,7 @@ from yarn_jax.checkpoint.orbax_ckpt import write_orbax_streamed
 from yarn_jax.convert.sources import open_source, source_kind
 from yarn_jax.convert.verify import VerificationError, verify
 from yarn_jax.errors import ConfigError
+from yarn_jax.outputs import Staging, check_disjoint, check_replaceable, lock, remove_tree
 
 REPORT = "conversion.json"
 
@@ -49,52 +49,52 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = 
     if verify_tokens < 1:
         raise ConfigError(f"--verify-tokens must be positive, got {verify_tokens}")
     final = epath.Path(dst)
-    if final.exists() and not overwrite:
-        raise ConfigError(f"{dst}: already exists (pass --overwrite to replace it)")
-    tmp = final.parent / f".{final.name}.converting-{uuid.uuid4().hex[:8]}"
-    start = time.time()
-    try:
-        with open_source(src, step, dtype) as source:
-            if reference == "transformers" and source.kind != "hf":
-                raise ConfigError(f"--reference transformers needs an HF source directory; {src} is {source.kind}")
-            cfg = source.cfg if rope is None else source.cfg.with_rope(rope, where="--rope")
-            hf_rope = cfg.to_hf_dict().get("rope_parameters")  # no HF form (dynamic_yarn): fails before writing
-            final.parent.mkdir(parents=True, exist_ok=True)
-            bar = _progress(f"{source.kind} -> {to}") if progress else iter
-            common = dict(dtype=dtype, tokenizer_dir=source.tokenizer_dir, source=src, progress=bar)
-            if to == "hf":
-                write_hf_directory(tmp, cfg, source.read, max_shard_bytes=max_shard_bytes, **common)
-            else:
-                write_orbax_streamed(tmp, cfg, source.read, **common)
-            kind = source.kind
-        report: dict[str, Any] = {"source": src, "source_format": kind, "destination": dst, "format": to,
-                                  "dtype": dtype, "rope": hf_rope,
-                                  "seconds_convert": round(time.time() - start, 2)}
-        if verify_logits:
-            t0 = time.time()
-            src_path = os.path.join(src, str(step)) if step is not None and kind == "orbax" else src
-            report["verify"] = verify(src_path, os.fspath(tmp), rope=rope, n_tokens=verify_tokens,
-                                      reference=reference, dtype=dtype, max_abs=max_abs, max_kl=max_kl,
-                                      vocab_size=cfg.vocab_size)
-            report["seconds_verify"] = round(time.time() - t0, 2)
-        (tmp / REPORT).write_text(json.dumps(report, indent=2) + "\n")
-    except BaseException:
-        if tmp.exists():
-            tmp.rmtree()
-        raise
-    if verify_logits and not report["verify"]["passed"]:
-        rejected = epath.Path(f"{dst}.rejected")
-        if rejected.exists():
-            rejected.rmtree()
-        tmp.rename(rejected)
-        v = report["verify"]
-        raise VerificationError(
-            f"{src} -> {dst}: logits differ past the thresholds: max |Δ logit| {v['max_abs_logit_diff']:.3g} "
-            f"(threshold {v['max_abs_threshold']:.3g}), mean KL {v['mean_kl']:.3g} (threshold "
-            f"{v['kl_threshold']:.3g}); the result is kept at {rejected} for inspection")
-    if final.exists():  # --overwrite: the old one goes only now that the new one is complete
-        final.rmtree()
-    tmp.rename(final)
+    check_disjoint(src, dst, "destination")
+    with lock(dst, f"destination {dst}"):
+        if final.exists():
+            if not overwrite:
+                raise ConfigError(f"{dst}: already exists (pass --overwrite to replace it)")
+            check_replaceable(final)
+        start = time.time()
+        staging = Staging(final)
+        with staging as tmp:
+            with open_source(src, step, dtype) as source:
+                if reference == "transformers" and source.kind != "hf":
+                    raise ConfigError(f"--reference transformers needs an HF source directory; {src} is "
+                                      f"{source.kind}")
+                cfg = source.cfg if rope is None else source.cfg.with_rope(rope, where="--rope")
+                hf_rope = cfg.to_hf_dict().get("rope_parameters")  # no HF form (dynamic_yarn): fails here
+                bar = _progress(f"{source.kind} -> {to}") if progress else iter
+                common = dict(dtype=dtype, tokenizer_dir=source.tokenizer_dir, source=src, progress=bar)
+                kind = source.kind
+                if to == "hf":
+                    write_hf_directory(tmp, cfg, source.read, max_shard_bytes=max_shard_bytes, **common)
+                else:
+                    write_orbax_streamed(tmp, cfg, source.read, **common)
+            report: dict[str, Any] = {"source": src, "source_format": kind, "destination": dst, "format": to,
+                                      "dtype": dtype, "rope": hf_rope,
+                                      "seconds_convert": round(time.time() - start, 2)}
+            if verify_logits:
+                t0 = time.time()
+                src_path = os.path.join(src, str(step)) if step is not None and kind == "orbax" else src
+                report["verify"] = verify(src_path, os.fspath(tmp), rope=rope, n_tokens=verify_tokens,
+                                          reference=reference, dtype=dtype, max_abs=max_abs, max_kl=max_kl,
+                                          vocab_size=cfg.vocab_size)
+                report["seconds_verify"] = round(time.time() - t0, 2)
+            (tmp / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+            if verify_logits and not report["verify"]["passed"]:
+                rejected = epath.Path(f"{dst}.rejected")
+                if rejected.exists():
+                    check_replaceable(rejected, "a rejected conversion")
+                    remove_tree(rejected)
+                tmp.rename(rejected)
+                v = report["verify"]
+                raise VerificationError(
+                    f"{src} -> {dst}: logits differ past the thresholds: max |Δ logit| "
+                    f"{v['max_abs_logit_diff']:.3g} (threshold {v['max_abs_threshold']:.3g}), mean KL "
+                    f"{v['mean_kl']:.3g} (threshold {v['kl_threshold']:.3g}); the result is kept at {rejected} "
+                    "for inspection")
+            staging.commit(replace=overwrite)  # an old DST goes only now that the new one is complete
     return report
 
 

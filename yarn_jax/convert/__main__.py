@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from yarn_jax.errors import YarnJaxError
+from yarn_jax.errors import report_failure
 
 
 def parse_rope(text: str | None):
@@ -43,18 +43,21 @@ def main(argv=None) -> int:
     ap.add_argument("--max-abs-logit", type=float, default=None, help="threshold (default 1e-3)")
     ap.add_argument("--max-kl", type=float, default=None, help="threshold in nats/token (default 1e-6)")
     ap.add_argument("--max-shard-gb", type=float, default=5.0, help="HF output: safetensors shard size")
-    ap.add_argument("--overwrite", action="store_true", help="replace an existing DST")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace an existing DST (only a checkpoint directory or an empty one)")
     args = ap.parse_args(argv)
-    from yarn_jax.convert import VerificationError, convert
+    from yarn_jax.convert import convert
 
     try:
         report = convert(args.src, args.dst, to=args.to, step=args.step, rope=parse_rope(args.rope),
                          dtype=args.dtype, verify_logits=args.verify, verify_tokens=args.verify_tokens,
                          reference=args.reference, max_abs=args.max_abs_logit, max_kl=args.max_kl,
                          overwrite=args.overwrite, max_shard_bytes=int(args.max_shard_gb * 2**30))
-    except YarnJaxError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3 if isinstance(e, VerificationError) else 2
+    except BaseException as e:
+        code = report_failure(e)
+        if code is None:
+            raise
+        return code
     print(json.dumps(report, indent=2))
     return 0
 

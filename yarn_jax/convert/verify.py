@@ -27,6 +27,8 @@ MAX_ABS_LOGIT, MAX_KL = 1e-3, 1e-6
 class VerificationError(YarnJaxError):
     """The converted checkpoint's logits differ from the source's past the thresholds."""
 
+    exit_code = 3
+
 
 def prompt_ids(vocab_size: int, n_tokens: int, seed: int = 0) -> np.ndarray:
     """[n_tokens] token ids drawn uniformly (seeded) from the vocabulary: every row of the embedding

@@ -17,10 +17,10 @@ import numpy as np
 from flax import nnx
 
 from yarn_jax.checkpoint import is_orbax_root, is_orbax_step, load_gguf_checkpoint, load_orbax_checkpoint
-from yarn_jax.checkpoint.hf import open_hf_checkpoint, tensor_map
+from yarn_jax.checkpoint.hf import check_finite, open_hf_checkpoint, tensor_map
 from yarn_jax.config import LlamaConfig
 from yarn_jax.errors import CheckpointError
-from yarn_jax.model import Llama, as_dtype, state_from_flat
+from yarn_jax.model import Llama, as_dtype, model_params, state_from_flat
 from yarn_jax.sharding.params import tree_shardings
 from yarn_jax.sharding.rules import Sharder
 
@@ -54,7 +54,15 @@ class _Block:
 def load_sharded(path: str | os.PathLike, sharder: Sharder, *, param_dtype="float32", **model_kwargs):
     """(LlamaConfig, Llama) with every parameter a jax.Array sharded over `sharder`'s mesh by its logical
     names. Reads an HF directory (by slices), a yarn_jax checkpoint (by shards) or a .gguf file.
-    `model_kwargs` go to `Llama` (dtype, attention_backend, remat)."""
+    `model_kwargs` go to `Llama` (dtype, attention_backend, remat). Every parameter is checked to be finite
+    (a reduction over its shards)."""
+    cfg, module = _load_sharded(path, sharder, param_dtype=param_dtype, **model_kwargs)
+    for name, value in model_params(module).items():
+        check_finite(value, "/".join(name), str(path))
+    return cfg, module
+
+
+def _load_sharded(path, sharder: Sharder, *, param_dtype="float32", **model_kwargs):
     from etils import epath
 
     pdt = as_dtype(param_dtype)

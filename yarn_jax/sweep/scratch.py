@@ -9,8 +9,6 @@ and is skipped when already there, so an interrupted setup resumes where it stop
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,25 +16,12 @@ from flax import nnx
 
 from yarn_jax.checkpoint.hf import save_hf_checkpoint
 from yarn_jax.config import LlamaConfig
+from yarn_jax.outputs import build_once
 from yarn_jax.errors import ConfigError
 from yarn_jax.evaluation.data import iter_texts
 from yarn_jax.model import Llama, model_params
 
 BOUNDARY = "<|endoftext|>"  # BOS and EOS of the small model (one id, as SmolLM2 / GPT-2 do)
-
-
-def _atomic_dir(target: Path, build) -> Path:
-    """build(tmp) then rename tmp -> target; an existing target is kept (a finished step)."""
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        build(tmp)
-        tmp.rename(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def split_corpus(source: str, out: Path, heldout: list[str] | int) -> tuple[Path, Path]:
@@ -61,7 +46,7 @@ def split_corpus(source: str, out: Path, heldout: list[str] | int) -> tuple[Path
             stem = name.replace("/", "__")
             (tmp / ("heldout" if name in held else "train") / f"{stem}.txt").write_text(text, encoding="utf-8")
 
-    root = _atomic_dir(out, build)
+    root = build_once(out, build)
     return root / "train", root / "heldout"
 
 
@@ -78,7 +63,7 @@ def train_tokenizer(train_dir: Path, out: Path, vocab_size: int) -> Path:
         tok.train(sorted(str(p) for p in train_dir.glob("*.txt")), trainer)
         tok.save(str(tmp / "tokenizer.json"))
 
-    return _atomic_dir(out, build)
+    return build_once(out, build)
 
 
 def init_model(out: Path, arch: dict, tokenizer_dir: Path, seed: int) -> Path:
@@ -99,7 +84,7 @@ def init_model(out: Path, arch: dict, tokenizer_dir: Path, seed: int) -> Path:
             f.rename(tmp / f.name)
         (tmp / "model").rmdir()
 
-    target = _atomic_dir(out, build)
+    target = build_once(out, build)
     written = json.loads((target / "config.json").read_text())
     if written.get("hidden_size") != cfg.hidden_size or written.get("num_hidden_layers") != cfg.num_hidden_layers:
         raise ConfigError(f"{target}: holds a model of another shape than scratch.model; remove it or use another out")

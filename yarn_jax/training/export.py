@@ -12,19 +12,21 @@ import sys
 from pathlib import Path
 
 from yarn_jax.checkpoint.orbax_ckpt import is_orbax_root, is_orbax_step
-from yarn_jax.errors import CheckpointError, YarnJaxError
+from yarn_jax.errors import CheckpointError, report_failure
 
 
-def export_hf(checkpoint: str | Path, out: str | Path, *, step: int | None = None, dtype: str = "float32") -> Path:
-    """ROOT (its latest complete step, or `step`) or ROOT/<step> -> an HF directory at `out` (replaced if it
-    exists), streamed one parameter at a time (`yarn_jax.convert` without the logit check)."""
+def export_hf(checkpoint: str | Path, out: str | Path, *, step: int | None = None, dtype: str = "float32",
+              overwrite: bool = False) -> Path:
+    """ROOT (its latest complete step, or `step`) or ROOT/<step> -> a new HF directory at `out`, streamed one
+    parameter at a time (`yarn_jax.convert` without the logit check). An existing `out` is refused unless
+    `overwrite` and it is a checkpoint directory (or empty); `out` may not contain the checkpoint."""
     from yarn_jax.convert import convert
 
     p = Path(checkpoint)
     if not (is_orbax_step(p) or is_orbax_root(p)):
         raise CheckpointError(f"{p}: not a yarn_jax checkpoint directory (train.py's RUN/checkpoints or one of "
                               "its numbered steps)")
-    convert(p, out, to="hf", step=step, dtype=dtype, verify_logits=False, overwrite=True, progress=False)
+    convert(p, out, to="hf", step=step, dtype=dtype, verify_logits=False, overwrite=overwrite, progress=False)
     return Path(out)
 
 
@@ -34,12 +36,15 @@ def main(argv=None) -> int:
     ap.add_argument("out")
     ap.add_argument("--step", type=int, default=None)
     ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing HF directory at OUT")
     args = ap.parse_args(argv)
     try:
-        path = export_hf(args.checkpoint, args.out, step=args.step, dtype=args.dtype)
-    except YarnJaxError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        path = export_hf(args.checkpoint, args.out, step=args.step, dtype=args.dtype, overwrite=args.overwrite)
+    except BaseException as e:
+        code = report_failure(e)
+        if code is None:
+            raise
+        return code
     print(path)
     return 0
 
