@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from yarn_jax.errors import YarnJaxError
+from yarn_jax.errors import report_failure
 from yarn_jax.evaluation.config import add_config_flags, load_config, overrides_from_args
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "eval" / "default.yaml"
@@ -32,9 +32,11 @@ def main(argv=None) -> int:
         from yarn_jax.evaluation.runner import run
 
         summary = run(cfg)
-    except YarnJaxError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except BaseException as e:  # user errors and I/O failures: one line, exit 2; bugs: the traceback
+        code = report_failure(e)
+        if code is None:
+            raise
+        return code
     import jax
 
     if jax.process_index() == 0:

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from yarn_jax import cli_config
-from yarn_jax.errors import YarnJaxError
+from yarn_jax.errors import report_failure
 from yarn_jax.training.config import TrainConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "train" / "smollm2_yarn.yaml"
@@ -35,9 +35,11 @@ def main(argv=None) -> int:
         from yarn_jax.training.loop import train
 
         record = train(cfg)
-    except YarnJaxError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except BaseException as e:  # user errors and I/O failures: one line, exit 2; bugs: the traceback
+        code = report_failure(e)
+        if code is None:
+            raise
+        return code
     import jax
 
     if jax.process_index() == 0:

@@ -38,6 +38,25 @@ def test_sliding_windows_score_every_token_once(n, length, stride, bos):
     assert scored == list(range(0 if bos else 1, n))
 
 
+def test_every_stride_below_the_length_scores_every_token_once_and_the_rest_are_refused():
+    """Exhaustive over small cases: strides 1..L-1 score each predictable token exactly once (with BOS all
+    n, without n - 1: the first token has no context); a stride >= L would skip the tokens between windows
+    (the reported bug: L = 256 at the default stride 256 skipped one token per window) and is refused."""
+    from yarn_jax.errors import ConfigError
+
+    for bos in (True, False):
+        for length in range(2, 13):
+            for n in range(1, 40):
+                for stride in range(1, length):
+                    scored = []
+                    for w in windows(n, length, stride, bos=bos, protocol="sliding"):
+                        scored.extend(range(w.end - w.scored, w.end))
+                    assert scored == list(range(0 if bos else 1, n)), (bos, length, n, stride)
+                for stride in (length, length + 1, 0):
+                    with pytest.raises(ConfigError, match=f"stride {stride} must be in"):
+                        windows(n, length, stride, bos=bos, protocol="sliding")
+
+
 def reference_nll(hf_dict, hf_tensors, doc, length, stride, bos, truncate):
     """The reference repo's loop (eval/perplexity.py), in transformers/torch: a fresh model per window,
     BOS + window, only the not-yet-scored tail counts. Returns the per-token NLL list."""

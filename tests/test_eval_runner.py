@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import random_params, tiny_hf_dict, torch_llama
+from conftest import random_params, snapshot, tiny_hf_dict, torch_llama
 
 import eval as eval_cli
 from yarn_jax.checkpoint.hf import params_to_hf, save_hf_checkpoint
@@ -134,4 +134,183 @@ def test_bad_input_fails_before_compute_naming_the_field(tiny_dir, corpus, tmp_p
     assert eval_cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and message in err
+    assert not (tmp_path / "r" / "cells.jsonl").exists()
+
+
+# --- resumes check what they resume; failures are one line, before compute ------------------------------------
+
+def _argv(model, corpus, out, *extra):
+    return ["--model", str(model), "--data", str(corpus), "--lengths", "48", "--methods", "none", "--max-docs", "2",
+            "--out", str(out), *extra]
+
+
+def test_changed_inputs_are_refused_naming_what_changed(tiny_dir, corpus, tmp_path, capsys):
+    """The stale-cell bugs: a data file edited in place, weights re-exported into the same directory and a
+    checkpoint root that gained a newer step all used to reuse the old cells silently (exit 0)."""
+    import shutil
+
+    from yarn_jax.checkpoint import save_orbax_checkpoint
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dir[0], model)
+    out = tmp_path / "run"
+    assert eval_cli.main(_argv(model, corpus, out)) == 0
+    first = json.loads((out / "summary.json").read_text())["perplexity"][0]["ppl"]
+    capsys.readouterr()
+    lines = corpus.read_text().splitlines()
+    edited = json.loads(lines[1])
+    edited["text"] = edited["text"][::-1]
+    corpus.write_text("\n".join([lines[0], json.dumps(edited), *lines[2:]]))
+    before = snapshot(tmp_path)
+    assert eval_cli.main(_argv(model, corpus, out)) == 2
+    assert "inputs changed since its cells were computed — document(s) doc1: content changed" in \
+        capsys.readouterr().err
+    assert snapshot(tmp_path) == before
+    assert eval_cli.main(_argv(model, corpus, out, "--recompute-changed", "true")) == 0
+    second = json.loads((out / "summary.json").read_text())["perplexity"][0]["ppl"]
+    assert second != first and len((out / "cells.jsonl").read_text().splitlines()) == 3  # 2 old + doc1 anew
+    capsys.readouterr()
+    # weights re-exported in place (same names and shapes, other values)
+    _, _, cfg, params = tiny_dir
+    save_hf_checkpoint(model, cfg, random_params(cfg, seed=8, std=0.1), tokenizer_dir=str(tiny_dir[0]))
+    assert eval_cli.main(_argv(model, corpus, out)) == 2
+    assert "model: changed: model.safetensors" in capsys.readouterr().err
+    # a checkpoint root that gained a newer step
+    root = tmp_path / "ckpt"
+    save_orbax_checkpoint(root, 1, cfg, params, tokenizer_dir=str(tiny_dir[0]))
+    assert eval_cli.main(_argv(root, corpus, tmp_path / "run2")) == 0
+    save_orbax_checkpoint(root, 2, cfg, random_params(cfg, seed=9, std=0.1))
+    capsys.readouterr()
+    assert eval_cli.main(_argv(root, corpus, tmp_path / "run2")) == 2
+    assert "its latest step was 1, it is now 2" in capsys.readouterr().err
+
+
+def test_second_eval_on_the_same_out_is_refused_naming_the_holder(tiny_dir, corpus, tmp_path, capsys):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "run"
+    code = ("import sys, time; from yarn_jax.outputs import lock\n"
+            "with lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True,
+                              env={"PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert eval_cli.main(_argv(tiny_dir[0], corpus, out)) == 2
+        err = capsys.readouterr().err
+        assert f"run directory {out} is in use by another yarn_jax command (pid {holder.pid} on" in err
+        assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_non_finite_results_exit_non_zero_and_plots_skip_them(tiny_dir, corpus, tmp_path, capsys):
+    _, d, cfg, params = tiny_dir
+    huge = dict(params)
+    huge[("final_norm", "weight")] = np.full_like(params[("final_norm", "weight")], 3e38)  # finite weights,
+    huge[("lm_head",)] = params[("lm_head",)] * 1e3  # logits that overflow to inf
+    save_hf_checkpoint(tmp_path / "huge", cfg, huge, tokenizer_dir=str(tiny_dir[0]))
+    out = tmp_path / "run"
+    assert eval_cli.main(_argv(tmp_path / "huge", corpus, out, "--lengths", "48", "96")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: non-finite perplexity for none at 48, none at 96")
+    assert sum(line.startswith("error:") for line in err) == 1
+    assert (out / "ppl_vs_length.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_passkey_length_too_short_fails_before_any_cell(tiny_dir, corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert eval_cli.main(_argv(tiny_dir[0], corpus, out, "--passkey-lengths", "20", "4096")) == 2
+    assert "passkey_lengths: 20 tokens is too short for the passkey prompt (it needs" in capsys.readouterr().err
+    assert not (out / "cells.jsonl").exists()
+
+
+def test_tokenizer_larger_than_the_vocabulary_is_refused(tiny_dir, corpus, tmp_path, capsys):
+    d = tiny_hf_dict(None, max_pos=64, vocab=1000, hidden=32, heads=2, kv_heads=1)
+    cfg = LlamaConfig.from_hf_dict(d)
+    save_hf_checkpoint(tmp_path / "small", cfg, random_params(cfg), tokenizer_dir=str(tiny_dir[0]))
+    assert eval_cli.main(_argv(tmp_path / "small", corpus, tmp_path / "run")) == 2
+    assert "the tokenizer emits ids up to 49151, but the model's embedding has vocab_size=1000" in \
+        capsys.readouterr().err
+
+
+def _damage_config(out):
+    (out / "config.json").write_text("{not json")
+
+
+def _damage_cells(out):
+    with (out / "cells.jsonl").open("a") as f:
+        f.write(json.dumps({"kind": "ppl", "nll_sum": 1.0}) + "\n")
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_damage_config, "config.json: damaged (JSONDecodeError"),
+    (_damage_cells, "cells.jsonl line 3 is not a result record (no 'key')"),
+])
+def test_damaged_run_directory_records_are_one_line_errors(tiny_dir, corpus, tmp_path, capsys, damage, message):
+    out = tmp_path / "run"
+    assert eval_cli.main(_argv(tiny_dir[0], corpus, out)) == 0
+    damage(out)
+    capsys.readouterr()
+    assert eval_cli.main(_argv(tiny_dir[0], corpus, out)) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def _non_utf8(tmp_path):
+    f = tmp_path / "latin1.txt"
+    f.write_bytes("Fran\xe7ois ".encode("latin-1") * 200)
+    return ["--data", str(f)]
+
+
+def _bad_yaml(tmp_path):
+    (tmp_path / "bad.yaml").write_text("lengths: [48\nmethods: none")
+    return ["--config", str(tmp_path / "bad.yaml")]
+
+
+def _list_yaml(tmp_path):
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    return ["--config", str(tmp_path / "list.yaml")]
+
+
+def _broken_model(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(json.dumps([1, 2]))
+    return ["--model", str(tmp_path / "m")]
+
+
+def _zero_heads(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**tiny_hf_dict(None), "num_attention_heads": 0}))
+    return ["--model", str(tmp_path / "m")]
+
+
+def _data_checked_before_model(tmp_path):
+    return _broken_model(tmp_path) + ["--data", str(tmp_path / "missing.jsonl")]
+
+
+@pytest.mark.parametrize("make, message", [
+    (_non_utf8, "latin1.txt is not UTF-8 text"),
+    (_bad_yaml, "bad.yaml: not valid YAML"),
+    (_list_yaml, "list.yaml: expected a mapping of field: value"),
+    (_broken_model, "expected a JSON object of config fields, got list"),
+    (_zero_heads, "['num_attention_heads'] must be a positive integer, got 0"),
+    (_data_checked_before_model, "missing.jsonl' is neither"),
+    (lambda p: ["--protocol", "sliding", "--stride", "48"], "stride 48 must be smaller than every length"),
+    (lambda p: ["--scales", "nan"], "scales"),
+    (lambda p: ["--scales", "inf"], "scales"),
+    (lambda p: ["--methods", "yarn:factor=nan,original_max_position_embeddings=64"], "['factor'] must be finite"),
+    (lambda p: ["--methods", "{rope_type: linear, factor: .inf}"], "['factor'] must be finite"),
+], ids=["non-utf8", "yaml", "yaml-list", "config-list", "zero-heads", "data-first", "stride", "nan-scale",
+        "inf-scale", "nan-factor", "inf-factor"])
+def test_more_bad_inputs_are_one_line_errors(tiny_dir, corpus, tmp_path, capsys, make, message):
+    extra = make(tmp_path)
+    argv = _argv(tiny_dir[0], corpus, tmp_path / "r", *extra)
+    if "--config" in extra:
+        argv = extra + _argv(tiny_dir[0], corpus, tmp_path / "r")
+    assert eval_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "r" / "cells.jsonl").exists()

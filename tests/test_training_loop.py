@@ -17,7 +17,7 @@ import torch
 import yaml
 
 import train as train_cli
-from tests.conftest import random_params, tiny_hf_dict
+from tests.conftest import random_params, snapshot, tiny_hf_dict
 from yarn_jax.checkpoint import load_checkpoint, save_hf_checkpoint
 from yarn_jax.config import LlamaConfig
 from yarn_jax.errors import CheckpointError
@@ -173,12 +173,22 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(setup, referen
     (["--learning-rate", "-1"], "learning_rate"),
     (["--eval-docs", "9"], "eval_docs"),
     (["--lr-decay", "cosine", "--steps", "3", "--warmup-steps", "3"], "lr_decay=cosine needs steps (3) > warmup_steps (3)"),
+    (["--learning-rate", "inf"], "learning_rate"),
+    (["--b1", "nan"], "b1"),
+    (["--b2", "1.5"], "b2: Input should be less than 1"),
+    (["--eps=-1e-8"], "eps: Input should be greater than 0"),
+    (["--clip-norm", "-1"], "clip_norm"),
+    (["--weight-decay", "-0.1"], "weight_decay"),
+    (["--rope", "{rope_type: yarn, factor: .nan, original_max_position_embeddings: 32}"], "['factor'] must be finite"),
+    (["--model", "/nonexistent"], "model"),
+    (["--data", "/nonexistent.jsonl"], "data"),
 ])
 def test_bad_config_fails_before_compute_naming_the_field(setup, tmp_path, capsys, args, message):
     work, _ = setup
     assert train_cli.main(["--config", str(work / "tiny.yaml"), "--out", str(tmp_path / "r"), *args]) == 2
-    assert message in capsys.readouterr().err
-    assert not (tmp_path / "r" / "checkpoints").exists()
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "r").exists()  # not even train_config.json: the corrected command is not poisoned
 
 
 def test_run_directory_refuses_another_trajectory(setup, reference_run, tmp_path, capsys):
@@ -189,6 +199,53 @@ def test_run_directory_refuses_another_trajectory(setup, reference_run, tmp_path
     shutil.copytree(reference_run, out)
     assert train_cli.main(["--config", str(work / "tiny.yaml"), "--out", str(out), "--seed", "7"]) == 2
     assert "seed (0 there, 7 now)" in capsys.readouterr().err
+
+
+def test_another_model_is_refused_and_no_checkpoint_is_touched(setup, reference_run, tmp_path, capsys):
+    """The reported loss: pointing a run directory at another model renamed every healthy checkpoint aside as
+    damaged, and the original command then restarted from step 0."""
+    import shutil
+
+    work, config = setup
+    out = tmp_path / "run"
+    shutil.copytree(reference_run, out)
+    cfg = LlamaConfig.from_json_file(work / "model" / "config.json")
+    save_hf_checkpoint(tmp_path / "same_shape", cfg, random_params(cfg, seed=4, std=0.05),
+                       tokenizer_dir=str(work / "model"))
+    d = {**json.loads((work / "model" / "config.json").read_text()), "hidden_size": 48, "head_dim": 16}
+    other = LlamaConfig.from_hf_dict(d)
+    save_hf_checkpoint(tmp_path / "other_shape", other, random_params(other, seed=4, std=0.05),
+                       tokenizer_dir=str(work / "model"))
+    before = snapshot(out)
+    base = ["--config", str(work / "tiny.yaml"), "--out", str(out), "--steps", "40", "--save-every", "5",
+            "--eval-every", "20"]
+    assert train_cli.main([*base, "--model", str(tmp_path / "same_shape")]) == 2
+    assert "model_identity (the initial weights differ: changed: model.safetensors)" in capsys.readouterr().err
+    assert snapshot(out) == before
+    # without the run record (an older run directory), the checkpoints themselves tell another model apart
+    (out / "train_config.json").unlink()
+    before = snapshot(out)
+    with pytest.raises(CheckpointError, match=r"40 holds another model or optimizer \(params embed_tokens: saved "
+                                              r"\(49152, 32\), this run has \(49152, 48\)\)"):
+        train(TrainConfig(**{**config, "steps": 40, "save_every": 5, "eval_every": 20, "out": str(out),
+                             "model": str(tmp_path / "other_shape")}))
+    assert snapshot(out) == before and not list((out / "checkpoints").glob("*damaged*"))
+    # the original command still resumes where it was (no step re-run, metrics intact)
+    train(TrainConfig(**{**config, "steps": 41, "save_every": 5, "eval_every": 20, "out": str(out),
+                         "lr_decay": "constant"}))
+    assert [r["step"] for r in _metrics(out)] == list(range(1, 42))
+
+
+def test_divergence_stops_before_saving_a_non_finite_step(setup, tmp_path, capsys):
+    work, _ = setup
+    out = tmp_path / "run"
+    code = train_cli.main(["--config", str(work / "tiny.yaml"), "--out", str(out), "--learning-rate", "1e30",
+                           "--warmup-steps", "0", "--clip-norm", "null", "--save-every", "1", "--steps", "6"])
+    err = capsys.readouterr().err
+    assert code == 2 and "training diverged; this step was not saved" in err, err
+    steps = sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
+    cfg, params = load_checkpoint(out / "checkpoints")  # whatever was saved is finite (the loader checks)
+    assert steps and steps[-1] < 6
 
 
 def test_export_gives_transformers_the_same_logits(reference_run, tmp_path):

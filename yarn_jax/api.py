@@ -39,12 +39,12 @@ class PretrainedModel:
 
     def logits(self, input_ids, positions=None) -> jax.Array:
         """input_ids int [B, T] (or [T]) -> float32 logits [B, T, vocab] (or [T, vocab])."""
-        ids = jnp.asarray(input_ids)
+        ids = np.asarray(input_ids)  # checked in its own dtype: int64 ids must not wrap into valid int32 ones
         squeeze = ids.ndim == 1
         if squeeze:
             ids = ids[None]
-        if ids.ndim != 2 or not jnp.issubdtype(ids.dtype, jnp.integer):
-            raise ConfigError(f"input_ids must be an integer array [B, T], got {ids.dtype} {ids.shape}")
+        if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer) or 0 in ids.shape:
+            raise ConfigError(f"input_ids must be a non-empty integer array [B, T], got {ids.dtype} {ids.shape}")
         lo, hi = int(ids.min()), int(ids.max())  # an embedding lookup would clamp silently
         if lo < 0 or hi >= self.config.vocab_size:
             raise ConfigError(f"input_ids must lie in [0, vocab_size={self.config.vocab_size}), "
@@ -64,9 +64,15 @@ class PretrainedModel:
         """The HF fast tokenizer (tokenizers library) saved next to the weights, if any."""
         from tokenizers import Tokenizer
 
-        if self.tokenizer_dir is None or not (Path(self.tokenizer_dir) / "tokenizer.json").exists():
+        path = Path(self.tokenizer_dir or "") / "tokenizer.json"
+        if self.tokenizer_dir is None or not path.exists():
             raise ConfigError(f"{self.source}: no tokenizer.json next to the checkpoint")
-        return Tokenizer.from_file(str(Path(self.tokenizer_dir) / "tokenizer.json"))
+        try:
+            tok = Tokenizer.from_file(str(path))
+        except Exception as e:  # the tokenizers library raises a bare Exception on malformed files
+            raise ConfigError(f"{path}: not a readable tokenizer ({' '.join(str(e).split())[:200]})") from None
+        check_tokenizer_vocab(tok, self.config.vocab_size, str(path))
+        return tok
 
     def params(self) -> dict[tuple[str, ...], np.ndarray]:
         return {k: np.asarray(v) for k, v in model_params(self.module).items()}
@@ -74,6 +80,14 @@ class PretrainedModel:
     def save_pretrained(self, path: str | os.PathLike, dtype: str = "float32") -> Path:
         """Write an HF directory (config.json with this model's rope configuration, safetensors)."""
         return save_hf_checkpoint(path, self.config, self.params(), dtype=dtype, tokenizer_dir=self.tokenizer_dir)
+
+
+def check_tokenizer_vocab(tok, vocab_size: int, where: str) -> None:
+    """Every id the tokenizer can emit (its vocabulary and added tokens) must exist in the embedding."""
+    top = max(tok.get_vocab(with_added_tokens=True).values(), default=-1)
+    if top >= vocab_size:
+        raise ConfigError(f"{where}: the tokenizer emits ids up to {top}, but the model's embedding has "
+                          f"vocab_size={vocab_size} rows; this tokenizer does not belong to this model")
 
 
 def from_pretrained(

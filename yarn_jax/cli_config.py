@@ -22,7 +22,7 @@ from yarn_jax.errors import ConfigError
 class ParallelConfig(BaseModel):
     """Device mesh and multi-process settings (see README "Running on a Cloud TPU pod slice")."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # every float field finite
 
     mesh: Literal["none", "dp", "fsdp", "fsdp_tensor", "fsdp_sequence"] = Field(
         "none", description="device mesh preset (none: one device)")
@@ -78,7 +78,10 @@ def load_config(cls: type[BaseModel], path: str | None = None, overrides: dict |
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(p.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of field: value")
         data.update(loaded)
@@ -117,7 +120,12 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type[BaseModel]) -> N
 
 def overrides_from_args(args: argparse.Namespace, cls: type[BaseModel]) -> dict:
     def parse(v):
-        return [parse(x) for x in v] if isinstance(v, list) else yaml.safe_load(v)
+        if isinstance(v, list):
+            return [parse(x) for x in v]
+        try:
+            return yaml.safe_load(v)
+        except yaml.YAMLError:
+            return v  # not YAML: the field's validation names it
 
     out = {}
     for name, field in cls.model_fields.items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any, Mapping
 
@@ -45,6 +46,20 @@ class LlamaConfig:
             )
         if self.rope.head_dim != self.head_dim:
             raise ConfigError(f"rope head_dim {self.rope.head_dim} != config 'head_dim' {self.head_dim}")
+        for name, positive in (("rms_norm_eps", True), ("initializer_range", False)):
+            value = getattr(self, name)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and (
+                value > 0 if positive else value >= 0)
+            if not ok:
+                raise ConfigError(f"config field '{name}' must be a finite number {'> 0' if positive else '>= 0'}, "
+                                  f"got {value!r}")
+        # the special ids the tokenizer feeds in and generation stops on must exist in the embedding
+        eos = self.eos_token_id if isinstance(self.eos_token_id, tuple) else (self.eos_token_id,)
+        for name, ids in (("bos_token_id", (self.bos_token_id,)), ("eos_token_id", eos)):
+            for i in ids:
+                if i is not None and (isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.vocab_size):
+                    raise ConfigError(f"config field '{name}'={i!r} is not a token id of the vocabulary "
+                                      f"[0, vocab_size={self.vocab_size})")
 
     @property
     def max_position_embeddings(self) -> int:
@@ -61,7 +76,11 @@ class LlamaConfig:
     @classmethod
     def from_hf_dict(cls, d: Mapping[str, Any], where: str = "config.json") -> "LlamaConfig":
         """Parse an HF LlamaForCausalLM config dict (transformers 4 or 5 field names)."""
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"{where}: expected a JSON object of config fields, got {type(d).__name__}")
         archs = d.get("architectures") or []
+        if not isinstance(archs, list):
+            raise ConfigError(f"{where}['architectures'] must be a list, got {archs!r}")
         model_type = d.get("model_type")
         if model_type not in (None, "llama") or (archs and not set(archs) & set(SUPPORTED_ARCHITECTURES)):
             raise ConfigError(
@@ -77,6 +96,16 @@ class LlamaConfig:
         for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
             if key not in d:
                 raise ConfigError(f"{where} is missing required field '{key}'")
+        for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                    "num_key_value_heads", "head_dim", "max_position_embeddings"):
+            value = d.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{where}['{key}'] must be a positive integer, got {value!r}")
+        for key in ("rms_norm_eps", "initializer_range", "rope_theta", "partial_rotary_factor"):
+            value = d.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value)):
+                raise ConfigError(f"{where}['{key}'] must be a finite number, got {value!r}")
         heads = d["num_attention_heads"]
         head_dim = d.get("head_dim") or d["hidden_size"] // heads
         max_pos = d.get("max_position_embeddings", 2048)
@@ -111,7 +140,7 @@ class LlamaConfig:
             d = json.loads(epath.Path(path).read_text())  # local or gs://...
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found") from None
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: not valid JSON ({e})") from None
         return cls.from_hf_dict(d, where=str(path))
 

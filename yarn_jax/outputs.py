@@ -8,8 +8,8 @@
 - `Staging`: a directory built beside its target (`.NAME.staging-XXXX`) and moved in only when complete;
   removed on failure; ones left by a killed run are reported and removed by the next run to the same
   target (it holds the target's lock, so no live writer owns them).
-- `lock`: one advisory lock (`fcntl.flock`) per run directory or destination; a second command on the
-  same one is refused with the holder's pid. Remote paths (gs://...) are not locked.
+- `lock`: one advisory lock (`fcntl.flock`, `.NAME.lock` beside it) per run directory or destination; a
+  second command on the same one is refused with the holder's pid. Remote paths (gs://...) are not locked.
 """
 
 from __future__ import annotations
@@ -29,14 +29,13 @@ from yarn_jax.errors import ConfigError, OutputError
 log = logging.getLogger("yarn_jax")
 
 STAGING_TAG = ".staging-"
-LOCK_NAME = ".yarn_jax.lock"
 
 # What an HF checkpoint directory or a yarn_jax (orbax) checkpoint root may hold.
 _HF_MEMBERS = {"config.json", "model.safetensors.index.json", "generation_config.json", "tokenizer.json",
                "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "vocab.json",
-               "merges.txt", "tokenizer.model", "added_tokens.json", "conversion.json", LOCK_NAME}
+               "merges.txt", "tokenizer.model", "added_tokens.json", "conversion.json"}
 _ORBAX_MEMBERS = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                  "conversion.json", LOCK_NAME}
+                  "conversion.json"}
 
 
 def is_remote(path) -> bool:
@@ -95,7 +94,7 @@ def checkpoint_kind(path) -> str | None:
     if not p.is_dir() or _is_link(p):
         return None
     names = [c.name for c in p.iterdir()]
-    if not names or names == [LOCK_NAME]:
+    if not names:
         return "empty"
     unknown = [n for n in names if n not in _HF_MEMBERS and not n.endswith(".safetensors")]
     if "config.json" in names and not unknown and any(n.endswith(".safetensors") for n in names):
@@ -229,24 +228,17 @@ def _read_holder(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def lock(path, what: str | None = None, *, inside: bool = False, enabled: bool = True):
-    """Hold an exclusive advisory lock on a run directory or destination for the block.
-
-    inside=True: the lock file is `path/.yarn_jax.lock` (a run directory, created if needed; the file stays);
-    otherwise `.NAME.lock` beside `path` (a destination that may not exist yet; removed on release).
-    No-op for remote paths or enabled=False (e.g. processes other than 0 of a multi-process run)."""
+def lock(path, what: str | None = None, *, enabled: bool = True):
+    """Hold an exclusive advisory lock on a run directory or destination for the block: the lock file is
+    `.NAME.lock` beside `path` (so nothing is created in `path` itself), removed on release; after a kill
+    it is left behind, unlocked, and reused. No-op for remote paths or enabled=False (e.g. processes other
+    than 0 of a multi-process run, which do not write)."""
     if not enabled or is_remote(path):
         yield None
         return
-    p = Path(path)
-    what = what or str(p)
-    if inside:
-        p.mkdir(parents=True, exist_ok=True)
-        handle = _Lock(p / LOCK_NAME, what, remove=False)
-    else:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        handle = _Lock(p.parent / f".{p.name}.lock", what, remove=True)
-    with handle:
+    p = _real(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with _Lock(p.parent / f".{p.name}.lock", what or f"{path}", remove=True) as handle:
         yield handle
 
 
@@ -261,7 +253,20 @@ def build_once(target, build) -> Path:
             return target
         staging = Staging(target)
         with staging as tmp:
-            tmp.chmod(0o755)
             build(Path(tmp))
             staging.commit()
     return target
+
+
+def write_csv_atomic(path, rows: list[dict]) -> None:
+    """Rows as CSV (columns: every key, in first-seen order), written atomically; nothing for no rows."""
+    import csv
+    import io
+
+    if not rows:
+        return
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())

@@ -95,11 +95,14 @@ class RopeConfig:
 
 
 def _number(d: Mapping[str, Any], key: str, where: str, default: Any = None) -> Any:
+    """d[key] as a finite number (None when absent); NaN and inf are refused, naming the field."""
     value = d.get(key, default)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{where}['{key}'] must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{where}['{key}'] must be finite, got {value!r}")
     return value
 
 
@@ -137,12 +140,22 @@ def parse_rope_config(
     if unknown:  # HF also only warns on unknown keys
         warnings.warn(f"{where}: keys {sorted(unknown)} are not used by rope_type {rope_type!r}", stacklevel=2)
 
+    top = {"rope_theta": rope_theta, "partial_rotary_factor": partial_rotary_factor}  # top-level config fields
+    top_where = where.split("[")[0]
+    if isinstance(max_position_embeddings, bool) or not isinstance(max_position_embeddings, int) \
+            or max_position_embeddings < 1:
+        raise ConfigError(f"{top_where}['max_position_embeddings'] must be a positive integer, got "
+                          f"{max_position_embeddings!r}")
     theta = _number(d, "rope_theta", where)
-    theta = float(theta if theta is not None else (rope_theta if rope_theta is not None else 10000.0))
+    if theta is None:
+        theta = _number(top, "rope_theta", top_where)
+    theta = float(10000.0 if theta is None else theta)
     if theta <= 1.0:
         raise ConfigError(f"{where}['rope_theta'] must be > 1, got {theta}")
     prf = _number(d, "partial_rotary_factor", where)
-    prf = float(prf if prf is not None else (partial_rotary_factor if partial_rotary_factor is not None else 1.0))
+    if prf is None:
+        prf = _number(top, "partial_rotary_factor", top_where)
+    prf = float(1.0 if prf is None else prf)
     if not 0.0 < prf <= 1.0:
         raise ConfigError(f"{where}['partial_rotary_factor'] must be in (0, 1], got {prf}")
     rotary_dim = int(head_dim * prf)
@@ -219,9 +232,9 @@ def parse_rope_config(
         for key in ("short_factor", "long_factor"):
             v = d.get(key)
             if not isinstance(v, (list, tuple)) or not all(
-                isinstance(x, (int, float)) and not isinstance(x, bool) for x in v
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0 for x in v
             ):
-                raise ConfigError(f"{where}['{key}'] must be a list of numbers, got {v!r}")
+                raise ConfigError(f"{where}['{key}'] must be a list of finite positive numbers, got {v!r}")
             if len(v) != rotary_dim // 2:
                 raise ConfigError(
                     f"{where}['{key}'] has length {len(v)}, expected rotary_dim/2 = {rotary_dim // 2}"

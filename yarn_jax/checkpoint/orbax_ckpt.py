@@ -164,6 +164,12 @@ def load_orbax_checkpoint(root: str | os.PathLike, step: int | None = None, *, t
     return cfg, params if target is not None else {k: np.asarray(v) for k, v in params.items()}
 
 
+def latest_step(root: str | os.PathLike) -> int:
+    """The latest complete step of a CheckpointManager root (CheckpointError when there is none)."""
+    with _manager(root, read_only=True) as mngr:
+        return _latest(mngr, root, None)
+
+
 def _latest(mngr, root, step: int | None) -> int:
     steps = mngr.all_steps()
     if not steps:

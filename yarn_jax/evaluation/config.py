@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Literal, Union
 
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from yarn_jax import cli_config
 from yarn_jax.cli_config import ParallelConfig
@@ -21,7 +21,7 @@ class EvalConfig(ParallelConfig):
     methods: list[str] = Field(["none", "linear", "ntk", "yarn", "dynamic_yarn"],
                                description="method names (scaled by each of `scales`) or full rope specs")
     scales: list[float] = Field([2.0], description="scale factors s for named methods")
-    original_context: int | None = Field(None, description="L0 for named methods (default: the model's)")
+    original_context: PositiveInt | None = Field(None, description="L0 for named methods (default: the model's)")
     lengths: list[int] = Field([2048, 4096, 8192, 16384], description="evaluation lengths in tokens")
     protocol: Literal["truncate", "sliding", "none"] = Field("truncate", description="perplexity protocol")
     stride: PositiveInt = Field(256, description="sliding-window stride S")
@@ -40,6 +40,8 @@ class EvalConfig(ParallelConfig):
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="compute dtype")
     attention_backend: str = Field("auto", description="auto | blockwise | splash | gpu_flash | reference")
     out: str = Field("runs/eval", description="output directory (results are resumed from it)")
+    recompute_changed: bool = Field(False, description="when the model, tokenizer or a document changed since "
+                                    "the cells in --out were computed: compute new cells instead of refusing")
 
     @field_validator("lengths", "passkey_lengths")
     @classmethod
@@ -54,6 +56,15 @@ class EvalConfig(ParallelConfig):
         if not v or any(x < 1 for x in v):
             raise ValueError(f"scales must be a non-empty list of numbers >= 1, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _sliding_scores_every_token_once(self):
+        """A stride of L or more skips the tokens between one window's end and the next one's start."""
+        if self.protocol == "sliding" and self.lengths and self.stride >= min(self.lengths):
+            raise ValueError(f"stride {self.stride} must be smaller than every length (the shortest is "
+                             f"{min(self.lengths)}): windows S apart with L >= S + 1 positions score every token "
+                             "exactly once")
+        return self
 
     @field_validator("methods")
     @classmethod

@@ -13,6 +13,7 @@ Sources (`data` field / --data):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import Iterator
@@ -20,6 +21,7 @@ from typing import Iterator
 import numpy as np
 
 from yarn_jax.errors import ConfigError
+from yarn_jax.fingerprint import ids_digest
 
 TFDS_TEXT_FIELDS = ("text", "book_text", "content", "article")
 
@@ -28,6 +30,26 @@ TFDS_TEXT_FIELDS = ("text", "book_text", "content", "article")
 class Document:
     name: str
     ids: np.ndarray  # [n] int32 token ids (no BOS)
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """Digest of the token ids: changes when the text or the tokenizer does."""
+        return ids_digest(self.ids)
+
+
+def check_source(source: str) -> None:
+    """ConfigError now when a path source does not exist (called before any model is loaded)."""
+    if source == "shakespeare" or source.startswith("tfds:"):
+        return
+    if not Path(source).exists():
+        raise ConfigError(f"data: {source!r} is neither 'shakespeare', 'tfds:NAME[:SPLIT]' nor an existing path")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"data: {path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
 
 
 def iter_texts(source: str, text_field: str | None = None,
@@ -42,30 +64,32 @@ def iter_texts(source: str, text_field: str | None = None,
     if source.startswith("tfds:"):
         yield from _tfds_texts(source, text_field, tfds_data_dir)
         return
+    check_source(source)
     path = Path(source)
-    if not path.exists():
-        raise ConfigError(f"data: {source!r} is neither 'shakespeare', 'tfds:NAME[:SPLIT]' nor an existing path")
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".md") and p.is_file())
         if not files:
             raise ConfigError(f"data: directory {source} holds no .txt or .md files")
         for p in files:
-            yield str(p.relative_to(path)), p.read_text(encoding="utf-8")
+            yield str(p.relative_to(path)), _read_text(p)
     elif path.suffix == ".jsonl":
         field = text_field or "text"
-        with path.open(encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ConfigError(f"data: {source} line {i} is not JSON ({e})") from None
-                if not isinstance(record, dict) or not isinstance(record.get(field), str):
-                    raise ConfigError(f"data: {source} line {i} has no string field {field!r}")
-                yield str(record.get("id", f"{path.stem}:{i}")), record[field]
+        try:
+            with path.open(encoding="utf-8") as f:
+                for i, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise ConfigError(f"data: {source} line {i} is not JSON ({e})") from None
+                    if not isinstance(record, dict) or not isinstance(record.get(field), str):
+                        raise ConfigError(f"data: {source} line {i} has no string field {field!r}")
+                    yield str(record.get("id", f"{path.stem}:{i}")), record[field]
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"data: {path} is not UTF-8 text ({e.reason})") from None
     else:
-        yield path.name, path.read_text(encoding="utf-8")
+        yield path.name, _read_text(path)
 
 
 def _tfds_texts(source: str, text_field: str | None, data_dir: str | None) -> Iterator[tuple[str, str]]:

@@ -15,6 +15,7 @@ import re
 
 import numpy as np
 
+from yarn_jax.errors import ConfigError
 from yarn_jax.generate import greedy_generate
 from yarn_jax.model import Llama
 
@@ -45,11 +46,23 @@ def prompt_ids(tokenizer, key: int, length: int, depth: float, bos: int | None) 
     while len(ids(hi)) <= length:  # grow, then binary-search the multiple of STEP
         lo, hi = hi, hi * 2
     if len(ids(lo)) > length:
-        raise ValueError(f"passkey: even an empty-garbage prompt exceeds {length} tokens")
+        raise ConfigError(f"passkey_lengths: {length} tokens is too short for the passkey prompt (it needs "
+                          f"{len(ids(lo))} tokens without any filler)")
     while hi - lo > STEP:
         mid = (lo + hi) // 2 // STEP * STEP
         lo, hi = (mid, hi) if len(ids(mid)) <= length else (lo, mid)
     return np.asarray(ids(lo), np.int32)
+
+
+def check_lengths(tokenizer, lengths, n_trials: int, seed: int, bos: int | None) -> None:
+    """ConfigError now for a passkey length too short for one of its trials' prompts without any filler
+    (cheap: short prompts only), so a run never fails there after its perplexity cells."""
+    for n in lengths:
+        for depth, key in trials(n_trials, seed, n):
+            need = len(tokenizer.encode(prompt_text(key, 0, depth), add_special_tokens=False).ids) + (bos is not None)
+            if need > n:
+                raise ConfigError(f"passkey_lengths: {n} tokens is too short for the passkey prompt (it needs "
+                                  f"{need} tokens without any filler)")
 
 
 def first_integer(text: str) -> int | None:

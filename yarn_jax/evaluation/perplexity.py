@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from yarn_jax.config import LlamaConfig
+from yarn_jax.errors import ConfigError
 from yarn_jax.evaluation.data import Document
 from yarn_jax.evaluation.methods import Method
 from yarn_jax.model import Llama, next_token_log_probs
@@ -46,6 +47,11 @@ def windows(n_tokens: int, length: int, stride: int, *, bos: bool, protocol: str
     """The windows a protocol evaluates on a document of n_tokens tokens."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if protocol == "sliding" and not 1 <= stride < length:
+        # the next window starts S tokens on and ends S tokens later: with S >= L, the tokens between one
+        # window's end and the next one's first predicted token are never scored
+        raise ConfigError(f"stride {stride} must be in [1, {length}) for length {length}: every token is scored "
+                          "exactly once only then")
     span = length - 1 if bos else length  # document tokens per window
     first_predictable = 0 if bos else 1  # without a BOS the first token of a window has no context
     if protocol == "truncate":

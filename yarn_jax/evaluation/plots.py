@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -11,17 +12,34 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def finite_points(xs, ys, label: str) -> tuple[list, list]:
+    """(x, y) pairs whose y is a finite number; dropped ones are reported once as a warning (a NaN or inf
+    result is still in the run's JSON/CSV; the plot shows what can be drawn)."""
+    keep = [(x, y) for x, y in zip(xs, ys) if y is not None and np.isfinite(y)]
+    dropped = [x for x, y in zip(xs, ys) if y is not None and not np.isfinite(y)]
+    if dropped:
+        warnings.warn(f"plot: {label}: non-finite value(s) at {dropped} left out", stacklevel=2)
+    return [x for x, _ in keep], [y for _, y in keep]
+
+
+def log_scale_if_positive(ax) -> None:
+    """A log y scale when the axes hold positive data (matplotlib refuses one with none to show)."""
+    if any(len(v) and np.nanmax(np.asarray(v, float)) > 0 for v in (ln.get_ydata() for ln in ax.get_lines())):
+        ax.set_yscale("log")
+
+
 def ppl_vs_length(rows: list[dict], path: Path, title: str) -> Path:
     """Perplexity against evaluation length, one line per method (the paper's Figure 1 layout)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method in dict.fromkeys(r["method"] for r in rows):
         pts = sorted((r["length"], r["ppl"]) for r in rows if r["method"] == method)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+        x, y = finite_points([p[0] for p in pts], [p[1] for p in pts], method)
+        ax.plot(x, y, marker="o", label=method)
     ax.set_xscale("log", base=2)
     lengths = sorted({r["length"] for r in rows})
     ax.set_xticks(lengths, [str(n) for n in lengths])
     ax.minorticks_off()
-    ax.set_yscale("log")
+    log_scale_if_positive(ax)
     ax.set_xlabel("evaluation length (tokens)")
     ax.set_ylabel("perplexity")
     ax.set_title(title)
@@ -37,7 +55,7 @@ def nll_vs_position(curves: dict[str, tuple[list[float], list[float]]], path: Pa
     """Mean NLL by position bucket, one line per method: {method: (bucket centres, mean NLL)}."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method, (x, y) in curves.items():
-        ax.plot(x, y, marker=".", label=method)
+        ax.plot(*finite_points(x, y, method), marker=".", label=method)
     ax.set_xlabel("position in the window (tokens)")
     ax.set_ylabel("mean NLL (nats)")
     ax.set_title(title)

@@ -6,7 +6,6 @@ the first forward; each finished cell is written at once (results.RunStore), and
 
 from __future__ import annotations
 
-import csv
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -18,14 +17,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 import yarn_jax
-from yarn_jax.errors import ConfigError
+from yarn_jax.errors import ConfigError, NumericsError
 from yarn_jax.evaluation import passkey as pk
 from yarn_jax.evaluation import plots
 from yarn_jax.evaluation.config import RESULT_FIELDS, EvalConfig
-from yarn_jax.evaluation.data import load_documents
+from yarn_jax.evaluation.data import check_source, load_documents
 from yarn_jax.evaluation.methods import parse_methods
 from yarn_jax.evaluation.perplexity import PerplexityScorer, aggregate, position_buckets
 from yarn_jax.evaluation.results import RunStore, write_json_atomic
+from yarn_jax.fingerprint import model_identity, short, tokenizer_identity
+from yarn_jax.outputs import lock, write_csv_atomic
 from yarn_jax.sharding import distributed
 
 
@@ -47,14 +48,22 @@ def _progress(console: Console) -> Progress:
 
 
 def run(cfg: EvalConfig, console: Console | None = None) -> dict:
-    """Every process of a multi-process run calls this; process 0 alone writes and prints."""
+    """Every process of a multi-process run calls this; process 0 alone writes and prints. Process 0 holds
+    the run directory's lock for the whole run (a second command on the same --out is refused)."""
     distributed.initialize(cfg.distributed_config())
     primary = distributed.is_primary()
+    with lock(cfg.out, f"run directory {cfg.out}", enabled=primary):
+        return _run(cfg, console, primary)
+
+
+def _run(cfg: EvalConfig, console: Console | None, primary: bool) -> dict:
     console = console or Console(stderr=True, width=max(100, Console(stderr=True).width), quiet=not primary)
     sharder = cfg.sharder()
     if cfg.passkey_lengths and jax.process_count() > 1:
         raise ConfigError("passkey_lengths: passkey decoding runs in a single process (a mesh over its devices "
                           "is fine); run it without the multi-process settings")
+    if cfg.protocol != "none" and cfg.lengths:
+        check_source(cfg.data)  # before the model loads
     model_path = resolve_model_path(cfg.model) if primary or jax.process_count() == 1 else None
     model_path = distributed.share_from_primary(model_path)  # only process 0 fetches the bundled asset
     pm = yarn_jax.from_pretrained(model_path, dtype=cfg.dtype, attention_backend=cfg.attention_backend,
@@ -73,33 +82,59 @@ def run(cfg: EvalConfig, console: Console | None = None) -> dict:
     if bos is not None and not 0 <= bos < mc.vocab_size:
         raise ConfigError(f"bos: token id {bos} is outside the vocabulary [0, {mc.vocab_size})")
     tok = pm.tokenizer()
+    if cfg.passkey_lengths:  # a length too short for the prompt fails now, not after the perplexity cells
+        pk.check_lengths(tok, cfg.passkey_lengths, cfg.passkey_trials, cfg.seed, bos)
     docs = []
     if cfg.protocol != "none" and cfg.lengths:
         docs = load_documents(cfg.data, tok, min_tokens=max(cfg.lengths), max_docs=cfg.max_docs,
                               text_field=cfg.text_field, tfds_data_dir=cfg.tfds_data_dir)
+    inputs = None
+    if primary:
+        inputs = {"model": model_identity(model_path), "tokenizer": tokenizer_identity(pm.tokenizer_dir),
+                  "documents": {d.name: d.digest for d in docs}}
     store = RunStore(cfg.out, {**{k: getattr(cfg, k) for k in RESULT_FIELDS}, "bos": bos},  # bos resolved
-                     write=primary)
-    store.cells = distributed.share_from_primary(store.cells)  # every process skips the same finished cells
+                     inputs, write=primary, recompute_changed=cfg.recompute_changed)
+    # every process skips the same finished cells, keyed by the same model identity
+    store.cells, ident = distributed.share_from_primary(
+        (store.cells, short([inputs["model"], inputs["tokenizer"]]) if primary else None))
     console.print(f"[bold]{cfg.model}[/] (L0 = {l0}), {len(methods)} methods, bos = {bos}, "
                   f"{len(docs)} document(s): {', '.join(d.name for d in docs)}; results in {store.dir}")
+    keys = CellKeys(cfg, ident)
 
     def refresh():  # summary.json and the CSVs kept current after every finished cell
-        summarize(cfg, methods, docs, store, console, quiet=True)
+        summarize(cfg, methods, docs, store, console, quiet=True, keys=keys)
 
     if docs:
-        _perplexity(cfg, pm, methods, docs, bos, store, console, refresh, sharder)
+        _perplexity(cfg, pm, methods, docs, bos, store, console, refresh, sharder, keys)
     if cfg.passkey_lengths:
-        _passkey(cfg, pm, tok, methods, bos, store, console, refresh)
-    return summarize(cfg, methods, docs, store, console)
+        _passkey(cfg, pm, tok, methods, bos, store, console, refresh, keys)
+    summary = summarize(cfg, methods, docs, store, console, keys=keys)
+    bad = [f"{r['method']} at {r['length']}" for r in summary["perplexity"] if not np.isfinite(r["ppl"])]
+    if bad:
+        raise NumericsError(f"non-finite perplexity for {', '.join(bad[:6])}{' ...' if len(bad) > 6 else ''} "
+                            f"(results written to {store.dir}, non-finite values left out of the plots); "
+                            "try --dtype float32 or check the checkpoint")
+    return summary
 
 
-def _ppl_key(cfg, length, doc, method) -> str:
-    return f"ppl|{cfg.protocol}|{cfg.stride}|{length}|{doc.name}|{method.key}"
+class CellKeys:
+    """The cell keys of a run: the settings and the identity of the inputs that produced each result (a
+    changed model, tokenizer or document never matches an old cell)."""
+
+    def __init__(self, cfg: EvalConfig, ident: str):
+        self.cfg, self.ident = cfg, ident
+
+    def ppl(self, length, doc, method) -> str:
+        c = self.cfg
+        return f"ppl|{c.protocol}|{c.stride}|{length}|{doc.name}|{doc.digest}|{method.key}|{self.ident}"
+
+    def passkey(self, length, method, trial) -> str:
+        return f"passkey|{length}|{method.key}|{trial}|{self.ident}"
 
 
-def _perplexity(cfg, pm, methods, docs, bos, store, console, refresh, sharder=None) -> None:
+def _perplexity(cfg, pm, methods, docs, bos, store, console, refresh, sharder, keys: CellKeys) -> None:
     scorer = PerplexityScorer(pm.module, bos, sharder)
-    todo = [(n, d, m) for n in cfg.lengths for d in docs for m in methods if not store.get(_ppl_key(cfg, n, d, m))]
+    todo = [(n, d, m) for n in cfg.lengths for d in docs for m in methods if not store.get(keys.ppl(n, d, m))]
     total = sum(len(scorer.windows(d, n, cfg.stride, cfg.protocol)) for n, d, _ in todo)
     by_signature: dict[tuple, dict] = {}
     with _progress(console) as progress:
@@ -122,15 +157,15 @@ def _perplexity(cfg, pm, methods, docs, bos, store, console, refresh, sharder=No
                        "nll_sum": float(scores.nll.sum()), "tokens": scores.tokens, "bucket_sums": sums,
                        "bucket_counts": counts, "seconds": time.perf_counter() - t0}
                 by_signature[sig] = rec
-            rec["key"] = _ppl_key(cfg, n, doc, method)
+            rec["key"] = keys.ppl(n, doc, method)
             store.add(rec)
             refresh()
 
 
-def _passkey(cfg, pm, tok, methods, bos, store, console, refresh) -> None:
+def _passkey(cfg, pm, tok, methods, bos, store, console, refresh, keys: CellKeys) -> None:
     cells = [(n, m, i, depth, key) for n in cfg.passkey_lengths for m in methods
              for i, (depth, key) in enumerate(pk.trials(cfg.passkey_trials, cfg.seed, n))]
-    todo = [c for c in cells if not store.get(_pk_key(*c[:3]))]
+    todo = [c for c in cells if not store.get(keys.passkey(*c[:3]))]
     modules = {}
     with _progress(console) as progress:
         task = progress.add_task("passkey", total=len(todo))
@@ -142,7 +177,7 @@ def _passkey(cfg, pm, tok, methods, bos, store, console, refresh) -> None:
             trial = pk.run_trial(modules[method.key], tok, n, depth, key, bos=bos,
                                  max_new_tokens=cfg.passkey_max_new_tokens,
                                  dynamic_cache=cfg.passkey_dynamic_cache)
-            store.add({"key": _pk_key(n, method, i), "kind": "passkey", "length": n, "method": method.label,
+            store.add({"key": keys.passkey(n, method, i), "kind": "passkey", "length": n, "method": method.label,
                        "rope": method.rope, "trial": i, "depth": depth, "passkey": key,
                        "prompt_tokens": trial.prompt_tokens, "answer": trial.answer, "correct": trial.correct,
                        "seconds": time.perf_counter() - t0})
@@ -150,25 +185,22 @@ def _passkey(cfg, pm, tok, methods, bos, store, console, refresh) -> None:
             progress.advance(task)
 
 
-def _pk_key(length, method, trial) -> str:
-    return f"passkey|{length}|{method.key}|{trial}"
-
-
-def summarize(cfg: EvalConfig, methods, docs, store: RunStore, console: Console, quiet: bool = False) -> dict:
+def summarize(cfg: EvalConfig, methods, docs, store: RunStore, console: Console, quiet: bool = False, *,
+              keys: CellKeys) -> dict:
     """Summary JSON + CSV from the stored cells of this config; unless quiet (the per-cell refresh), also the
     plots and the tables."""
     out = store.dir
     summary: dict = {"config": cfg.model_dump(), "perplexity": [], "position_curves": {}, "passkey": []}
     for m in methods:
         for n in cfg.lengths:
-            cells = [store.get(_ppl_key(cfg, n, d, m)) for d in docs]
+            cells = [store.get(keys.ppl(n, d, m)) for d in docs]
             cells = [c for c in cells if c]
             if cells:
                 summary["perplexity"].append({"method": m.label, "length": n, "protocol": cfg.protocol,
                                               **aggregate(cells)})
         if docs:  # NLL by position from the longest length's forwards
             n = max(cfg.lengths)
-            cells = [c for c in (store.get(_ppl_key(cfg, n, d, m)) for d in docs) if c]
+            cells = [c for c in (store.get(keys.ppl(n, d, m)) for d in docs) if c]
             if cells:
                 sums = np.sum([c["bucket_sums"] for c in cells], axis=0)
                 counts = np.sum([c["bucket_counts"] for c in cells], axis=0)
@@ -181,7 +213,7 @@ def summarize(cfg: EvalConfig, methods, docs, store: RunStore, console: Console,
     for m in methods:
         by_len = {}
         for n in cfg.passkey_lengths:
-            recs = [store.get(_pk_key(n, m, i)) for i in range(cfg.passkey_trials)]
+            recs = [store.get(keys.passkey(n, m, i)) for i in range(cfg.passkey_trials)]
             recs = [r for r in recs if r]
             if not recs:
                 continue
@@ -196,8 +228,8 @@ def summarize(cfg: EvalConfig, methods, docs, store: RunStore, console: Console,
     if not store.write:  # not process 0
         return summary
     write_json_atomic(out / "summary.json", summary)
-    _write_csv(out / "perplexity.csv", summary["perplexity"])
-    _write_csv(out / "passkey.csv", summary["passkey"])
+    write_csv_atomic(out / "perplexity.csv", summary["perplexity"])
+    write_csv_atomic(out / "passkey.csv", summary["passkey"])
     if quiet:
         return summary
     paths = []
@@ -216,17 +248,6 @@ def summarize(cfg: EvalConfig, methods, docs, store: RunStore, console: Console,
     for p in paths:
         console.print(f"plot: {p}")
     return summary
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    if not rows:
-        return
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
 
 
 def _print_tables(cfg, methods, summary, console) -> None:

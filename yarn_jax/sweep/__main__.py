@@ -12,7 +12,7 @@ import sys
 
 from rich.console import Console
 
-from yarn_jax.errors import YarnJaxError
+from yarn_jax.errors import report_failure
 from yarn_jax.sweep.config import load_sweep
 from yarn_jax.sweep.runner import Sweep
 
@@ -49,9 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         if not args.gather:
             sweep.run(args.cell or None)
         sweep.gather()
-    except YarnJaxError as e:
-        console.print(f"[red]error:[/] {e}")
-        return 2
+    except BaseException as e:  # user errors and I/O failures: one line, exit 2; bugs: the traceback
+        code = report_failure(e)
+        if code is None:
+            raise
+        return code
     return 0
 
 

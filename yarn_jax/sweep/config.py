@@ -31,7 +31,7 @@ EVAL_OWNED = ("model", "methods", "scales", "original_context", "out")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ScratchConfig(_Strict):

@@ -3,7 +3,6 @@ seeds (markdown + CSV), perplexity-vs-length, NLL-by-position and training-loss 
 
 from __future__ import annotations
 
-import csv
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -13,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from yarn_jax.evaluation.plots import finite_points, log_scale_if_positive  # noqa: E402
 
 # result.json keys that are not a varied hyperparameter
 _RESULT_BASE = {"id", "group", "method", "scale", "finetune_steps", "seed", "train_final", "perplexity", "tokens"}
@@ -62,18 +63,6 @@ def summarize(results: list[dict]) -> tuple[list[dict], list[int], list[str]]:
     return rows, lengths, vary_keys
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    if not rows:
-        return
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
-
-
 def markdown_table(rows: list[dict], lengths: list[int], vary_keys: list[str], l0: int | None) -> str:
     """Perplexity by evaluation length; `a ± b` = mean over seeds ± half their range."""
     head = ["method", "s", "fine-tune steps", *vary_keys, "seeds"] + [
@@ -110,9 +99,9 @@ def plot_ppl(rows: list[dict], lengths: list[int], path: Path, title: str, l0: i
         for r in rows:
             if (r["finetune_steps"] > 0) != tuned or (r["scale"] != scale and r["method"] != "none"):
                 continue
-            xs = [n for n in lengths if r[f"ppl@{n}"] is not None]
             label = r["method"] + (f" ({r['finetune_steps']} steps)" if tuned else "")
-            line, = ax.plot(xs, [r[f"ppl@{n}"] for n in xs], marker="o", label=label,
+            xs, ys = finite_points(lengths, [r[f"ppl@{n}"] for n in lengths], label)
+            line, = ax.plot(xs, ys, marker="o", label=label,
                             color=method_color(r["method"]), linestyle="--" if r["method"] == "none" else "-")
             if r["seeds"] > 1:
                 ax.fill_between(xs, [r[f"min@{n}"] for n in xs], [r[f"max@{n}"] for n in xs],
@@ -120,7 +109,7 @@ def plot_ppl(rows: list[dict], lengths: list[int], path: Path, title: str, l0: i
         ax.set_xscale("log", base=2)
         ax.set_xticks(lengths, [str(n) for n in lengths])
         ax.minorticks_off()
-        ax.set_yscale("log")
+        log_scale_if_positive(ax)
         _label_panel(ax, tuned, scale, l0, "evaluation length (tokens)")
     return _save(fig, axes, path, title, "perplexity (held-out)")
 

@@ -27,6 +27,7 @@ from yarn_jax.errors import ConfigError
 from yarn_jax.evaluation.config import EvalConfig
 from yarn_jax.evaluation.methods import parse_method
 from yarn_jax.evaluation.results import write_json_atomic
+from yarn_jax.outputs import lock, write_csv_atomic
 from yarn_jax.evaluation.runner import resolve_model_path
 from yarn_jax.sweep import report, scratch
 from yarn_jax.sweep.config import SweepConfig
@@ -103,7 +104,7 @@ class Sweep:
             if not config_json.exists():
                 raise ConfigError(f"original_context: required for model {self.cfg.model!r} (no config.json to "
                                   "read L0 from)")
-            mc = LlamaConfig.from_hf_dict(json.loads(config_json.read_text()), where=str(config_json))
+            mc = LlamaConfig.from_json_file(config_json)
             l0 = mc.rope.original_max_position_embeddings or mc.max_position_embeddings
         return path, int(l0), self.cfg.data
 
@@ -149,6 +150,8 @@ class Sweep:
         base, l0, eval_data = self.plan()
         d = self.cell_dir(cell)
         method = parse_method(cell.method, cell.scale, l0)
+        if method.rope is not None and self._model_config() is not None:  # the rope too, before any cell runs
+            self._model_config().with_rope(method.rope, where=f"cell {cell.id}: method {cell.method!r}")
         tc = None
         if cell.finetune_steps:
             fields = {**self.cfg.train, **dict(cell.train)}
@@ -166,6 +169,21 @@ class Sweep:
             "original_context": l0, "out": str(d / "eval")}, where=f"cell {cell.id}: eval")
         return tc, ec
 
+    def _model_config(self) -> LlamaConfig | None:
+        """The base model's configuration, read without its weights (None when it does not exist yet and
+        cannot be derived: a scratch sweep's is derived from scratch.model)."""
+        if not hasattr(self, "_mc"):
+            if self.cfg.scratch:
+                arch = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **self.cfg.scratch.model,
+                        "vocab_size": self.cfg.scratch.vocab_size}
+                self._mc = LlamaConfig.from_hf_dict(arch, where="scratch.model")
+            else:
+                from yarn_jax.convert.sources import open_source
+
+                with open_source(self.plan()[0]) as source:
+                    self._mc = source.cfg
+        return self._mc
+
     def run_cell(self, cell: Cell) -> dict:
         from yarn_jax.evaluation.runner import run as run_eval
         from yarn_jax.training.loop import train
@@ -174,15 +192,18 @@ class Sweep:
         if self.is_done(cell):
             return json.loads((d / "result.json").read_text())
         tc, ec = self.cell_configs(cell)
-        self.console.rule(f"cell {cell.id}")
-        record: dict = {}
-        if tc is not None:
-            record = train(tc)
-        summary = run_eval(ec, console=self.console)
-        result = {**cell.describe(), "group": cell.group, "train_final": record,
-                  "perplexity": {str(r["length"]): r["ppl"] for r in summary["perplexity"]},
-                  "tokens": {str(r["length"]): r.get("tokens") for r in summary["perplexity"]}}
-        write_json_atomic(d / "result.json", result)
+        with lock(d, f"sweep cell {cell.id}"):  # one runner per cell (e.g. two job-array tasks given one id)
+            if self.is_done(cell):
+                return json.loads((d / "result.json").read_text())
+            self.console.rule(f"cell {cell.id}")
+            record: dict = {}
+            if tc is not None:
+                record = train(tc)
+            summary = run_eval(ec, console=self.console)
+            result = {**cell.describe(), "group": cell.group, "train_final": record,
+                      "perplexity": {str(r["length"]): r["ppl"] for r in summary["perplexity"]},
+                      "tokens": {str(r["length"]): r.get("tokens") for r in summary["perplexity"]}}
+            write_json_atomic(d / "result.json", result)
         return result
 
     def run(self, only: list[str] | None = None) -> None:
@@ -224,10 +245,10 @@ class Sweep:
         self.out.mkdir(parents=True, exist_ok=True)
         l0 = self._l0_hint()
         rows, lengths, vary_keys = report.summarize(results)
-        report.write_csv(self.out / "cells.csv", [{k: v for k, v in r.items() if k not in ("perplexity", "tokens",
+        write_csv_atomic(self.out / "cells.csv", [{k: v for k, v in r.items() if k not in ("perplexity", "tokens",
                                                    "train_final")} | {f"ppl@{n}": r["perplexity"].get(str(n))
                                                    for n in lengths} for r in results])
-        report.write_csv(self.out / "table.csv", rows)
+        write_csv_atomic(self.out / "table.csv", rows)
         md = f"# {self.cfg.name}\n\n" + report.markdown_table(rows, lengths, vary_keys, l0)
         if missing:
             md += f"\nNot finished yet: {', '.join(missing)}\n"

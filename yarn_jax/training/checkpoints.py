@@ -76,11 +76,18 @@ class TrainCheckpointer:
                       for x, s in zip(jax.tree.leaves(abstract_opt), jax.tree.leaves(shardings[1]))]
         errors = []
         for step in reversed(steps):
+            mismatch = self._structure_mismatch(step, target_state, opt_leaves)
+            if mismatch:  # the command is wrong, not the checkpoint: refuse, touch nothing
+                raise CheckpointError(f"{self.directory}/{step} holds another model or optimizer ({mismatch}); "
+                                      "this run directory belongs to another run — choose another --out (its "
+                                      "checkpoints were left as they are)")
             try:
                 r = self.manager.restore(step, args=ocp.args.Composite(**{
                     PARAMS: ocp.args.StandardRestore(nest(target_state)),
                     OPT_STATE: ocp.args.StandardRestore(opt_leaves),
                     DATA: ocp.args.JsonRestore()}))
+            except (PermissionError, MemoryError):  # not the checkpoint's fault
+                raise
             except Exception as e:  # a damaged step: say so, set it aside, fall back to the one before
                 errors.append(f"step {step}: {type(e).__name__}")
                 aside = self._set_aside(step)
@@ -94,6 +101,34 @@ class TrainCheckpointer:
             raise CheckpointError(f"{self.directory}: none of the checkpoint steps {steps} can be restored "
                                   f"({'; '.join(errors)}); refusing to restart from step 0 — move the directory "
                                   "away to start over")
+        return None
+
+    def _structure_mismatch(self, step: int, target_state: dict, opt_leaves: list) -> str | None:
+        """How a step's saved parameter and optimizer trees differ from this run's (names, shapes), read from
+        orbax's metadata without reading arrays; None when they agree or the metadata is unreadable (then
+        the restore decides whether the step is damaged)."""
+        from etils import epath
+
+        ocp = self._ocp
+        want = {PARAMS: {k: tuple(v.shape) for k, v in target_state.items()},
+                OPT_STATE: {(str(i),): tuple(x.shape) for i, x in enumerate(opt_leaves)}}
+        for item, expected in want.items():
+            try:
+                meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(self.directory) / str(step) / item)
+                tree = getattr(meta, "tree", meta)
+                leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
+            except Exception:  # noqa: BLE001 - unreadable metadata: the restore below classifies it
+                return None
+            have = {tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): tuple(leaf.shape)
+                    for path, leaf in leaves}
+            if have.keys() != expected.keys():
+                extra, missing = sorted(have.keys() - expected.keys()), sorted(expected.keys() - have.keys())
+                return (f"{item}: {len(have)} arrays saved, {len(expected)} expected"
+                        + (f"; e.g. saved {'/'.join(extra[0])}" if extra else "")
+                        + (f"; e.g. missing {'/'.join(missing[0])}" if missing else ""))
+            for k, shape in expected.items():
+                if have[k] != shape:
+                    return f"{item} {'/'.join(k)}: saved {have[k]}, this run has {shape}"
         return None
 
     def _set_aside(self, step: int) -> str:

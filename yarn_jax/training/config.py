@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from yarn_jax.cli_config import ParallelConfig
 
@@ -20,7 +20,7 @@ class TrainConfig(ParallelConfig):
     data: str = Field("shakespeare", description="shakespeare | file/dir of .txt/.md | .jsonl | tfds:NAME[:SPLIT]")
     text_field: str | None = Field(None, description="JSONL/TFDS text field")
     tfds_data_dir: str | None = Field(None, description="TFDS data_dir")
-    max_docs: int | None = Field(None, description="use the first N documents (null: all)")
+    max_docs: PositiveInt | None = Field(None, description="use the first N documents (null: all)")
     eval_docs: NonNegativeInt = Field(1, description="documents held out (the last ones) for periodic evaluation")
     seq_len: PositiveInt = Field(2048, description="tokens per training sequence")
     packing: Literal["pack", "chunk"] = Field("pack", description="pack documents into rows (segment-aware) "
@@ -32,11 +32,11 @@ class TrainConfig(ParallelConfig):
     warmup_steps: NonNegativeInt = Field(20, description="linear warmup steps")
     lr_decay: Literal["constant", "cosine"] = Field("constant", description="after warmup: constant (the paper's "
                                                     "fine-tuning) or cosine to 0.1x at `steps` (pretraining)")
-    b1: float = Field(0.9, description="AdamW beta1")
-    b2: float = Field(0.95, description="AdamW beta2")
-    eps: float = Field(1e-8, description="AdamW epsilon")
-    weight_decay: float = Field(0.0, description="AdamW weight decay")
-    clip_norm: float | None = Field(1.0, description="global gradient-norm clipping (null: off)")
+    b1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1, in [0, 1)")
+    b2: float = Field(0.95, ge=0, lt=1, description="AdamW beta2, in [0, 1)")
+    eps: PositiveFloat = Field(1e-8, description="AdamW epsilon (> 0)")
+    weight_decay: NonNegativeFloat = Field(0.0, description="AdamW weight decay (>= 0)")
+    clip_norm: PositiveFloat | None = Field(1.0, description="global gradient-norm clipping (> 0; null: off)")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="compute dtype")
     param_dtype: Literal["float32", "bfloat16"] = Field("float32", description="master weights' dtype")
     remat: Literal["none", "full", "dots", "dots_no_batch"] = Field("full", description="rematerialization "
@@ -49,7 +49,7 @@ class TrainConfig(ParallelConfig):
     async_checkpoint: bool = Field(True, description="write checkpoints in the background")
     log_every: PositiveInt = Field(1, description="metrics every N steps")
     eval_every: NonNegativeInt = Field(0, description="held-out perplexity every N steps (0: never)")
-    eval_length: int | None = Field(None, description="held-out evaluation length (default: seq_len)")
+    eval_length: int | None = Field(None, ge=2, description="held-out evaluation length (default: seq_len)")
 
     @model_validator(mode="after")
     def _accum_divides(self):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import time
 from pathlib import Path
@@ -16,12 +15,14 @@ import numpy as np
 from flax import nnx
 
 import yarn_jax
-from yarn_jax.errors import ConfigError
-from yarn_jax.evaluation.data import load_documents
+from yarn_jax.errors import ConfigError, NumericsError
+from yarn_jax.evaluation.data import check_source, load_documents
 from yarn_jax.evaluation.methods import Method
 from yarn_jax.evaluation.perplexity import PerplexityScorer
 from yarn_jax.evaluation.results import check_settings, write_json_atomic
 from yarn_jax.evaluation.runner import resolve_model_path
+from yarn_jax.fingerprint import describe_change, model_identity
+from yarn_jax.outputs import atomic_write_text, lock
 from yarn_jax.sharding import distributed
 from yarn_jax.sharding.params import tree_shardings
 from yarn_jax.training.checkpoints import TrainCheckpointer
@@ -47,16 +48,21 @@ class _Preemption:
         signal.signal(signal.SIGTERM, self._previous)
 
 
-def _check_run_dir(out: Path, cfg: TrainConfig, primary: bool) -> None:
-    """A run directory belongs to one trajectory: resuming under other data/optimizer settings is refused."""
-    path = out / "train_config.json"
+def _run_identity(cfg: TrainConfig, model_path: str) -> dict:
+    """The fields that define a run's trajectory, the initial weights' identity included."""
     mine = {k: getattr(cfg, k) for k in TRAJECTORY_FIELDS}
     if cfg.lr_decay == "cosine":  # the schedule depends on the length of the run
         mine["steps"] = cfg.steps
-    check_settings(path, mine, f"{out} holds a run with other")
-    if primary:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, {**cfg.model_dump(), **mine})
+    mine["model_identity"] = model_identity(model_path)
+    return mine
+
+
+def _check_run_dir(out: Path, mine: dict) -> None:
+    """A run directory belongs to one trajectory: resuming under another model or other data/optimizer
+    settings is refused, naming what differs (nothing is written here)."""
+    check_settings(out / "train_config.json", mine, f"{out} holds a run with other",
+                   describe={"model_identity": lambda old, new: f"the initial weights differ: "
+                             f"{describe_change(old, new)}"})
 
 
 def _metrics_file(out: Path, resume_step: int, primary: bool) -> Path:
@@ -71,9 +77,7 @@ def _metrics_file(out: Path, resume_step: int, primary: bool) -> Path:
                 continue  # a line cut by a kill
             if rec.get("step", 0) <= resume_step:
                 keep.append(line)
-        tmp = path.with_name("metrics.jsonl.tmp")
-        tmp.write_text("".join(x + "\n" for x in keep))
-        os.replace(tmp, path)
+        atomic_write_text(path, "".join(x + "\n" for x in keep))
     return path
 
 
@@ -88,18 +92,25 @@ def _global_batch(host_batch_fn, sharder, shape):
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Run (or resume) the fine-tune described by cfg; returns the final metrics record."""
+    """Run (or resume) the fine-tune described by cfg; returns the final metrics record. Process 0 holds the
+    run directory's lock throughout (a second command on the same --out is refused)."""
     distributed.initialize(cfg.distributed_config())
     primary = distributed.is_primary()
+    with lock(cfg.out, f"run directory {cfg.out}", enabled=primary):
+        return _train(cfg, primary)
+
+
+def _train(cfg: TrainConfig, primary: bool) -> dict:
     log.setLevel(logging.INFO if primary else logging.ERROR)
     if not log.handlers:
         log.addHandler(logging.StreamHandler())
         log.propagate = False
     sharder = cfg.sharder()
     out = Path(cfg.out)
-    _check_run_dir(out, cfg, primary)
-
+    check_source(cfg.data)
     model_path = distributed.share_from_primary(resolve_model_path(cfg.model) if primary else None)
+    mine = _run_identity(cfg, model_path)
+    _check_run_dir(out, mine)  # before the model loads; the record is written once every input validated
     pm = yarn_jax.from_pretrained(model_path, rope_scaling=cfg.rope, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                                   attention_backend=cfg.attention_backend, remat=cfg.remat, sharder=sharder)
     mc = pm.config
@@ -133,6 +144,9 @@ def train(cfg: TrainConfig) -> dict:
         log.info("resumed from %s/checkpoints/%d (next batch %d)", out, start, next_batch)
     else:
         start, next_batch, opt_state = 0, 0, step_fn.init(state)
+    if primary:  # every input validated and the checkpoints (if any) restored: the run directory is ours
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "train_config.json", {**cfg.model_dump(), **mine})
     ckpt.copy_tokenizer(pm.tokenizer_dir)
     metrics_path = _metrics_file(out, start, primary)
 
@@ -158,6 +172,12 @@ def train(cfg: TrainConfig) -> dict:
             state, opt_state, m = step_fn(state, opt_state, batch)
             m = {k: float(v) for k, v in jax.device_get(m).items()}
             seconds = time.perf_counter() - t0
+            if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
+                saved = ckpt.steps()
+                raise NumericsError(
+                    f"step {step}: loss {m['loss']}, gradient norm {m['grad_norm']} — training diverged; this "
+                    f"step was not saved (latest checkpoint: {saved[-1] if saved else 'none'}); lower the learning "
+                    "rate, keep clip_norm on, or check the data")
             next_batch += 1
             record = {"step": step, "loss": m["loss"], "grad_norm": m["grad_norm"],
                       "learning_rate": float(schedule(step - 1)), "tokens": int(m["tokens"]),
