@@ -100,3 +100,25 @@ def snapshot(root) -> dict[str, str]:
         else:
             out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A directory on its own tiny file system (tmpfs, as root): writes past its size fail with ENOSPC,
+    as on a full disk. Yields a function size -> mounted path."""
+    import subprocess
+
+    mounted = []
+
+    def make(size: str):
+        d = tmp_path / f"disk{len(mounted)}"
+        d.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)], capture_output=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here ({proc.stderr.decode().strip()})")
+        mounted.append(d)
+        return d
+
+    yield make
+    for d in mounted:
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)

@@ -314,3 +314,20 @@ def test_more_bad_inputs_are_one_line_errors(tiny_dir, corpus, tmp_path, capsys,
     err = capsys.readouterr().err
     assert err.startswith("error:") and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "r" / "cells.jsonl").exists()
+
+
+def test_full_disk_is_one_line_naming_the_file(tiny_dir, corpus, small_disk):
+    """The reported failure: 857 lines of stderr on ENOSPC. Now: exit 2, one line naming the file."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = small_disk("100k") / "run"
+    proc = subprocess.run([sys.executable, str(root / "eval.py"), *_argv(tiny_dir[0], corpus, out, "--lengths", "48",
+                           "96", "--methods", "none", "yarn")], capture_output=True, text=True,
+                          env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert "Traceback" not in proc.stderr and sum(x.startswith("error:") for x in lines) == 1
+    assert lines[-1].startswith(f"error: {out}/") and "cannot write (No space left on device" in lines[-1]

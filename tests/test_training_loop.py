@@ -248,6 +248,17 @@ def test_divergence_stops_before_saving_a_non_finite_step(setup, tmp_path, capsy
     assert steps and steps[-1] < 6
 
 
+def test_disk_too_small_for_the_checkpoints_fails_before_training(setup, small_disk):
+    work, _ = setup
+    out = small_disk("5m") / "run"
+    proc = subprocess.run(_cmd(work, out, "--steps", "4", "--save-every", "2"), env=_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {out}/checkpoints: ") and "MiB free, but keeping 3 checkpoint(s)" in last
+    assert not (out / "metrics.jsonl").exists()
+
+
 def test_export_gives_transformers_the_same_logits(reference_run, tmp_path):
     hf_dir = export_hf(reference_run / "checkpoints", tmp_path / "hf")
     cfg, params = load_checkpoint(reference_run / "checkpoints")

@@ -42,19 +42,41 @@ def is_remote(path) -> bool:
     return "://" in os.fspath(path)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` through a temporary sibling unique to this call (then os.replace)."""
+def write_error(path, e: OSError) -> OutputError:
+    """An OSError met while writing `path`, as one line naming it (the OSError often names no file)."""
+    from yarn_jax.errors import user_message
+
+    return OutputError(f"{path}: cannot write ({user_message(e) if e.filename is None else e.strerror or e})")
+
+
+def atomic_write_text(path: str | os.PathLike, text: str | bytes) -> None:
+    """Write `text` (str or bytes) to `path` through a temporary sibling unique to this call, then
+    os.replace: readers see the old file or the new one, never a part."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise write_error(path, e) from None
+    try:
+        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
             f.write(text)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise write_error(path, e) from None
         raise
+
+
+@contextlib.contextmanager
+def writing(path):
+    """Report an OSError raised in the block as one line naming `path` (appends, streams)."""
+    try:
+        yield
+    except OSError as e:
+        raise write_error(path, e) from None
 
 
 def _real(path) -> Path:

@@ -17,7 +17,7 @@ import numpy as np
 
 from yarn_jax.checkpoint.memory import aligned_empty, release_host_memory
 from yarn_jax.config import LlamaConfig
-from yarn_jax.errors import CheckpointError
+from yarn_jax.errors import CheckpointError, OutputError
 
 # Buffers some HF checkpoints carry that hold no parameters (recomputed from the config).
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -425,7 +425,10 @@ def copy_tokenizer_files(tokenizer_dir, directory, names: Iterable[str] = TOKENI
     for fname in names:
         src, dst = epath.Path(tokenizer_dir) / fname, epath.Path(directory) / fname
         if src.exists() and (overwrite or not dst.exists()):
-            src.copy(dst, overwrite=overwrite)
+            try:
+                src.copy(dst, overwrite=overwrite)
+            except OSError as e:  # name the file being written (the OSError names the source)
+                raise OutputError(f"{dst}: cannot write ({e.strerror or e})") from None
 
 
 def save_hf_checkpoint(

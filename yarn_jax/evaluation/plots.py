@@ -12,6 +12,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def save_figure(fig, path: Path, **kwargs) -> Path:
+    """The figure as a PNG at `path`, written atomically (a full disk leaves no half image; one-line error)."""
+    import io
+
+    from yarn_jax.outputs import atomic_write_text
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", **kwargs)
+    plt.close(fig)
+    atomic_write_text(path, buf.getvalue())
+    return path
+
+
 def finite_points(xs, ys, label: str) -> tuple[list, list]:
     """(x, y) pairs whose y is a finite number; dropped ones are reported once as a warning (a NaN or inf
     result is still in the run's JSON/CSV; the plot shows what can be drawn)."""
@@ -46,9 +59,7 @@ def ppl_vs_length(rows: list[dict], path: Path, title: str) -> Path:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def nll_vs_position(curves: dict[str, tuple[list[float], list[float]]], path: Path, title: str) -> Path:
@@ -62,9 +73,7 @@ def nll_vs_position(curves: dict[str, tuple[list[float], list[float]]], path: Pa
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def passkey_heatmap(acc: dict[str, dict[tuple[int, float], float]], path: Path) -> Path:
@@ -82,6 +91,4 @@ def passkey_heatmap(acc: dict[str, dict[tuple[int, float], float]], path: Path) 
         ax.set_xlabel("prompt length")
     axes[0][0].set_ylabel("key depth")
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="accuracy")
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120, bbox_inches="tight")

@@ -17,7 +17,7 @@ from typing import Callable
 
 from yarn_jax.errors import ConfigError
 from yarn_jax.fingerprint import describe_change
-from yarn_jax.outputs import atomic_write_text
+from yarn_jax.outputs import atomic_write_text, writing
 
 
 def write_json_atomic(path: Path, obj) -> None:
@@ -111,7 +111,7 @@ class RunStore:
         self.cells[record["key"]] = record
         if not self.write:
             return
-        with self.cells_path.open("a") as f:
+        with writing(self.cells_path), self.cells_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())

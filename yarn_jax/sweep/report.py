@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from yarn_jax.evaluation.plots import finite_points, log_scale_if_positive  # noqa: E402
+from yarn_jax.evaluation.plots import finite_points, log_scale_if_positive, save_figure  # noqa: E402
 
 # result.json keys that are not a varied hyperparameter
 _RESULT_BASE = {"id", "group", "method", "scale", "finetune_steps", "seed", "train_final", "perplexity", "tokens"}
@@ -128,9 +128,7 @@ def _save(fig, axes, path: Path, title: str, ylabel: str) -> Path:
     axes[0][0].set_ylabel(ylabel)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def _line_label(r: dict) -> str:

@@ -10,8 +10,10 @@ checkpoints never restarts silently from step 0.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import time
 
 import jax
@@ -20,7 +22,7 @@ from flax import nnx
 from yarn_jax.checkpoint.hf import copy_tokenizer_files
 from yarn_jax.checkpoint.orbax_ckpt import MODEL_CONFIG, PARAMS, TOKENIZER_FILES, flatten, nest
 from yarn_jax.config import LlamaConfig
-from yarn_jax.errors import CheckpointError
+from yarn_jax.errors import CheckpointError, OutputError
 from yarn_jax.model import flat_params, state_from_flat
 
 log = logging.getLogger("yarn_jax.train")
@@ -35,9 +37,25 @@ class TrainCheckpointer:
         # orbax wants absolute local paths; gs:// and other etils paths pass through
         self.directory = directory if "://" in directory else os.path.abspath(directory)
         self._ocp = ocp
+        self.keep = keep
         self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, save_interval_steps=save_every, enable_async_checkpointing=async_save,
             create=True))
+
+    def check_space(self, state, opt_state) -> None:
+        """OutputError now when the directory's disk cannot hold the checkpoints this run will keep (one
+        step is params + optimizer state; `keep` of them, plus the one being written)."""
+        if "://" in self.directory:
+            return
+        import shutil
+
+        step_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves((state, opt_state))) + 2**20
+        need = step_bytes * max(1, self.keep + 1 - len(self.steps()))
+        free = shutil.disk_usage(self.directory).free
+        if free < need:
+            raise OutputError(f"{self.directory}: {free / 2**20:.1f} MiB free, but keeping {self.keep} checkpoint(s) "
+                              f"of {step_bytes / 2**20:.1f} MiB each needs about {need / 2**20:.1f} MiB more; free "
+                              "space, lower --keep, or choose another --out")
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -52,12 +70,26 @@ class TrainCheckpointer:
              *, force: bool = False) -> bool:
         """Save step `step` if it is due (every `save_every`) or forced; returns whether it saved."""
         ocp = self._ocp
-        return self.manager.save(step, force=force, args=ocp.args.Composite(**{
-            PARAMS: ocp.args.StandardSave(nest(flat_params(state))),
-            OPT_STATE: ocp.args.StandardSave(list(jax.tree.leaves(opt_state))),
-            MODEL_CONFIG: ocp.args.JsonSave(cfg.to_hf_dict()),
-            DATA: ocp.args.JsonSave(data),
-            TRAIN_CONFIG: ocp.args.JsonSave(train_config)}))
+        with self._reported(f"saving checkpoint step {step}"):
+            return self.manager.save(step, force=force, args=ocp.args.Composite(**{
+                PARAMS: ocp.args.StandardSave(nest(flat_params(state))),
+                OPT_STATE: ocp.args.StandardSave(list(jax.tree.leaves(opt_state))),
+                MODEL_CONFIG: ocp.args.JsonSave(cfg.to_hf_dict()),
+                DATA: ocp.args.JsonSave(data),
+                TRAIN_CONFIG: ocp.args.JsonSave(train_config)}))
+
+    @contextlib.contextmanager
+    def _reported(self, what: str):
+        """Failures of the (asynchronous) checkpoint writers as one OutputError naming the directory: orbax
+        reports one failed write from several threads, each with its own traceback."""
+        absl = logging.getLogger("absl")
+        absl.addFilter(_quiet_orbax_thread_errors)
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 - classified here: every failure to write is an output error
+            first = " ".join(str(e).split())
+            raise OutputError(f"{self.directory}: {what} failed ({type(e).__name__}: {first[:300]}"
+                              f"{' ...' if len(first) > 300 else ''})") from None
 
     def restore_latest(self, abstract_state: nnx.State, abstract_opt, shardings=None):
         """(step, state, opt_state, data) of the latest step that restores, or None without checkpoints.
@@ -151,7 +183,21 @@ class TrainCheckpointer:
             copy_tokenizer_files(tokenizer_dir, self.directory, TOKENIZER_FILES, overwrite=False)
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with self._reported("writing a checkpoint"):
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.close()
+        """Finish pending writes and release the manager; when the run is already failing, a write error
+        here is not reported again (the first one is)."""
+        failing = sys.exc_info()[0] is not None
+        try:
+            with self._reported("writing a checkpoint"):
+                self.manager.close()
+        except OutputError:
+            if not failing:
+                raise
+
+
+def _quiet_orbax_thread_errors(record: logging.LogRecord) -> bool:
+    """Drop orbax's per-thread error tracebacks of a failed write (TrainCheckpointer reports it once)."""
+    return not (record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in (record.pathname or ""))

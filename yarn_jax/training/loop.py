@@ -22,7 +22,7 @@ from yarn_jax.evaluation.perplexity import PerplexityScorer
 from yarn_jax.evaluation.results import check_settings, write_json_atomic
 from yarn_jax.evaluation.runner import resolve_model_path
 from yarn_jax.fingerprint import describe_change, model_identity
-from yarn_jax.outputs import atomic_write_text, lock
+from yarn_jax.outputs import atomic_write_text, lock, writing
 from yarn_jax.sharding import distributed
 from yarn_jax.sharding.params import tree_shardings
 from yarn_jax.training.checkpoints import TrainCheckpointer
@@ -144,6 +144,8 @@ def _train(cfg: TrainConfig, primary: bool) -> dict:
         log.info("resumed from %s/checkpoints/%d (next batch %d)", out, start, next_batch)
     else:
         start, next_batch, opt_state = 0, 0, step_fn.init(state)
+    if primary:
+        ckpt.check_space(state, opt_state)
     if primary:  # every input validated and the checkpoints (if any) restored: the run directory is ours
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "train_config.json", {**cfg.model_dump(), **mine})
@@ -187,7 +189,7 @@ def _train(cfg: TrainConfig, primary: bool) -> dict:
                 nll = [scorer.score(d, eval_length, Method("trained", None)).nll for d in eval_docs]
                 record["eval_ppl"] = float(np.exp(np.mean([x.mean() for x in nll])))
             if primary and (step % cfg.log_every == 0 or step == cfg.steps):
-                with metrics_path.open("a") as f:
+                with writing(metrics_path), metrics_path.open("a") as f:
                     f.write(json.dumps(record) + "\n")
                 for k, v in record.items():
                     if k != "step":
@@ -207,7 +209,7 @@ def _train(cfg: TrainConfig, primary: bool) -> dict:
         ckpt.wait()
     finally:
         preemption.restore()
-        ckpt.close()
         if writer is not None:
             writer.close()
+        ckpt.close()
     return record
