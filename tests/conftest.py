@@ -122,3 +122,31 @@ def small_disk(tmp_path):
     yield make
     for d in mounted:
         subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+class HeldLock:
+    """A separate process holding yarn_jax's lock on `path` (as a running command would) until closed."""
+
+    CODE = ("import sys, time; from yarn_jax.outputs import lock\n"
+            "with lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)\n")
+
+    def __init__(self, path):
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        root = Path(__file__).resolve().parents[1]
+        self.proc = subprocess.Popen([sys.executable, "-c", self.CODE, str(path)], stdout=subprocess.PIPE, text=True,
+                                     env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+        assert self.proc.stdout.readline().strip() == "held"
+        self.pid = self.proc.pid
+
+    def close(self):
+        self.proc.kill()
+        self.proc.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

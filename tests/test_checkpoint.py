@@ -139,6 +139,15 @@ def test_bad_tensors_are_named(tmp_path, mutation, message):
     (lambda d: d.update(rope_parameters={"rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0,
                                          "low_freq_factor": 4.0, "high_freq_factor": 1.0}),
      r"\['high_freq_factor'\]=1.0 must be >"),
+    (lambda d: d.update(rms_norm_eps=float("nan")), r"\['rms_norm_eps'\] must be a finite number"),
+    (lambda d: d.update(rms_norm_eps=0.0), "'rms_norm_eps' must be a finite number > 0"),
+    (lambda d: d.update(num_attention_heads=0), r"\['num_attention_heads'\] must be a positive integer, got 0"),
+    (lambda d: d.update(max_position_embeddings=0), r"\['max_position_embeddings'\] must be a positive integer"),
+    (lambda d: d["rope_parameters"].update(rope_theta=float("nan")), r"\['rope_theta'\] must be finite"),
+    (lambda d: d["rope_parameters"].update(factor=float("inf")), r"\['factor'\] must be finite"),
+    (lambda d: d.update(bos_token_id=97), "'bos_token_id'=97 is not a token id of the vocabulary"),
+    (lambda d: d.update(eos_token_id=[2, 500]), "'eos_token_id'=500 is not a token id of the vocabulary"),
+    (lambda d: d.update(architectures="LlamaForCausalLM"), r"\['architectures'\] must be a list"),
 ])
 def test_bad_configs_are_named(tmp_path, mutation, message):
     path, _ = hf_saved_model(tmp_path)
@@ -162,6 +171,11 @@ def test_out_of_vocabulary_ids_are_refused(tmp_path):
         model.logits(np.array([[0, 5, 97]]))
     with pytest.raises(ConfigError, match="integer array"):
         model.logits(np.zeros((1, 3), np.float32))
+    # 64-bit ids are checked before any narrowing: 2**32 + 5 would wrap to the valid int32 id 5
+    with pytest.raises(ConfigError, match=r"got values in \[5, 4294967301\]"):
+        model.logits(np.array([[5, 2**32 + 5]], np.int64))
+    with pytest.raises(ConfigError, match="non-empty"):
+        model.logits(np.zeros((1, 0), np.int32))
 
 
 def test_missing_paths_and_pickles_are_refused(tmp_path):

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import random_params, snapshot, tiny_hf_dict, torch_llama
+from conftest import HeldLock, random_params, snapshot, tiny_hf_dict, torch_llama
 
 import eval as eval_cli
 from yarn_jax.checkpoint.hf import params_to_hf, save_hf_checkpoint
@@ -186,24 +186,12 @@ def test_changed_inputs_are_refused_naming_what_changed(tiny_dir, corpus, tmp_pa
 
 
 def test_second_eval_on_the_same_out_is_refused_naming_the_holder(tiny_dir, corpus, tmp_path, capsys):
-    import subprocess
-    import sys
-    from pathlib import Path
-
     out = tmp_path / "run"
-    code = ("import sys, time; from yarn_jax.outputs import lock\n"
-            "with lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)\n")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True,
-                              env={"PYTHONPATH": str(Path(__file__).resolve().parents[1])})
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with HeldLock(out) as holder:
         assert eval_cli.main(_argv(tiny_dir[0], corpus, out)) == 2
         err = capsys.readouterr().err
         assert f"run directory {out} is in use by another yarn_jax command (pid {holder.pid} on" in err
         assert not out.exists()
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_non_finite_results_exit_non_zero_and_plots_skip_them(tiny_dir, corpus, tmp_path, capsys):

@@ -3,19 +3,14 @@ was (compared byte for byte), each lock names its holder, concurrent writers nev
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import pytest
-from conftest import snapshot
+from conftest import HeldLock, snapshot
 
 from yarn_jax.errors import ConfigError, OutputError
 from yarn_jax.outputs import (Staging, atomic_write_text, build_once, check_disjoint, check_replaceable,
                               checkpoint_kind, lock)
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_check_disjoint_refuses_every_overlap(tmp_path):
@@ -84,18 +79,10 @@ def test_staging_is_removed_on_failure_and_stale_ones_are_cleaned(tmp_path, capl
 
 def test_lock_refuses_a_second_holder_naming_its_pid(tmp_path):
     run = tmp_path / "run"
-    code = ("import sys, time; from yarn_jax.outputs import lock\n"
-            "with lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)\n")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE, text=True,
-                              env={"PYTHONPATH": str(ROOT)})
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with HeldLock(run) as holder:
         with pytest.raises(OutputError, match=rf"in use by another yarn_jax command \(pid {holder.pid} on "):
             with lock(run, "run directory"):
                 pass
-    finally:
-        holder.kill()
-        holder.wait()
     with lock(run):  # a killed holder's lock is free again (the kernel drops it)
         pass
     assert not run.exists() and not list(tmp_path.iterdir())  # nothing created, the lock file removed

@@ -309,3 +309,43 @@ def test_bf16_activations_use_float32_angles():
     bf16_angle = positions[..., None].astype(jnp.bfloat16) * rope_frequencies(cfg, 1)[0].astype(jnp.bfloat16)
     assert float(jnp.max(jnp.abs(bf16_angle.astype(jnp.float32) - positions[..., None] *
                                  rope_frequencies(cfg, 1)[0]))) > 10  # what the float32 angle avoids
+
+
+YARN_OK = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4096}
+
+
+@pytest.mark.parametrize("rope, kwargs, message", [
+    ({**YARN_OK, "factor": float("nan")}, {}, r"\['factor'\] must be finite, got nan"),
+    ({**YARN_OK, "factor": float("inf")}, {}, r"\['factor'\] must be finite, got inf"),
+    ({"rope_type": "linear", "factor": float("nan")}, {}, r"\['factor'\] must be finite"),
+    ({**YARN_OK, "attention_factor": float("nan")}, {}, r"\['attention_factor'\] must be finite"),
+    ({**YARN_OK, "beta_fast": float("nan")}, {}, r"\['beta_fast'\] must be finite"),
+    ({**YARN_OK, "mscale": float("inf")}, {}, r"\['mscale'\] must be finite"),
+    ({**YARN_OK, "rope_theta": float("nan")}, {}, r"\['rope'\]\['rope_theta'\] must be finite"),
+    (YARN_OK, {"rope_theta": float("nan")}, r"config.json\['rope_theta'\] must be finite"),
+    (YARN_OK, {"partial_rotary_factor": float("nan")}, r"config.json\['partial_rotary_factor'\] must be finite"),
+    ({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": float("nan"), "high_freq_factor": 4.0}, {},
+     r"\['low_freq_factor'\] must be finite"),
+    ({"rope_type": "longrope", "factor": 4.0, "short_factor": [1.0] * 31 + [float("nan")], "long_factor": [1.0] * 32},
+     {}, r"\['short_factor'\] must be a list of finite positive numbers"),
+    ({"rope_type": "dynamic", "factor": 2.0}, {"max_position_embeddings": 0},
+     r"\['max_position_embeddings'\] must be a positive integer, got 0"),
+])
+def test_non_finite_and_out_of_range_numbers_are_refused(rope, kwargs, message):
+    """NaN passes every `x < bound` check: each of these gave NaN logits or a perplexity without position
+    information at exit 0 before they were refused."""
+    from yarn_jax.errors import ConfigError
+
+    kw = {"head_dim": 64, "max_position_embeddings": 8192, **kwargs}
+    with pytest.raises(ConfigError, match=message):
+        parse_rope_config(rope, where="config.json['rope']", **kw)
+
+
+def test_short_form_rope_specs_are_validated_like_dicts():
+    from yarn_jax.errors import ConfigError
+    from yarn_jax.rope import parse_rope_spec
+
+    for spec in ("yarn:factor=nan,original_max_position_embeddings=4096", "linear:factor=inf",
+                 "{rope_type: linear, factor: .nan}"):
+        with pytest.raises(ConfigError, match=r"\['factor'\] must be finite"):
+            parse_rope_config(parse_rope_spec(spec), head_dim=64, max_position_embeddings=8192, where="--rope")

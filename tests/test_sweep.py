@@ -173,6 +173,16 @@ def test_bad_cell_settings_fail_before_any_compute(tmp_path):
     assert not (tmp_path / "s").exists()  # nothing built: no split, no tokenizer, no pretraining
 
 
+def test_every_cells_rope_is_checked_before_any_cell_runs(tmp_path):
+    """The reported late failure: a cell's rope was validated only when that cell ran, after the earlier
+    cells (and the pretraining) had run."""
+    sets = ci_sets(tmp_path / "s")[:-1] + ["grids=[{methods: [none, 'yarn:factor=4'], scales: [2]}]"]
+    with pytest.raises(ConfigError, match=r"cell yarn_factor=4-s2: method 'yarn:factor=4'\['original_max_position_"
+                                          r"embeddings'\] is required"):
+        Sweep(load_sweep(CONFIG, sets)).run()
+    assert not (tmp_path / "s").exists()
+
+
 def test_model_sweep_on_the_exported_base_matches_and_reads_l0(swept, tmp_path):
     """A `model:` sweep (like the SmolLM2 ablation) over the scratch sweep's pretrained model exported to HF
     gives the scratch sweep's untuned perplexities, with L0 read from the model's config.json (not set in the

@@ -17,7 +17,7 @@ import torch
 import yaml
 
 import train as train_cli
-from tests.conftest import random_params, snapshot, tiny_hf_dict
+from tests.conftest import HeldLock, random_params, snapshot, tiny_hf_dict
 from yarn_jax.checkpoint import load_checkpoint, save_hf_checkpoint
 from yarn_jax.config import LlamaConfig
 from yarn_jax.errors import CheckpointError
@@ -246,6 +246,15 @@ def test_divergence_stops_before_saving_a_non_finite_step(setup, tmp_path, capsy
     steps = sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
     cfg, params = load_checkpoint(out / "checkpoints")  # whatever was saved is finite (the loader checks)
     assert steps and steps[-1] < 6
+
+
+def test_second_train_on_the_same_run_directory_is_refused(setup, tmp_path, capsys):
+    work, _ = setup
+    out = tmp_path / "run"
+    with HeldLock(out) as holder:
+        assert train_cli.main(["--config", str(work / "tiny.yaml"), "--out", str(out)]) == 2
+        assert f"run directory {out} is in use by another yarn_jax command (pid {holder.pid}" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_disk_too_small_for_the_checkpoints_fails_before_training(setup, small_disk):

@@ -18,6 +18,7 @@ import numpy as np
 from yarn_jax.checkpoint.memory import aligned_empty, release_host_memory
 from yarn_jax.config import LlamaConfig
 from yarn_jax.errors import CheckpointError, OutputError
+from yarn_jax.outputs import Staging, check_replaceable, lock
 
 # Buffers some HF checkpoints carry that hold no parameters (recomputed from the config).
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -442,8 +443,6 @@ def save_hf_checkpoint(
 ) -> Path:
     """Write params (in memory) as an HF directory at `path`, atomically: built in a staging sibling, then
     moved into place. An existing `path` is replaced only if it is a checkpoint directory (or empty)."""
-    from yarn_jax.outputs import Staging, check_replaceable, lock
-
     target = Path(path)
     with lock(target, f"destination {target}"):
         if target.exists():
