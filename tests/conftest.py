@@ -105,15 +105,17 @@ def snapshot(root) -> dict[str, str]:
 @pytest.fixture()
 def small_disk(tmp_path):
     """A directory on its own tiny file system (tmpfs, as root): writes past its size fail with ENOSPC,
-    as on a full disk. Yields a function size -> mounted path."""
+    as on a full disk (or every write fails with EROFS, read_only=True). Yields a function
+    (size, read_only=False) -> mounted path."""
     import subprocess
 
     mounted = []
 
-    def make(size: str):
+    def make(size: str, read_only: bool = False):
         d = tmp_path / f"disk{len(mounted)}"
         d.mkdir()
-        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)], capture_output=True)
+        opts = f"size={size}" + (",ro" if read_only else "")
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(d)], capture_output=True)
         if proc.returncode != 0:
             pytest.skip(f"cannot mount a small tmpfs here ({proc.stderr.decode().strip()})")
         mounted.append(d)

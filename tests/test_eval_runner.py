@@ -304,7 +304,7 @@ def test_more_bad_inputs_are_one_line_errors(tiny_dir, corpus, tmp_path, capsys,
     assert not (tmp_path / "r" / "cells.jsonl").exists()
 
 
-def test_full_disk_is_one_line_naming_the_file(tiny_dir, corpus, small_disk):
+def test_full_disk_and_read_only_are_one_line_naming_the_file(tiny_dir, corpus, small_disk, capsys):
     """The reported failure: 857 lines of stderr on ENOSPC. Now: exit 2, one line naming the file."""
     import subprocess
     import sys
@@ -319,3 +319,9 @@ def test_full_disk_is_one_line_naming_the_file(tiny_dir, corpus, small_disk):
     lines = proc.stderr.strip().splitlines()
     assert "Traceback" not in proc.stderr and sum(x.startswith("error:") for x in lines) == 1
     assert lines[-1].startswith(f"error: {out}/") and "cannot write (No space left on device" in lines[-1]
+    # a read-only output directory: refused before anything is computed, naming the path
+    ro = small_disk("1m", read_only=True)
+    capsys.readouterr()
+    assert eval_cli.main(_argv(tiny_dir[0], corpus, ro / "run")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {ro}/.run.lock: Read-only file system") and len(err.splitlines()) == 1, err
