@@ -250,15 +250,22 @@ def _read_holder(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def lock(path, what: str | None = None, *, enabled: bool = True):
+def lock(path, what: str | None = None, *, enabled: bool = True, run_dir: bool = False):
     """Hold an exclusive advisory lock on a run directory or destination for the block: the lock file is
     `.NAME.lock` beside `path` (so nothing is created in `path` itself), removed on release; after a kill
     it is left behind, unlocked, and reused. No-op for remote paths or enabled=False (e.g. processes other
-    than 0 of a multi-process run, which do not write)."""
+    than 0 of a multi-process run, which do not write). run_dir=True: `path` itself must be a directory
+    if it exists (a run directory; a destination's existing content is judged by its command)."""
     if not enabled or is_remote(path):
         yield None
         return
     p = _real(path)
+    # a file where a directory must be: say so (mkdir would only say "File exists")
+    for q in ((p,) if run_dir else ()) + tuple(p.parents):
+        if q.exists():
+            if not q.is_dir():
+                raise OutputError(f"{path}: {'it' if q == p else q} is a file, not a directory")
+            break
     p.parent.mkdir(parents=True, exist_ok=True)
     with _Lock(p.parent / f".{p.name}.lock", what or f"{path}", remove=True) as handle:
         yield handle

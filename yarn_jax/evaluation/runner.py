@@ -52,7 +52,7 @@ def run(cfg: EvalConfig, console: Console | None = None) -> dict:
     the run directory's lock for the whole run (a second command on the same --out is refused)."""
     distributed.initialize(cfg.distributed_config())
     primary = distributed.is_primary()
-    with lock(cfg.out, f"run directory {cfg.out}", enabled=primary):
+    with lock(cfg.out, f"run directory {cfg.out}", enabled=primary, run_dir=True):
         return _run(cfg, console, primary)
 
 

@@ -192,7 +192,7 @@ class Sweep:
         if self.is_done(cell):
             return json.loads((d / "result.json").read_text())
         tc, ec = self.cell_configs(cell)
-        with lock(d, f"sweep cell {cell.id}"):  # one runner per cell (e.g. two job-array tasks given one id)
+        with lock(d, f"sweep cell {cell.id}", run_dir=True):  # one runner per cell (e.g. two job-array tasks given one id)
             if self.is_done(cell):
                 return json.loads((d / "result.json").read_text())
             self.console.rule(f"cell {cell.id}")

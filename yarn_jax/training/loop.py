@@ -96,7 +96,7 @@ def train(cfg: TrainConfig) -> dict:
     run directory's lock throughout (a second command on the same --out is refused)."""
     distributed.initialize(cfg.distributed_config())
     primary = distributed.is_primary()
-    with lock(cfg.out, f"run directory {cfg.out}", enabled=primary):
+    with lock(cfg.out, f"run directory {cfg.out}", enabled=primary, run_dir=True):
         return _train(cfg, primary)
 
 
@@ -111,8 +111,10 @@ def _train(cfg: TrainConfig, primary: bool) -> dict:
     model_path = distributed.share_from_primary(resolve_model_path(cfg.model) if primary else None)
     mine = _run_identity(cfg, model_path)
     _check_run_dir(out, mine)  # before the model loads; the record is written once every input validated
-    pm = yarn_jax.from_pretrained(model_path, rope_scaling=cfg.rope, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+    pm = yarn_jax.from_pretrained(model_path, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                                   attention_backend=cfg.attention_backend, remat=cfg.remat, sharder=sharder)
+    if cfg.rope is not None:
+        pm = pm.with_rope(cfg.rope, where="rope")
     mc = pm.config
     bos = mc.bos_token_id
     eos = mc.eos_token_id[0] if isinstance(mc.eos_token_id, tuple) else mc.eos_token_id
