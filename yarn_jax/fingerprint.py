@@ -6,8 +6,9 @@ paths": a checkpoint root that gained a newer step, a weight file re-exported in
 Files are identified by size and a SHA-256 over their content — all of it up to 64 MiB; above that the
 first and last 1 MiB, 64 evenly spaced 64 KiB blocks and, for safetensors, the header plus the first and
 last 4 KiB of every tensor (so any tensor rewritten with new values changes the digest), a few MiB read
-per multi-GB file. Modification times are not part of the identity: a copy of the same bytes is the same
-model.
+per multi-GB file. A yarn_jax (orbax) checkpoint step is written once: its resolved step number, its
+files' names and sizes and its small (<= 1 MiB) metadata files' content identify it. Modification times
+are not part of the identity: a copy of the same bytes is the same model.
 """
 
 from __future__ import annotations
@@ -92,9 +93,12 @@ def model_identity(path: str) -> dict:
     p = _epath(path)
     if is_orbax_step(p) or is_orbax_root(p):
         root, step = (p.parent, int(p.name)) if is_orbax_step(p) else (p, latest_step(p))
+        # a committed step is never rewritten: its resolved number, file names and sizes, and the content of
+        # its small metadata files identify it without reading the arrays (a 7B step on a bucket is 10k+ files)
         step_dir = root / str(step)
-        files = sorted(_files_under(step_dir))
-        return {"kind": "orbax", "step": step, "files": _tree(step_dir, files)}
+        files = {os.fspath(f.relative_to(step_dir)): f for f in _files_under(step_dir)}
+        return {"kind": "orbax", "step": step,
+                "files": {k: file_digest(f) if _size(f) <= 2**20 else f"{_size(f)}:-" for k, f in sorted(files.items())}}
     if p.is_file():
         return {"kind": "gguf" if p.name.endswith(".gguf") else "file", "files": {p.name: file_digest(p)}}
     names = [f for f in sorted(p.iterdir()) if f.is_file() and (
@@ -125,7 +129,7 @@ def short(obj) -> str:
 def describe_change(old: dict, new: dict) -> str:
     """What differs between two model identities, in words (for refusals)."""
     if old.get("kind") != new.get("kind"):
-        return f"it was a {old.get('kind')} checkpoint, it is now a {new.get('kind')} one"
+        return f"its kind changed from {old.get('kind')} to {new.get('kind')}"
     parts = []
     if old.get("step") != new.get("step"):
         parts.append(f"its latest step was {old.get('step')}, it is now {new.get('step')}")
