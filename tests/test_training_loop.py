@@ -199,6 +199,17 @@ def test_run_directory_refuses_another_trajectory(setup, reference_run, tmp_path
     shutil.copytree(reference_run, out)
     assert train_cli.main(["--config", str(work / "tiny.yaml"), "--out", str(out), "--seed", "7"]) == 2
     assert "seed (0 there, 7 now)" in capsys.readouterr().err
+    # the same data path with other content: refused too (before a step runs)
+    edited = tmp_path / "docs.jsonl"
+    lines = (work / "docs.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    edited.write_text("\n".join([json.dumps({**first, "text": first["text"] + " x"}), *lines[1:]]))
+    record = json.loads((out / "train_config.json").read_text())
+    (out / "train_config.json").write_text(json.dumps({**record, "data": str(edited)}))
+    before = snapshot(out)
+    assert train_cli.main(["--config", str(work / "tiny.yaml"), "--out", str(out), "--data", str(edited)]) == 2
+    assert "data_identity (the documents' text or tokenizer changed)" in capsys.readouterr().err
+    assert snapshot(out) == before
 
 
 def test_another_model_is_refused_and_no_checkpoint_is_touched(setup, reference_run, tmp_path, capsys):

@@ -21,7 +21,7 @@ from yarn_jax.evaluation.methods import Method
 from yarn_jax.evaluation.perplexity import PerplexityScorer
 from yarn_jax.evaluation.results import check_settings, write_json_atomic
 from yarn_jax.evaluation.runner import resolve_model_path
-from yarn_jax.fingerprint import describe_change, model_identity
+from yarn_jax.fingerprint import describe_change, model_identity, short
 from yarn_jax.outputs import atomic_write_text, lock, writing
 from yarn_jax.sharding import distributed
 from yarn_jax.sharding.params import tree_shardings
@@ -62,7 +62,8 @@ def _check_run_dir(out: Path, mine: dict) -> None:
     settings is refused, naming what differs (nothing is written here)."""
     check_settings(out / "train_config.json", mine, f"{out} holds a run with other",
                    describe={"model_identity": lambda old, new: f"the initial weights differ: "
-                             f"{describe_change(old, new)}"})
+                             f"{describe_change(old, new)}",
+                             "data_identity": lambda old, new: "the documents' text or tokenizer changed"})
 
 
 def _metrics_file(out: Path, resume_step: int, primary: bool) -> Path:
@@ -120,6 +121,9 @@ def _train(cfg: TrainConfig, primary: bool) -> dict:
     eos = mc.eos_token_id[0] if isinstance(mc.eos_token_id, tuple) else mc.eos_token_id
     docs = load_documents(cfg.data, pm.tokenizer(), max_docs=cfg.max_docs, text_field=cfg.text_field,
                           tfds_data_dir=cfg.tfds_data_dir)
+    # the documents' tokens (their text and the tokenizer) are part of the trajectory too
+    mine["data_identity"] = short([(d.name, d.digest) for d in docs])
+    _check_run_dir(out, mine)
     if len(docs) <= cfg.eval_docs:
         raise ConfigError(f"eval_docs: {cfg.eval_docs} held out of {len(docs)} document(s) leaves none to train on")
     train_docs, eval_docs = docs[:len(docs) - cfg.eval_docs], docs[len(docs) - cfg.eval_docs:]
