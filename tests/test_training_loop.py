@@ -279,6 +279,34 @@ def test_disk_too_small_for_the_checkpoints_fails_before_training(setup, small_d
     assert not (out / "metrics.jsonl").exists()
 
 
+def test_disk_filling_up_during_training_is_one_line_and_keeps_the_last_checkpoint(setup, small_disk):
+    """Another process fills the disk while checkpoints are written asynchronously: one error line (orbax's
+    per-thread tracebacks collapsed), exit 2, and the last complete checkpoint still loads."""
+    work, _ = setup
+    disk = small_disk("120m")
+    out = disk / "run"
+    proc = subprocess.Popen(_cmd(work, out, "--steps", "400", "--save-every", "5", "--keep", "2", "--log-every",
+                                 "1000"), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while not (out / "checkpoints" / "5").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        with open(disk / "filler", "wb") as f:
+            with pytest.raises(OSError):
+                while True:
+                    f.write(b"\0" * 2**20)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    lines = [x for x in err.splitlines() if x.strip() and not x.startswith("train:")]
+    assert proc.returncode == 2 and "Traceback" not in err, err[-3000:]
+    assert len(lines) == 2 and lines[-1].startswith(f"error: {out}/"), lines
+    (disk / "filler").unlink()
+    cfg, params = load_checkpoint(out / "checkpoints")  # complete steps only; the loader checks values
+    assert cfg.num_hidden_layers == 2 and ("layers", "q_proj") in params
+
+
 def test_export_gives_transformers_the_same_logits(reference_run, tmp_path):
     hf_dir = export_hf(reference_run / "checkpoints", tmp_path / "hf")
     cfg, params = load_checkpoint(reference_run / "checkpoints")

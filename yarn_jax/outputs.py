@@ -79,6 +79,23 @@ def writing(path):
         raise write_error(path, e) from None
 
 
+def close_after(close, path=None) -> None:
+    """Call close() in a `finally`: an OSError names `path`; while another exception is propagating, a
+    failure here is dropped — the first one is what went wrong and is what the user sees."""
+    import sys
+
+    failing = sys.exc_info()[0] is not None
+    try:
+        if path is None:
+            close()
+        else:
+            with writing(path):
+                close()
+    except Exception:
+        if not failing:
+            raise
+
+
 def _real(path) -> Path:
     return Path(os.path.realpath(os.path.abspath(os.fspath(path))))
 

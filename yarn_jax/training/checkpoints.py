@@ -38,6 +38,7 @@ class TrainCheckpointer:
         self.directory = directory if "://" in directory else os.path.abspath(directory)
         self._ocp = ocp
         self.keep = keep
+        self._previous_hook = None
         self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, save_interval_steps=save_every, enable_async_checkpointing=async_save,
             create=True))
@@ -82,8 +83,8 @@ class TrainCheckpointer:
     def _reported(self, what: str):
         """Failures of the (asynchronous) checkpoint writers as one OutputError naming the directory: orbax
         reports one failed write from several threads, each with its own traceback."""
-        absl = logging.getLogger("absl")
-        absl.addFilter(_quiet_orbax_thread_errors)
+        logging.getLogger("absl").addFilter(_quiet_orbax_thread_errors)
+        logging.getLogger("asyncio").addFilter(_quiet_orbax_thread_errors)
         try:
             yield
         except Exception as e:  # noqa: BLE001 - classified here: every failure to write is an output error
@@ -187,17 +188,31 @@ class TrainCheckpointer:
             self.manager.wait_until_finished()
 
     def close(self) -> None:
-        """Finish pending writes and release the manager; when the run is already failing, a write error
-        here is not reported again (the first one is)."""
-        failing = sys.exc_info()[0] is not None
+        """Finish pending writes and release the manager."""
         try:
             with self._reported("writing a checkpoint"):
                 self.manager.close()
-        except OutputError:
-            if not failing:
-                raise
+        finally:
+            if self._previous_hook is not None and sys.unraisablehook == self._unraisable:
+                sys.unraisablehook = self._previous_hook
+
+    def quiet_closed_loops(self) -> None:
+        """Until close(): drop the uncatchable 'Event loop is closed' reports that follow a failed
+        asynchronous write (see `_unraisable`)."""
+        self._previous_hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
+
+    def _unraisable(self, unraisable) -> None:
+        """After a failed write, tensorstore's callbacks find orbax's event loops closed and each reports a
+        RuntimeError nobody can catch; the failure itself is reported once (`_reported`)."""
+        if unraisable.exc_type is RuntimeError and "Event loop is closed" in str(unraisable.exc_value):
+            return
+        self._previous_hook(unraisable)
 
 
 def _quiet_orbax_thread_errors(record: logging.LogRecord) -> bool:
-    """Drop orbax's per-thread error tracebacks of a failed write (TrainCheckpointer reports it once)."""
-    return not (record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in (record.pathname or ""))
+    """Drop orbax's per-thread error tracebacks of a failed write, and asyncio's reports of the same
+    failure in its write coroutines (TrainCheckpointer reports it once)."""
+    if record.levelno < logging.ERROR:
+        return True
+    return not (f"{os.sep}orbax{os.sep}" in (record.pathname or "")
+                or record.name == "asyncio" and "exception was never retrieved" in record.getMessage())

@@ -22,7 +22,7 @@ from yarn_jax.evaluation.perplexity import PerplexityScorer
 from yarn_jax.evaluation.results import check_settings, write_json_atomic
 from yarn_jax.evaluation.runner import resolve_model_path
 from yarn_jax.fingerprint import describe_change, model_identity, short
-from yarn_jax.outputs import atomic_write_text, lock, writing
+from yarn_jax.outputs import atomic_write_text, close_after, lock, writing
 from yarn_jax.sharding import distributed
 from yarn_jax.sharding.params import tree_shardings
 from yarn_jax.training.checkpoints import TrainCheckpointer
@@ -170,10 +170,11 @@ def _train(cfg: TrainConfig, primary: bool) -> dict:
     shape = (cfg.batch_size, cfg.seq_len)
     preemption = _Preemption()
     record: dict = {}
-    try:
-        from tqdm import tqdm
+    from tqdm import tqdm
 
-        bar = tqdm(total=cfg.steps, initial=start, desc="train", disable=not primary, dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=start, desc="train", disable=not primary, dynamic_ncols=True)
+    ckpt.quiet_closed_loops()
+    try:
         for step in range(start + 1, cfg.steps + 1):
             batch = _global_batch(lambda rows, i=next_batch: stream.batch(i, rows), sharder, shape)
             t0 = time.perf_counter()
@@ -197,10 +198,11 @@ def _train(cfg: TrainConfig, primary: bool) -> dict:
             if primary and (step % cfg.log_every == 0 or step == cfg.steps):
                 with writing(metrics_path), metrics_path.open("a") as f:
                     f.write(json.dumps(record) + "\n")
-                for k, v in record.items():
-                    if k != "step":
-                        writer.add_scalar(f"train/{k}" if k != "eval_ppl" else "eval/ppl", v, step)
-                writer.flush()
+                with writing(out / "tb"):
+                    for k, v in record.items():
+                        if k != "step":
+                            writer.add_scalar(f"train/{k}" if k != "eval_ppl" else "eval/ppl", v, step)
+                    writer.flush()
             bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
             bar.update(1)
             final = step == cfg.steps or preemption.requested
@@ -211,11 +213,11 @@ def _train(cfg: TrainConfig, primary: bool) -> dict:
                 log.info("SIGTERM: saved step %d to %s/checkpoints; exiting (re-run the same command to resume)",
                          step, out)
                 break
-        bar.close()
         ckpt.wait()
     finally:
+        bar.close()  # ends the progress line, so an error is printed on a line of its own
         preemption.restore()
         if writer is not None:
-            writer.close()
-        ckpt.close()
+            close_after(writer.close, out / "tb")
+        close_after(ckpt.close)
     return record
