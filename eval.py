@@ -16,27 +16,22 @@ import json
 import sys
 from pathlib import Path
 
-from yarn_jax.errors import report_failure
+from yarn_jax.errors import command
 from yarn_jax.evaluation.config import add_config_flags, load_config, overrides_from_args
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "eval" / "default.yaml"
 
 
+@command
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (flags override it)")
     add_config_flags(parser)
     args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, overrides_from_args(args))
-        from yarn_jax.evaluation.runner import run
+    cfg = load_config(args.config, overrides_from_args(args))
+    from yarn_jax.evaluation.runner import run
 
-        summary = run(cfg)
-    except BaseException as e:  # user errors and I/O failures: one line, exit 2; bugs: the traceback
-        code = report_failure(e)
-        if code is None:
-            raise
-        return code
+    summary = run(cfg)
     import jax
 
     if jax.process_index() == 0:

@@ -18,28 +18,23 @@ import sys
 from pathlib import Path
 
 from yarn_jax import cli_config
-from yarn_jax.errors import report_failure
+from yarn_jax.errors import command
 from yarn_jax.training.config import TrainConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "train" / "smollm2_yarn.yaml"
 
 
+@command
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (flags override it)")
     cli_config.add_config_flags(parser, TrainConfig)
     args = parser.parse_args(argv)
-    try:
-        cfg = cli_config.load_config(TrainConfig, args.config, cli_config.overrides_from_args(args, TrainConfig),
-                                     where="train config")
-        from yarn_jax.training.loop import train
+    cfg = cli_config.load_config(TrainConfig, args.config, cli_config.overrides_from_args(args, TrainConfig),
+                                 where="train config")
+    from yarn_jax.training.loop import train
 
-        record = train(cfg)
-    except BaseException as e:  # user errors and I/O failures: one line, exit 2; bugs: the traceback
-        code = report_failure(e)
-        if code is None:
-            raise
-        return code
+    record = train(cfg)
     import jax
 
     if jax.process_index() == 0:

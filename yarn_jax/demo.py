@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import jax
@@ -17,6 +18,7 @@ from rich.table import Table
 
 import yarn_jax
 from yarn_jax import assets
+from yarn_jax.errors import command
 from yarn_jax.rope import HF_ROPE_TYPES, parse_rope_spec
 
 
@@ -37,6 +39,7 @@ def transformers_logits(model_dir: str, rope: dict | None, theta: float, ids: np
         return model(torch.as_tensor(ids)).logits.numpy()
 
 
+@command
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--play", default="hamlet", help="play (file stem) from the Shakespeare corpus")
@@ -85,4 +88,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -69,3 +69,21 @@ def report_failure(e: BaseException) -> int | None:
         return None
     print(f"error: {msg}", file=sys.stderr, flush=True)
     return exit_code(e)
+
+
+def command(main):
+    """Decorator of a command's main(): user errors and I/O failures become one `error: ...` line and exit
+    code 2 (3 for a failed conversion check); anything else — a bug — propagates with its traceback."""
+    import functools
+
+    @functools.wraps(main)
+    def run(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except BaseException as e:
+            code = report_failure(e)
+            if code is None:
+                raise
+            return code
+
+    return run

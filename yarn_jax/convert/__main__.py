@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from yarn_jax.errors import report_failure
+from yarn_jax.errors import command
 
 
 def parse_rope(text: str | None):
@@ -24,6 +24,7 @@ def parse_rope(text: str | None):
     return parse_rope_spec(text) or {"rope_type": "default"}
 
 
+@command
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m yarn_jax.convert", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,16 +49,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from yarn_jax.convert import convert
 
-    try:
-        report = convert(args.src, args.dst, to=args.to, step=args.step, rope=parse_rope(args.rope),
-                         dtype=args.dtype, verify_logits=args.verify, verify_tokens=args.verify_tokens,
-                         reference=args.reference, max_abs=args.max_abs_logit, max_kl=args.max_kl,
-                         overwrite=args.overwrite, max_shard_bytes=int(args.max_shard_gb * 2**30))
-    except BaseException as e:
-        code = report_failure(e)
-        if code is None:
-            raise
-        return code
+    report = convert(args.src, args.dst, to=args.to, step=args.step, rope=parse_rope(args.rope),
+                     dtype=args.dtype, verify_logits=args.verify, verify_tokens=args.verify_tokens,
+                     reference=args.reference, max_abs=args.max_abs_logit, max_kl=args.max_kl,
+                     overwrite=args.overwrite, max_shard_bytes=int(args.max_shard_gb * 2**30))
     print(json.dumps(report, indent=2))
     return 0
 

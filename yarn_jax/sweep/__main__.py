@@ -12,11 +12,12 @@ import sys
 
 from rich.console import Console
 
-from yarn_jax.errors import report_failure
+from yarn_jax.errors import command
 from yarn_jax.sweep.config import load_sweep
 from yarn_jax.sweep.runner import Sweep
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m yarn_jax.sweep", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -30,30 +31,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--list", action="store_true", help="list the cells and whether they are finished")
     args = ap.parse_args(argv)
     console = Console(stderr=True)
-    try:
-        cfg = load_sweep(args.config, args.sets)
-        sweep = Sweep(cfg, console)
-        if args.list:
-            for c in sweep.cells:
-                print(f"{'done' if sweep.is_done(c) else 'todo'}  {c.id}")
-            return 0
-        if args.emit_commands:
-            lines = sweep.commands(args.config, args.sets)
-            sweep.out.mkdir(parents=True, exist_ok=True)
-            (sweep.out / "commands.txt").write_text("\n".join(lines) + "\n")
-            print("\n".join(lines))
-            return 0
-        if args.setup_only:
-            sweep.base()
-            return 0
-        if not args.gather:
-            sweep.run(args.cell or None)
-        sweep.gather()
-    except BaseException as e:  # user errors and I/O failures: one line, exit 2; bugs: the traceback
-        code = report_failure(e)
-        if code is None:
-            raise
-        return code
+    cfg = load_sweep(args.config, args.sets)
+    sweep = Sweep(cfg, console)
+    if args.list:
+        for c in sweep.cells:
+            print(f"{'done' if sweep.is_done(c) else 'todo'}  {c.id}")
+        return 0
+    if args.emit_commands:
+        lines = sweep.commands(args.config, args.sets)
+        sweep.out.mkdir(parents=True, exist_ok=True)
+        (sweep.out / "commands.txt").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        return 0
+    if args.setup_only:
+        sweep.base()
+        return 0
+    if not args.gather:
+        sweep.run(args.cell or None)
+    sweep.gather()
     return 0
 
 

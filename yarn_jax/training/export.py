@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from yarn_jax.checkpoint.orbax_ckpt import is_orbax_root, is_orbax_step
-from yarn_jax.errors import CheckpointError, report_failure
+from yarn_jax.errors import CheckpointError, command
 
 
 def export_hf(checkpoint: str | Path, out: str | Path, *, step: int | None = None, dtype: str = "float32",
@@ -30,6 +30,7 @@ def export_hf(checkpoint: str | Path, out: str | Path, *, step: int | None = Non
     return Path(out)
 
 
+@command
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint")
@@ -38,13 +39,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing HF directory at OUT")
     args = ap.parse_args(argv)
-    try:
-        path = export_hf(args.checkpoint, args.out, step=args.step, dtype=args.dtype, overwrite=args.overwrite)
-    except BaseException as e:
-        code = report_failure(e)
-        if code is None:
-            raise
-        return code
+    path = export_hf(args.checkpoint, args.out, step=args.step, dtype=args.dtype, overwrite=args.overwrite)
     print(path)
     return 0
 
