@@ -48,18 +48,10 @@ def user_message(e: BaseException) -> str | None:
         return " ".join(str(e).split())
     ose = _os_error(e)
     if ose is not None:
-        what = errno.errorcode.get(ose.errno or 0, "")
-        reason = ose.strerror or what or type(ose).__name__
+        reason = ose.strerror or errno.errorcode.get(ose.errno or 0) or type(ose).__name__
         where = f"{ose.filename}: " if ose.filename else ""
-        hint = {errno.ENOSPC: " (disk full)", errno.EROFS: " (read-only file system)",
-                errno.EACCES: " (permission denied)", errno.EDQUOT: " (quota exceeded)"}.get(ose.errno, "")
-        return f"{where}{reason}{hint if hint.strip(' ()').lower() not in reason.lower() else ''}"
+        return f"{where}{reason}{' (disk full)' if ose.errno == errno.ENOSPC else ''}"
     return None
-
-
-def exit_code(e: BaseException) -> int:
-    """2 for user errors (3 for a failed conversion check, see convert.verify)."""
-    return getattr(e, "exit_code", 2)
 
 
 def report_failure(e: BaseException) -> int | None:
@@ -68,7 +60,7 @@ def report_failure(e: BaseException) -> int | None:
     if msg is None:
         return None
     print(f"error: {msg}", file=sys.stderr, flush=True)
-    return exit_code(e)
+    return getattr(e, "exit_code", 2)  # 3 for a failed conversion check (convert.verify)
 
 
 def command(main):

@@ -73,8 +73,14 @@ def _tensor_edges(f) -> list[tuple[int, int]]:
     return out
 
 
-def _tree(root, files) -> dict[str, str]:
-    return {os.fspath(f.relative_to(root)) if hasattr(f, "relative_to") else str(f): file_digest(f) for f in files}
+def _tree(root, files, digest=file_digest) -> dict[str, str]:
+    """{path relative to root: digest} of files."""
+    return {os.fspath(f.relative_to(root)): digest(f) for f in sorted(files)}
+
+
+def _size_or_digest(f) -> str:
+    """A file's digest when small (metadata), else only its size (arrays of a step written once)."""
+    return file_digest(f) if _size(f) <= 2**20 else f"{_size(f)}:-"
 
 
 def _files_under(d) -> list:
@@ -96,12 +102,10 @@ def model_identity(path: str) -> dict:
         # a committed step is never rewritten: its resolved number, file names and sizes, and the content of
         # its small metadata files identify it without reading the arrays (a 7B step on a bucket is 10k+ files)
         step_dir = root / str(step)
-        files = {os.fspath(f.relative_to(step_dir)): f for f in _files_under(step_dir)}
-        return {"kind": "orbax", "step": step,
-                "files": {k: file_digest(f) if _size(f) <= 2**20 else f"{_size(f)}:-" for k, f in sorted(files.items())}}
+        return {"kind": "orbax", "step": step, "files": _tree(step_dir, _files_under(step_dir), _size_or_digest)}
     if p.is_file():
         return {"kind": "gguf" if p.name.endswith(".gguf") else "file", "files": {p.name: file_digest(p)}}
-    names = [f for f in sorted(p.iterdir()) if f.is_file() and (
+    names = [f for f in p.iterdir() if f.is_file() and (
         f.name == "config.json" or f.name.endswith(".safetensors") or f.name == "model.safetensors.index.json")]
     return {"kind": "hf", "files": _tree(p, names)}
 

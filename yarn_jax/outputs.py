@@ -21,21 +21,20 @@ import logging
 import os
 import shutil
 import socket
+import sys
 import tempfile
 from pathlib import Path
 
-from yarn_jax.errors import ConfigError, OutputError
+from yarn_jax.errors import ConfigError, OutputError, user_message
 
 log = logging.getLogger("yarn_jax")
 
 STAGING_TAG = ".staging-"
 
-# What an HF checkpoint directory or a yarn_jax (orbax) checkpoint root may hold.
-_HF_MEMBERS = {"config.json", "model.safetensors.index.json", "generation_config.json", "tokenizer.json",
-               "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "vocab.json",
-               "merges.txt", "tokenizer.model", "added_tokens.json", "conversion.json"}
-_ORBAX_MEMBERS = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                  "conversion.json"}
+# Besides weights, steps and the tokenizer files the checkpoint writers copy: what a checkpoint may hold.
+_HF_EXTRA = {"config.json", "model.safetensors.index.json", "vocab.json", "merges.txt", "tokenizer.model",
+             "added_tokens.json", "conversion.json"}
+_ORBAX_EXTRA = {"conversion.json"}
 
 
 def is_remote(path) -> bool:
@@ -44,8 +43,6 @@ def is_remote(path) -> bool:
 
 def write_error(path, e: OSError) -> OutputError:
     """An OSError met while writing `path`, as one line naming it (the OSError often names no file)."""
-    from yarn_jax.errors import user_message
-
     return OutputError(f"{path}: cannot write ({user_message(e) if e.filename is None else e.strerror or e})")
 
 
@@ -82,8 +79,6 @@ def writing(path):
 def close_after(close, path=None) -> None:
     """Call close() in a `finally`: an OSError names `path`; while another exception is propagating, a
     failure here is dropped — the first one is what went wrong and is what the user sees."""
-    import sys
-
     failing = sys.exc_info()[0] is not None
     try:
         if path is None:
@@ -129,17 +124,20 @@ def _is_link(p) -> bool:
 
 def checkpoint_kind(path) -> str | None:
     """'empty' | 'hf' | 'orbax' when `path` is a directory `--overwrite` may replace, else None."""
+    from yarn_jax.checkpoint import hf, orbax_ckpt  # their tokenizer file lists (imported here: they use us)
+
+    hf_members, orbax_members = _HF_EXTRA | set(hf.TOKENIZER_FILES), _ORBAX_EXTRA | set(orbax_ckpt.TOKENIZER_FILES)
     p = _epath(path)
     if not p.is_dir() or _is_link(p):
         return None
     names = [c.name for c in p.iterdir()]
     if not names:
         return "empty"
-    unknown = [n for n in names if n not in _HF_MEMBERS and not n.endswith(".safetensors")]
+    unknown = [n for n in names if n not in hf_members and not n.endswith(".safetensors")]
     if "config.json" in names and not unknown and any(n.endswith(".safetensors") for n in names):
         return "hf"
     steps = [n for n in names if n.isdigit()]
-    unknown = [n for n in names if n not in _ORBAX_MEMBERS and not n.isdigit()
+    unknown = [n for n in names if n not in orbax_members and not n.isdigit()
                and not (n.split(".")[0].isdigit() and ("tmp" in n or "damaged" in n))]
     if steps and not unknown and all((p / s / "model_config").exists() or not any((p / s).iterdir()) for s in steps):
         return "orbax"

@@ -86,7 +86,7 @@ def iter_texts(source: str, text_field: str | None = None,
                     if not isinstance(record, dict) or not isinstance(record.get(field), str):
                         raise ConfigError(f"data: {source} line {i} has no string field {field!r}")
                     yield str(record.get("id", f"{path.stem}:{i}")), record[field]
-        except UnicodeDecodeError as e:
+        except UnicodeDecodeError as e:  # (e.start counts from the read buffer here, not the file)
             raise ConfigError(f"data: {path} is not UTF-8 text ({e.reason})") from None
     else:
         yield path.name, _read_text(path)

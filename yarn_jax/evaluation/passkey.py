@@ -39,15 +39,13 @@ def prompt_text(key: int, garbage_chars: int, depth: float) -> str:
 def prompt_ids(tokenizer, key: int, length: int, depth: float, bos: int | None) -> np.ndarray:
     """Token ids of the longest prompt (garbage in steps of STEP characters) with <= length tokens."""
     def ids(chars):
-        body = tokenizer.encode(prompt_text(key, chars, depth), add_special_tokens=False).ids
-        return ([bos] if bos is not None else []) + body
+        return _prompt_tokens(tokenizer, key, chars, depth, bos)
 
     lo, hi = 0, STEP
     while len(ids(hi)) <= length:  # grow, then binary-search the multiple of STEP
         lo, hi = hi, hi * 2
     if len(ids(lo)) > length:
-        raise ConfigError(f"passkey_lengths: {length} tokens is too short for the passkey prompt (it needs "
-                          f"{len(ids(lo))} tokens without any filler)")
+        raise _too_short(length, len(ids(lo)))
     while hi - lo > STEP:
         mid = (lo + hi) // 2 // STEP * STEP
         lo, hi = (mid, hi) if len(ids(mid)) <= length else (lo, mid)
@@ -59,10 +57,19 @@ def check_lengths(tokenizer, lengths, n_trials: int, seed: int, bos: int | None)
     (cheap: short prompts only), so a run never fails there after its perplexity cells."""
     for n in lengths:
         for depth, key in trials(n_trials, seed, n):
-            need = len(tokenizer.encode(prompt_text(key, 0, depth), add_special_tokens=False).ids) + (bos is not None)
+            need = len(_prompt_tokens(tokenizer, key, 0, depth, bos))
             if need > n:
-                raise ConfigError(f"passkey_lengths: {n} tokens is too short for the passkey prompt (it needs "
-                                  f"{need} tokens without any filler)")
+                raise _too_short(n, need)
+
+
+def _prompt_tokens(tokenizer, key: int, garbage_chars: int, depth: float, bos: int | None) -> list[int]:
+    body = tokenizer.encode(prompt_text(key, garbage_chars, depth), add_special_tokens=False).ids
+    return ([bos] if bos is not None else []) + body
+
+
+def _too_short(length: int, need: int) -> ConfigError:
+    return ConfigError(f"passkey_lengths: {length} tokens is too short for the passkey prompt (it needs {need} "
+                       "tokens without any filler)")
 
 
 def first_integer(text: str) -> int | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -11,13 +12,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from yarn_jax.outputs import atomic_write_text  # noqa: E402
+
 
 def save_figure(fig, path: Path, **kwargs) -> Path:
     """The figure as a PNG at `path`, written atomically (a full disk leaves no half image; one-line error)."""
-    import io
-
-    from yarn_jax.outputs import atomic_write_text
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", **kwargs)
     plt.close(fig)

@@ -13,6 +13,7 @@ separate processes (`--cell ID`, e.g. one per TPU VM or job-array task), then `-
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import shlex
@@ -150,8 +151,8 @@ class Sweep:
         base, l0, eval_data = self.plan()
         d = self.cell_dir(cell)
         method = parse_method(cell.method, cell.scale, l0)
-        if method.rope is not None and self._model_config() is not None:  # the rope too, before any cell runs
-            self._model_config().with_rope(method.rope, where=f"cell {cell.id}: method {cell.method!r}")
+        if method.rope is not None:  # the rope too, before any cell runs
+            self.model_config.with_rope(method.rope, where=f"cell {cell.id}: method {cell.method!r}")
         tc = None
         if cell.finetune_steps:
             fields = {**self.cfg.train, **dict(cell.train)}
@@ -169,20 +170,18 @@ class Sweep:
             "original_context": l0, "out": str(d / "eval")}, where=f"cell {cell.id}: eval")
         return tc, ec
 
-    def _model_config(self) -> LlamaConfig | None:
-        """The base model's configuration, read without its weights (None when it does not exist yet and
-        cannot be derived: a scratch sweep's is derived from scratch.model)."""
-        if not hasattr(self, "_mc"):
-            if self.cfg.scratch:
-                arch = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **self.cfg.scratch.model,
-                        "vocab_size": self.cfg.scratch.vocab_size}
-                self._mc = LlamaConfig.from_hf_dict(arch, where="scratch.model")
-            else:
-                from yarn_jax.convert.sources import open_source
+    @functools.cached_property
+    def model_config(self) -> LlamaConfig:
+        """The base model's configuration, read without its weights (a scratch sweep's from scratch.model,
+        before the model exists)."""
+        if self.cfg.scratch:
+            arch = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **self.cfg.scratch.model,
+                    "vocab_size": self.cfg.scratch.vocab_size}
+            return LlamaConfig.from_hf_dict(arch, where="scratch.model")
+        from yarn_jax.convert.sources import open_source
 
-                with open_source(self.plan()[0]) as source:
-                    self._mc = source.cfg
-        return self._mc
+        with open_source(self.plan()[0]) as source:
+            return source.cfg
 
     def run_cell(self, cell: Cell) -> dict:
         from yarn_jax.evaluation.runner import run as run_eval
@@ -192,7 +191,8 @@ class Sweep:
         if self.is_done(cell):
             return json.loads((d / "result.json").read_text())
         tc, ec = self.cell_configs(cell)
-        with lock(d, f"sweep cell {cell.id}", run_dir=True):  # one runner per cell (e.g. two job-array tasks given one id)
+        # one runner per cell (e.g. two job-array tasks given the same id)
+        with lock(d, f"sweep cell {cell.id}", run_dir=True):
             if self.is_done(cell):
                 return json.loads((d / "result.json").read_text())
             self.console.rule(f"cell {cell.id}")

@@ -39,6 +39,7 @@ class TrainCheckpointer:
         self._ocp = ocp
         self.keep = keep
         self._previous_hook = None
+        self._failed = False
         self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, save_interval_steps=save_every, enable_async_checkpointing=async_save,
             create=True))
@@ -82,12 +83,11 @@ class TrainCheckpointer:
     @contextlib.contextmanager
     def _reported(self, what: str):
         """Failures of the (asynchronous) checkpoint writers as one OutputError naming the directory: orbax
-        reports one failed write from several threads, each with its own traceback."""
-        logging.getLogger("absl").addFilter(_quiet_orbax_thread_errors)
-        logging.getLogger("asyncio").addFilter(_quiet_orbax_thread_errors)
+        reports one failed write from several threads, each with its own traceback (see `quiet_writer_noise`)."""
         try:
             yield
         except Exception as e:  # noqa: BLE001 - classified here: every failure to write is an output error
+            self._failed = True
             first = " ".join(str(e).split())
             raise OutputError(f"{self.directory}: {what} failed ({type(e).__name__}: {first[:300]}"
                               f"{' ...' if len(first) > 300 else ''})") from None
@@ -193,12 +193,20 @@ class TrainCheckpointer:
             with self._reported("writing a checkpoint"):
                 self.manager.close()
         finally:
-            if self._previous_hook is not None and sys.unraisablehook == self._unraisable:
-                sys.unraisablehook = self._previous_hook
+            # after a failed write, orbax's abandoned tasks keep reporting it until they are collected (at
+            # exit): the filters stay then; after a clean run they go
+            if self._previous_hook is not None and not self._failed:
+                for name in _NOISY_LOGGERS:
+                    logging.getLogger(name).removeFilter(_quiet_orbax_thread_errors)
+                if sys.unraisablehook == self._unraisable:
+                    sys.unraisablehook = self._previous_hook
 
-    def quiet_closed_loops(self) -> None:
-        """Until close(): drop the uncatchable 'Event loop is closed' reports that follow a failed
-        asynchronous write (see `_unraisable`)."""
+    def quiet_writer_noise(self) -> None:
+        """Until close() (for good once a write failed): a failed asynchronous write is reported once, by
+        `_reported`; orbax's per-thread error logs, asyncio's reports of the same failure and tensorstore's
+        uncatchable 'Event loop is closed' reports that follow it (`_unraisable`) are dropped."""
+        for name in _NOISY_LOGGERS:
+            logging.getLogger(name).addFilter(_quiet_orbax_thread_errors)
         self._previous_hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
 
     def _unraisable(self, unraisable) -> None:
@@ -207,6 +215,9 @@ class TrainCheckpointer:
         if unraisable.exc_type is RuntimeError and "Event loop is closed" in str(unraisable.exc_value):
             return
         self._previous_hook(unraisable)
+
+
+_NOISY_LOGGERS = ("absl", "asyncio")
 
 
 def _quiet_orbax_thread_errors(record: logging.LogRecord) -> bool:

@@ -150,9 +150,8 @@ def _train(cfg: TrainConfig, primary: bool) -> dict:
         log.info("resumed from %s/checkpoints/%d (next batch %d)", out, start, next_batch)
     else:
         start, next_batch, opt_state = 0, 0, step_fn.init(state)
-    if primary:
-        ckpt.check_space(state, opt_state)
     if primary:  # every input validated and the checkpoints (if any) restored: the run directory is ours
+        ckpt.check_space(state, opt_state)
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "train_config.json", {**cfg.model_dump(), **mine})
     ckpt.copy_tokenizer(pm.tokenizer_dir)
@@ -173,7 +172,7 @@ def _train(cfg: TrainConfig, primary: bool) -> dict:
     from tqdm import tqdm
 
     bar = tqdm(total=cfg.steps, initial=start, desc="train", disable=not primary, dynamic_ncols=True)
-    ckpt.quiet_closed_loops()
+    ckpt.quiet_writer_noise()
     try:
         for step in range(start + 1, cfg.steps + 1):
             batch = _global_batch(lambda rows, i=next_batch: stream.batch(i, rows), sharder, shape)
