@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the tests run on the CPU; libtpu is installed for the ahead-of-time compile tests only (subprocesses
+# inherit this)
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # 8 virtual CPU devices for the mesh tests (set before any backend starts; single-device code uses device 0)
 import jax  # noqa: E402

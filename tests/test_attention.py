@@ -13,13 +13,13 @@ import pytest
 
 from yarn_jax.attention import attention, blockwise_attention, reference_attention, resolve_backend
 from yarn_jax.attention.blockwise import _Dims
-from yarn_jax.attention.kernels import gpu_flash_attention, splash_attention
+from yarn_jax.attention.kernels import SplashBlocks, gpu_flash_attention, splash_attention
 from yarn_jax.errors import ConfigError
 
 # small blocks so that several tiles (and the causal skipping) are exercised at test sizes
 KERNELS = {
     "blockwise": functools.partial(blockwise_attention, block_q=16, block_k=8),
-    "splash": functools.partial(splash_attention, block_q=128, block_kv=128),
+    "splash": functools.partial(splash_attention, blocks=SplashBlocks(*[128] * 8)),
     "gpu_flash": functools.partial(gpu_flash_attention, block_q=16, block_k=16),
 }
 # (batch, T, S, heads, kv heads, head dim, causal, segments)

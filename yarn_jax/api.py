@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from yarn_jax.attention.kernels import SplashBlocks
 from yarn_jax.checkpoint import is_orbax_step, load_checkpoint, save_hf_checkpoint
 from yarn_jax.config import LlamaConfig
 from yarn_jax.errors import ConfigError
@@ -99,6 +100,7 @@ def from_pretrained(
     attention_backend: str = "auto",
     remat: str = "none",
     sharder: Sharder | None = None,
+    splash_blocks: SplashBlocks | None = None,
 ) -> PretrainedModel:
     """Load an HF directory, `.gguf` file or yarn_jax checkpoint; `rope_scaling` (an HF-style dict) overrides
     the checkpoint's.
@@ -108,7 +110,7 @@ def from_pretrained(
     """
     if sharder is not None:
         cfg, module = load_sharded(path, sharder, param_dtype=param_dtype, dtype=dtype,
-                                   attention_backend=attention_backend, remat=remat)
+                                   attention_backend=attention_backend, remat=remat, splash_blocks=splash_blocks)
     else:
         cfg, params = load_checkpoint(path)
     if rope_scaling is not None:
@@ -117,7 +119,7 @@ def from_pretrained(
         module.config = cfg
     else:
         module = model_from_params(cfg, params, dtype=dtype, param_dtype=param_dtype,
-                                   attention_backend=attention_backend, remat=remat)
+                                   attention_backend=attention_backend, remat=remat, splash_blocks=splash_blocks)
     p = Path(path)
     # tokenizer files sit next to HF weights, next to a .gguf file, and at the ROOT of an orbax checkpoint
     return PretrainedModel(module, source=str(p),

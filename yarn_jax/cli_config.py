@@ -30,13 +30,19 @@ class ParallelConfig(BaseModel):
                                       "'{sequence: 4}'; -1 = the remaining devices")
     mesh_rules: dict[str, Union[str, list[str], None]] = Field(
         {}, description="logical axis -> mesh axes overriding the default rules, e.g. '{mlp: null}'")
+    mesh_dcn: dict[str, int] = Field({}, description="multi-slice pods: axis sizes across slices (data or "
+                                     "fsdp), e.g. '{data: 2}'; default: the outermost of data/fsdp the slice "
+                                     "count divides")
+    splash_blocks: dict[str, Union[bool, int]] = Field(
+        {}, description="splash attention tile sizes / backward kernel overriding the defaults, e.g. "
+        "'{block_q: 1024, fused_bwd: false}' (README 'Splash attention blocks')")
     distributed: Literal["auto", "on", "off"] = Field("auto", description="multi-process: auto (from the flags "
                                                       "below, JAX_* environment, or a TPU VM) | on | off")
     coordinator_address: str | None = Field(None, description="multi-process: host:port of process 0")
     num_processes: int | None = Field(None, description="multi-process: number of processes")
     process_id: int | None = Field(None, description="multi-process: this process's id")
 
-    @field_validator("mesh_axes", "mesh_rules")
+    @field_validator("mesh_axes", "mesh_rules", "mesh_dcn")
     @classmethod
     def _mesh_fields(cls, v, info):
         """Axis names/sizes and rules checked now (the device count at run time)."""
@@ -48,15 +54,32 @@ class ParallelConfig(BaseModel):
             raise ValueError("; ".join(err["msg"] for err in e.errors())) from None
         return v
 
+    @field_validator("splash_blocks")
+    @classmethod
+    def _splash_blocks(cls, v):
+        from yarn_jax.attention.kernels import SplashBlocks
+
+        try:
+            SplashBlocks.from_dict(v)
+        except (ConfigError, TypeError) as e:
+            raise ValueError(str(e)) from None
+        return v
+
+    def splash(self):
+        """The splash attention blocks (defaults overridden by `splash_blocks`)."""
+        from yarn_jax.attention.kernels import SplashBlocks
+
+        return SplashBlocks.from_dict(self.splash_blocks)
+
     def mesh_config(self):
         from yarn_jax.sharding.mesh import MeshConfig
 
-        return MeshConfig(preset=self.mesh, axes=self.mesh_axes, rules=self.mesh_rules)
+        return MeshConfig(preset=self.mesh, axes=self.mesh_axes, rules=self.mesh_rules, dcn=self.mesh_dcn)
 
-    def sharder(self):
-        """The Sharder of the configured mesh, or None for one device."""
+    def sharder(self, devices=None):
+        """The Sharder of the configured mesh over `devices` (default: all), or None for one device."""
         mesh = self.mesh_config()
-        return mesh.sharder() if mesh.enabled else None
+        return mesh.sharder(devices) if mesh.enabled else None
 
     def distributed_config(self):
         from yarn_jax.sharding.distributed import DistributedConfig

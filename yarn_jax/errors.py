@@ -70,6 +70,9 @@ def command(main):
 
     @functools.wraps(main)
     def run(*args, **kwargs):
+        from yarn_jax.platforms import skip_absent_tpu
+
+        skip_absent_tpu()
         try:
             return main(*args, **kwargs)
         except BaseException as e:

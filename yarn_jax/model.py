@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from yarn_jax.attention import attention, resolve_backend
+from yarn_jax.attention import SplashBlocks, attention, resolve_backend
 from yarn_jax.attention.sharded import self_attention
 from yarn_jax.config import LlamaConfig
 from yarn_jax.errors import ConfigError
@@ -103,7 +103,8 @@ class RMSNorm(nnx.Module):
 
 
 class DecoderLayer(nnx.Module):
-    def __init__(self, cfg: LlamaConfig, *, dtype, param_dtype, attention_backend: str, rngs: nnx.Rngs):
+    def __init__(self, cfg: LlamaConfig, *, dtype, param_dtype, attention_backend: str, rngs: nnx.Rngs,
+                 splash_blocks: SplashBlocks | None = None):
         e, h, k, d, f = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
                          cfg.intermediate_size)
         std = cfg.initializer_range
@@ -118,6 +119,7 @@ class DecoderLayer(nnx.Module):
         self.down_proj = _param(rngs, (f, e), ("mlp", "embed"), param_dtype, std)
         self.dtype = dtype
         self.attention_backend = attention_backend
+        self.splash_blocks = splash_blocks
 
     def project_qkv(self, x):
         """x [B, T, E] -> q [B, T, H, D], k [B, T, K, D] (both before the rotation), v [B, T, K, D]."""
@@ -140,7 +142,8 @@ class DecoderLayer(nnx.Module):
         rope attention factor."""
         q, k, v = self.project_qkv(x)
         o = self_attention(apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v,
-                           backend=self.attention_backend, segment_ids=segment_ids)  # [B, T, H, D]
+                           backend=self.attention_backend, segment_ids=segment_ids,
+                           splash_blocks=self.splash_blocks)  # [B, T, H, D]
         return constrain(self.finish(x, o), ACTIVATIONS), (k, v)
 
     def decode(self, x, cos_q, sin_q, cos_k, sin_k, k_cache, v_cache, pos, valid):
@@ -164,7 +167,8 @@ class Llama(nnx.Module):
     """LLaMA decoder. `__call__(input_ids [B, T]) -> logits [B, T, V] float32`."""
 
     def __init__(self, cfg: LlamaConfig, *, dtype="float32", param_dtype="float32",
-                 attention_backend: str = "auto", remat: str = "none", rngs: nnx.Rngs | None = None):
+                 attention_backend: str = "auto", remat: str = "none", rngs: nnx.Rngs | None = None,
+                 splash_blocks: SplashBlocks | None = None):
         if remat not in REMAT_POLICIES:
             raise ConfigError(f"remat policy {remat!r} is not supported; choose from {sorted(REMAT_POLICIES)}")
         resolve_backend(attention_backend)  # an unknown backend fails here, before any compute
@@ -180,7 +184,7 @@ class Llama(nnx.Module):
         @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
         def make_layers(r):
             return DecoderLayer(cfg, dtype=self.dtype, param_dtype=pdt, attention_backend=attention_backend,
-                                rngs=r)
+                                rngs=r, splash_blocks=splash_blocks)
 
         self.layers = make_layers(rngs)
         self.final_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=pdt, rngs=rngs)
@@ -264,11 +268,12 @@ class Llama(nnx.Module):
 
 
 def model_from_params(cfg: LlamaConfig, params, *, dtype="float32", param_dtype="float32",
-                      attention_backend: str = "auto", remat: str = "none") -> Llama:
+                      attention_backend: str = "auto", remat: str = "none",
+                      splash_blocks: SplashBlocks | None = None) -> Llama:
     """Build a Llama whose parameters are `params` ({param path tuple: array}), without random init."""
     pdt = as_dtype(param_dtype)
-    abstract = nnx.eval_shape(lambda: Llama(cfg, dtype=dtype, param_dtype=pdt,
-                                            attention_backend=attention_backend, remat=remat))
+    abstract = nnx.eval_shape(lambda: Llama(cfg, dtype=dtype, param_dtype=pdt, attention_backend=attention_backend,
+                                            remat=remat, splash_blocks=splash_blocks))
     graphdef, state = nnx.split(abstract)
     flat = nnx.to_flat_state(state)
     missing = [path for path, _ in flat if tuple(path) not in params]

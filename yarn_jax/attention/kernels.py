@@ -1,5 +1,8 @@
 """Accelerator kernels behind the attention entry point: jax's Pallas TPU splash attention and the
-Pallas GPU (Triton) flash attention. Off their hardware both run with `interpret=True` (the CPU tests).
+Pallas GPU (Triton) flash attention. Whether a kernel is interpreted follows the *target* platform (the
+mesh's devices, or the default backend without a mesh), not the host: an ahead-of-time compile for a TPU
+topology on a CPU machine must lower splash with Mosaic. Off their hardware both run with
+`interpret=True` (the CPU tests).
 
 splash: GQA-native — one MQA kernel per KV head serves its G query heads, so K/V are never repeated.
 gpu_flash: the Pallas Triton `mha` kernel needs as many K/V heads as query heads, so K/V are repeated
@@ -10,6 +13,7 @@ per group (memory still linear in S); it takes one segment-id array, so it serve
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -37,9 +41,87 @@ def _padded_segments(q_segment_ids, kv_segment_ids, b: int, t: int, s: int, tp: 
     return q_seg, pad_axis(kv_seg, 1, sp, -1)
 
 
+def interpret_off(platform: str | None, kernel_platforms: tuple[str, ...]) -> bool:
+    """True when a kernel for `kernel_platforms` must run in Pallas interpret mode: the target platform
+    (default: this process's default backend) is not one of them."""
+    return (platform or jax.default_backend()) not in kernel_platforms
+
+
+_Q_BLOCKS = ("block_q", "block_q_dkv", "block_q_dq")
+_KV_BLOCKS = ("block_kv", "block_kv_compute", "block_kv_dkv", "block_kv_dkv_compute", "block_kv_dq")
+
+
+@dataclasses.dataclass(frozen=True)
+class SplashBlocks:
+    """Splash attention tile sizes (multiples of 128, in tokens) and the backward-kernel choice.
+
+    Forward: `block_q` queries against `block_kv` keys per grid step, the keys processed `block_kv_compute`
+    at a time. Backward: the dK/dV kernel's blocks (`*_dkv`) and the dQ kernel's (`*_dq`); with
+    `fused_bwd` one kernel computes dQ, dK and dV (no dQ blocks). Each block is capped at the padded
+    length it tiles, so the defaults serve short sequences too. Defaults (README "Splash attention
+    blocks"): 512 everywhere, the fused backward — what compiled for head_dim 64 and 128 at 4k-128k on
+    v4/v5e/v5p with the smallest temporaries (`python -m yarn_jax.aot`); throughput is unmeasured here.
+    """
+
+    block_q: int = 512
+    block_kv: int = 512
+    block_kv_compute: int = 512
+    block_q_dkv: int = 512
+    block_kv_dkv: int = 512
+    block_kv_dkv_compute: int = 512
+    block_q_dq: int = 512
+    block_kv_dq: int = 512
+    fused_bwd: bool = True
+
+    def __post_init__(self):
+        for name in (*_Q_BLOCKS, *_KV_BLOCKS):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 128 or value % 128:
+                raise ConfigError(f"splash {name}={value!r} must be a positive multiple of 128 (the TPU lane width)")
+        for outer, inner in (("block_kv", "block_kv_compute"), ("block_kv_dkv", "block_kv_dkv_compute")):
+            if getattr(self, outer) % getattr(self, inner):
+                raise ConfigError(f"splash {inner}={getattr(self, inner)} must divide {outer}={getattr(self, outer)}")
+
+    @classmethod
+    def from_dict(cls, d: dict | None, where: str = "splash_blocks") -> "SplashBlocks":
+        unknown = sorted(set(d or {}) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ConfigError(f"{where}: no splash setting {unknown}; settings are "
+                              f"{[f.name for f in dataclasses.fields(cls)]}")
+        return cls(**(d or {}))
+
+    def padded(self, t: int, s: int) -> tuple[int, int, "SplashBlocks"]:
+        """(padded t, padded s, the blocks capped at those lengths): every block divides its length."""
+        tq = 128 * cdiv(t, 128)
+        skv = 128 * cdiv(s, 128)
+        capped = {n: _fit(getattr(self, n), tq) for n in _Q_BLOCKS} | {n: _fit(getattr(self, n), skv)
+                                                                          for n in _KV_BLOCKS}
+        bq, bkv = max(capped[n] for n in _Q_BLOCKS), max(capped[n] for n in _KV_BLOCKS)
+        for inner, outer in (("block_kv_compute", "block_kv"), ("block_kv_dkv_compute", "block_kv_dkv")):
+            capped[inner] = min(capped[inner], capped[outer])
+        return bq * cdiv(t, bq), bkv * cdiv(s, bkv), dataclasses.replace(self, **capped)
+
+    def kernel_sizes(self):
+        """jax's splash BlockSizes."""
+        from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+
+        return sk.BlockSizes(block_q=self.block_q, block_kv=self.block_kv, block_kv_compute=self.block_kv_compute,
+                             block_q_dkv=self.block_q_dkv, block_kv_dkv=self.block_kv_dkv,
+                             block_kv_dkv_compute=self.block_kv_dkv_compute,
+                             block_q_dq=None if self.fused_bwd else self.block_q_dq,
+                             block_kv_dq=None if self.fused_bwd else self.block_kv_dq,
+                             use_fused_bwd_kernel=self.fused_bwd)
+
+
+def _fit(block: int, length: int) -> int:
+    """The largest power-of-two fraction of `block` (>= 128) not above `length` (a multiple of 128)."""
+    while block > length and block > 128:
+        block //= 2
+    return max(128, block)
+
+
 @functools.lru_cache(maxsize=64)
-def _splash_kernel(t: int, s: int, offset: int, groups: int, causal: bool, block_q: int, block_kv: int,
-                   interpret: bool):
+def _splash_kernel(t: int, s: int, offset: int, groups: int, causal: bool, blocks: SplashBlocks, interpret: bool):
     """A splash MQA kernel for padded lengths (t, s); query i sits at key position i + offset."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
@@ -49,34 +131,30 @@ def _splash_kernel(t: int, s: int, offset: int, groups: int, causal: bool, block
     else:
         head_mask = sm.FullMask((t, s))
     mask = sm.MultiHeadMask([head_mask] * groups)
-    sizes = sk.BlockSizes(block_q=block_q, block_kv=block_kv, block_kv_compute=block_kv, block_q_dkv=block_q,
-                          block_kv_dkv=block_kv, block_kv_dkv_compute=block_kv, block_q_dq=block_q,
-                          block_kv_dq=block_kv)
     with jax.ensure_compile_time_eval():  # concrete mask-info arrays, safe to cache across traces
-        return sk.make_splash_mqa_single_device(mask, block_sizes=sizes, interpret=interpret)
+        return sk.make_splash_mqa_single_device(mask, block_sizes=blocks.kernel_sizes(), interpret=interpret)
 
 
 def splash_attention(q, k, v, *, causal: bool = True, q_segment_ids=None, kv_segment_ids=None, scale=None,
-                     q_offset: int | None = None, block_q: int = 512, block_kv: int = 512,
+                     q_offset: int | None = None, blocks: SplashBlocks | None = None, platform: str | None = None,
                      interpret: bool | None = None):
     """q [B, T, H, D], k/v [B, S, K, D] -> [B, T, H, D] through Pallas TPU splash attention (MQA per KV head).
-    q_offset: key position of query 0 (default S - T); static, as splash's mask is built ahead of time."""
+    q_offset: key position of query 0 (default S - T); static, as splash's mask is built ahead of time.
+    interpret: default True unless the target `platform` (default: the default backend) is a TPU."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
 
     if interpret is None:
-        interpret = jax.default_backend() != "tpu"
+        interpret = interpret_off(platform, ("tpu",))
     b, t, h, d = q.shape
     s, kh = k.shape[1], k.shape[2]
     g = h // kh
     scale = d ** -0.5 if scale is None else scale
-    # splash needs lengths divisible by its blocks (and blocks multiples of 128 on TPU): pad, mask by segment
-    bq = min(block_q, 128 * cdiv(t, 128))
-    bkv = min(block_kv, 128 * cdiv(s, 128))
-    tp, sp = bq * cdiv(t, bq), bkv * cdiv(s, bkv)
+    # splash needs lengths divisible by its blocks (multiples of 128 on TPU): pad, mask by segment
+    tp, sp, fitted = (blocks or SplashBlocks()).padded(t, s)
     # keep the causal diagonal where it was: padding goes at the end of both sequences
     offset = s - t if q_offset is None else int(q_offset)
     q_seg, kv_seg = _padded_segments(q_segment_ids, kv_segment_ids, b, t, s, tp, sp, offset)
-    kernel = _splash_kernel(tp, sp, offset, g, causal, bq, bkv, interpret)
+    kernel = _splash_kernel(tp, sp, offset, g, causal, fitted, interpret)
     qg = pad_axis((q * jnp.asarray(scale, q.dtype)).reshape(b, t, kh, g, d), 1, tp)  # splash does not scale
     qg = jnp.transpose(qg, (0, 2, 3, 1, 4))  # [B, K, G, Tp, D]
     kk = jnp.transpose(pad_axis(k, 1, sp), (0, 2, 1, 3))  # [B, K, Sp, D]
@@ -91,7 +169,8 @@ def splash_attention(q, k, v, *, causal: bool = True, q_segment_ids=None, kv_seg
 
 
 def gpu_flash_attention(q, k, v, *, causal: bool = True, q_segment_ids=None, kv_segment_ids=None, scale=None,
-                        q_offset=None, block_q: int = 64, block_k: int = 64, interpret: bool | None = None):
+                        q_offset=None, block_q: int = 64, block_k: int = 64, platform: str | None = None,
+                        interpret: bool | None = None):
     """q [B, T, H, D], k/v [B, S, K, D] -> [B, T, H, D] through the Pallas GPU (Triton) flash kernel."""
     from jax.experimental.pallas.ops.gpu import attention as gpu_attention
 
@@ -101,7 +180,7 @@ def gpu_flash_attention(q, k, v, *, causal: bool = True, q_segment_ids=None, kv_
         return blockwise_attention(q, k, v, causal=causal, q_segment_ids=q_segment_ids,
                                    kv_segment_ids=kv_segment_ids, scale=scale, q_offset=q_offset)
     if interpret is None:
-        interpret = jax.default_backend() != "gpu"
+        interpret = interpret_off(platform, ("gpu", "cuda", "rocm"))
     if d & (d - 1):
         raise ConfigError(f"gpu_flash needs a power-of-two head_dim, got {d}")
     scale = d ** -0.5 if scale is None else scale

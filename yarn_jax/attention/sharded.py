@@ -25,13 +25,14 @@ from yarn_jax.attention import attention, resolve_backend
 from yarn_jax.sharding.rules import active
 
 
-def self_attention(q, k, v, *, backend: str, segment_ids=None):
+def self_attention(q, k, v, *, backend: str, segment_ids=None, splash_blocks=None):
     """Causal self-attention q [B, T, H, D], k/v [B, T, K, D] -> [B, T, H, D], sharded under the active
-    sharder (plain `attention` without one)."""
+    sharder (plain `attention` without one). The backend and its compile/interpret choice follow the
+    mesh's platform (a TPU topology's devices on a CPU host: splash through Mosaic)."""
     sharder = active()
     if sharder is None:
         return attention(q, k, v, backend=backend, causal=True, q_segment_ids=segment_ids,
-                         kv_segment_ids=segment_ids)
+                         kv_segment_ids=segment_ids, splash_blocks=splash_blocks)
     kv_spec = sharder.spec(("batch", "length", "kv_heads", "head_dim"), k.shape)
     q_spec = sharder.spec(("batch", "length", "heads", "head_dim"), q.shape)
     if q_spec[2] != kv_spec[2]:  # GQA groups must stay whole on a device: shard heads only if both divide
@@ -39,7 +40,8 @@ def self_attention(q, k, v, *, backend: str, segment_ids=None):
     q_spec = P(kv_spec[0], kv_spec[1], kv_spec[2], None)
     seg_spec = P(kv_spec[0], kv_spec[1])
     seq_axis = kv_spec[1]
-    name = resolve_backend(backend)
+    platform = sharder.platform
+    name = resolve_backend(backend, platform)
 
     def local(q, k, v, seg):
         t_local = q.shape[1]
@@ -51,7 +53,8 @@ def self_attention(q, k, v, *, backend: str, segment_ids=None):
             offset = lax.axis_index(seq_axis) * t_local
         else:
             kv_seg = seg
-        run = functools.partial(attention, backend=name, causal=True)
+        run = functools.partial(attention, backend=name, causal=True, platform=platform,
+                                splash_blocks=splash_blocks)
         if offset is not None and name == "splash":
             shards = math.prod(sharder.size(a) for a in ((seq_axis,) if isinstance(seq_axis, str) else seq_axis))
             branches = [functools.partial(run, q_offset=r * t_local) for r in range(shards)]

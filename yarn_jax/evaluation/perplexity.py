@@ -143,23 +143,31 @@ class PerplexityScorer:
         return Scores(np.concatenate(nlls), np.concatenate(positions))
 
 
-    def _forward(self, ids: np.ndarray, inv_freq, factor):
-        """log p of each next token [L-1]. Under a mesh: parameters as loaded (their logical shardings),
-        tokens over the sequence axis, result replicated; inputs are global arrays built from the host
-        values every process holds."""
-        sharder = self.sharder
-        if ids.shape not in self._jitted:
+    def program(self, shape: tuple[int, int]):
+        """The jitted log-prob function for token arrays of `shape` [1, L]: (state, ids, inv_freq, factor)
+        -> [L-1]. Under a mesh: parameters as loaded (their logical shardings), tokens over the sequence
+        axis, result replicated."""
+        shape = tuple(shape)
+        if shape not in self._jitted:
+            sharder = self.sharder
             if sharder is None:
-                self._jitted[ids.shape] = jax.jit(self._fn)
+                self._jitted[shape] = jax.jit(self._fn)
             else:
-                rep, tokens = sharder.replicated(), sharder.named(("batch", "length"), ids.shape)
-                self._jitted[ids.shape] = jax.jit(self._fn, out_shardings=rep, in_shardings=(
+                rep, tokens = sharder.replicated(), sharder.named(("batch", "length"), shape)
+                self._jitted[shape] = jax.jit(self._fn, out_shardings=rep, in_shardings=(
                     tree_shardings(self._state, sharder), tokens, rep, rep))
+        return self._jitted[shape]
+
+    def _forward(self, ids: np.ndarray, inv_freq, factor):
+        """log p of each next token [L-1]; inputs under a mesh are global arrays built from the host values
+        every process holds."""
+        sharder = self.sharder
+        fn = self.program(ids.shape)
         if sharder is None:
-            return self._jitted[ids.shape](self._state, jnp.asarray(ids), inv_freq, factor)
+            return fn(self._state, jnp.asarray(ids), inv_freq, factor)
         rep = sharder.replicated()
-        return self._jitted[ids.shape](self._state, from_host(ids, sharder.named(("batch", "length"), ids.shape)),
-                                       from_host(inv_freq, rep), from_host(factor, rep))
+        return fn(self._state, from_host(ids, sharder.named(("batch", "length"), ids.shape)),
+                  from_host(inv_freq, rep), from_host(factor, rep))
 
 
 def aggregate(cells: list[dict]) -> dict:

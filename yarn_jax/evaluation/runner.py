@@ -67,7 +67,7 @@ def _run(cfg: EvalConfig, console: Console | None, primary: bool) -> dict:
     model_path = resolve_model_path(cfg.model) if primary or jax.process_count() == 1 else None
     model_path = distributed.share_from_primary(model_path)  # only process 0 fetches the bundled asset
     pm = yarn_jax.from_pretrained(model_path, dtype=cfg.dtype, attention_backend=cfg.attention_backend,
-                                  sharder=sharder)
+                                  sharder=sharder, splash_blocks=cfg.splash())
     if sharder is not None:
         console.print(f"mesh {dict(sharder.mesh.shape)} over {jax.device_count()} devices, "
                       f"{jax.process_count()} process(es)"

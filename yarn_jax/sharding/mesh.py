@@ -5,6 +5,11 @@ step), `fsdp` (parameters and optimizer state sharded, all-gathered per layer), 
 split along the tokens; attention gathers keys/values), `tensor` (heads, MLP and vocabulary split; most
 communication, so the innermost, fastest links). One size may be -1: it takes the devices left over.
 
+Multi-slice pods (several TPU slices joined by the data-center network, DCN): an axis may span slices
+only if it is `data` or `fsdp` (`dcn` sizes; default: the outermost of them the slice count divides);
+`sequence` and `tensor` communicate every layer and stay on the fast in-slice links (ICI). The device
+order comes from jax's hybrid mesh: slices outermost within each DCN-spanning axis.
+
 Meshes use Auto axis types (the SPMD partitioner propagates shardings from the ones we set); jax >= 0.10's
 `jax.make_mesh` would otherwise default to Explicit axes.
 """
@@ -22,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from yarn_jax.errors import ConfigError
 
 AXES = ("data", "fsdp", "sequence", "tensor")
+DCN_AXES = ("data", "fsdp")  # the axes that may span slices
 
 # Which preset for which job (README "Running on a TPU pod slice or a multi-GPU host"):
 PRESETS: dict[str, dict[str, int]] = {
@@ -46,6 +52,20 @@ class MeshConfig(BaseModel):
     rules: dict[str, Union[str, list[str], None]] = Field(
         default_factory=dict, description="logical axis -> mesh axes, overriding the default rules, e.g. "
         "{embed: fsdp, mlp: null}")
+
+    dcn: dict[str, int] = Field(default_factory=dict, description="multi-slice: axis sizes across slices "
+                                "(data/fsdp only), e.g. {data: 2}")
+
+    @field_validator("dcn")
+    @classmethod
+    def _dcn(cls, v):
+        bad = sorted(set(v) - set(DCN_AXES))
+        if bad:
+            raise ValueError(f"only {list(DCN_AXES)} may span slices (sequence and tensor need the in-slice "
+                             f"links), got {bad}")
+        if any(n < 1 for n in v.values()):
+            raise ValueError(f"slice counts must be positive, got {v}")
+        return v
 
     @field_validator("rules")
     @classmethod
@@ -102,15 +122,52 @@ class MeshConfig(BaseModel):
                               f"{n_devices} are available")
         return sizes
 
+    def dcn_sizes(self, sizes: dict[str, int], slices: int) -> dict[str, int]:
+        """Per-axis slice counts for `slices` slices (ConfigError when they do not fit the axis sizes)."""
+        if slices == 1:
+            if math.prod(self.dcn.values() or [1]) > 1:
+                raise ConfigError(f"mesh dcn {self.dcn} spans slices, but the devices form one slice")
+            return {a: 1 for a in AXES}
+        dcn = dict(self.dcn)
+        if not dcn:  # the outermost of data/fsdp the slice count divides
+            for axis in DCN_AXES:
+                if sizes[axis] % slices == 0:
+                    dcn = {axis: slices}
+                    break
+            else:
+                raise ConfigError(f"mesh {self._describe(sizes)}: neither data nor fsdp is divisible by the "
+                                  f"{slices} slices; set the mesh so that one of them is")
+        if math.prod(dcn.values()) != slices:
+            raise ConfigError(f"mesh dcn {dcn} spans {math.prod(dcn.values())} slices, the devices form {slices}")
+        for axis, n in dcn.items():
+            if sizes[axis] % n:
+                raise ConfigError(f"mesh dcn {axis}={n}: the {axis} axis ({sizes[axis]}) is not divisible by it")
+        return {a: dcn.get(a, 1) for a in AXES}
+
     def _describe(self, sizes) -> str:
         return f"(preset {self.preset!r}, axes " + ", ".join(f"{a}={n}" for a, n in sizes.items()) + ")"
 
 
+def slice_count(devices) -> int:
+    """How many slices the devices form (TPU multi-slice devices carry `slice_index`; others are one)."""
+    return len({getattr(d, "slice_index", 0) or 0 for d in devices})
+
+
 def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
-    """The mesh over `devices` (default: every device of every process), topology-aware on TPU/GPU."""
+    """The mesh over `devices` (default: every device of every process), topology-aware on TPU/GPU; over
+    several slices, a hybrid mesh whose data/fsdp axes span them (`MeshConfig.dcn`)."""
     devices = jax.devices() if devices is None else list(devices)
     sizes = cfg.sizes(len(devices))
     shape = tuple(sizes[a] for a in AXES)
-    if len(devices) == len(jax.devices()):
+    slices = slice_count(devices)
+    dcn = cfg.dcn_sizes(sizes, slices)
+    if slices > 1:
+        from jax.experimental import mesh_utils
+
+        ici = tuple(sizes[a] // dcn[a] for a in AXES)
+        grid = mesh_utils.create_hybrid_device_mesh(ici, tuple(dcn[a] for a in AXES), devices,
+                                                    allow_split_physical_axes=True)
+        return Mesh(grid, AXES, axis_types=(AxisType.Auto,) * len(AXES))
+    if len(devices) == len(jax.devices()) or devices[0].platform == "tpu":  # incl. a TPU topology's devices
         return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
     return Mesh(np.asarray(devices).reshape(shape), AXES, axis_types=(AxisType.Auto,) * len(AXES))

@@ -82,6 +82,11 @@ class Sharder:
     def size(self, axis: str) -> int:
         return self.mesh.shape[axis]
 
+    @property
+    def platform(self) -> str:
+        """The platform of the mesh's devices ("tpu" for a TPU topology compiled from a CPU host)."""
+        return self.mesh.devices.flat[0].platform
+
 
 _ACTIVE: contextvars.ContextVar[Sharder | None] = contextvars.ContextVar("yarn_jax_sharder", default=None)
 

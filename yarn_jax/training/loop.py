@@ -113,7 +113,8 @@ def _train(cfg: TrainConfig, primary: bool) -> dict:
     mine = _run_identity(cfg, model_path)
     _check_run_dir(out, mine)  # before the model loads; the record is written once every input validated
     pm = yarn_jax.from_pretrained(model_path, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                                  attention_backend=cfg.attention_backend, remat=cfg.remat, sharder=sharder)
+                                  attention_backend=cfg.attention_backend, remat=cfg.remat, sharder=sharder,
+                                  splash_blocks=cfg.splash())
     if cfg.rope is not None:
         pm = pm.with_rope(cfg.rope, where="rope")
     mc = pm.config

@@ -113,21 +113,27 @@ class TrainStep:
         shardings = tree_shardings(jax.eval_shape(self.optimizer.init, params), self.sharder)
         return jax.jit(self.optimizer.init, out_shardings=shardings)(params)
 
-    def __call__(self, params, opt_state, batch):
-        key = tuple((k, v.shape) for k, v in sorted(batch.items()))
+    def program(self, params, opt_state, batch_shapes: dict):
+        """The jitted step for batches of these {name: shape} (parameters / moments may be abstract:
+        ahead-of-time compilation lowers it with ShapeDtypeStructs)."""
+        key = tuple(sorted((k, tuple(v)) for k, v in batch_shapes.items()))
         if key not in self._jitted:
-            if batch["input_ids"].shape[0] % self.accum:
-                raise ValueError(f"batch size {batch['input_ids'].shape[0]} is not divisible by accum={self.accum}")
+            rows = batch_shapes["input_ids"][0]
+            if rows % self.accum:
+                raise ValueError(f"batch size {rows} is not divisible by accum={self.accum}")
             if self.sharder is None:
                 self._jitted[key] = jax.jit(self._step, donate_argnums=(0, 1))
             else:
                 ps = tree_shardings(params, self.sharder)
                 os_ = tree_shardings(opt_state, self.sharder)
-                bs = {k: batch_sharding(self.sharder, v.shape) for k, v in batch.items()}
+                bs = {k: batch_sharding(self.sharder, v) for k, v in batch_shapes.items()}
                 self._jitted[key] = jax.jit(self._step, in_shardings=(ps, os_, bs),
                                             out_shardings=(ps, os_, self.sharder.replicated()),
                                             donate_argnums=(0, 1))
-        return self._jitted[key](params, opt_state, batch)
+        return self._jitted[key]
+
+    def __call__(self, params, opt_state, batch):
+        return self.program(params, opt_state, {k: v.shape for k, v in batch.items()})(params, opt_state, batch)
 
 
 def batch_sharding(sharder: Sharder, shape):
