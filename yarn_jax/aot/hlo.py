@@ -155,6 +155,11 @@ def replica_groups(rest: str, n_devices: int) -> list[list[int]] | None:
     return None
 
 
+def _varies(grid: np.ndarray, axis: int) -> bool:
+    """Whether values change along `axis` of grid."""
+    return bool((np.diff(grid, axis=axis) != 0).any()) if grid.shape[axis] > 1 else False
+
+
 @dataclasses.dataclass
 class CollectiveStats:
     kind: str
@@ -168,15 +173,28 @@ class CollectiveStats:
         return self.kind, self.axes, self.group_size, self.crosses_slices
 
 
+_MEGASCALE = re.compile(r'_xla_megascale_transfer_type="([A-Z_]+)"')
+
+
 def collectives(text: str, mesh) -> tuple[list[CollectiveStats], dict]:
-    """Per-step collectives of a compiled program on `mesh` (logical device i = mesh.devices.flat[i]),
-    grouped by kind and the mesh axes they span; plus totals (Mosaic kernels, unreadable loops)."""
+    """Per-step collectives of a compiled program on `mesh`, grouped by kind and the mesh axes they span;
+    plus totals (Mosaic kernels, unreadable loops).
+
+    One slice: logical device i = mesh.devices.flat[i]. Several slices: XLA compiles one program per
+    slice (its collectives' groups are slice-local ids: the i-th device of a slice in mesh order) and
+    moves data between slices with host transfers to the multi-slice (MegaScale) runtime, `send`s
+    tagged with the collective they implement: those are the DCN collectives, over the mesh axes along
+    which the slice changes."""
     comps, entry = parse_computations(text)
     mult, unknown_loops = multiplicities(comps, entry)
-    n = mesh.devices.size
-    coords = np.stack(np.unravel_index(np.arange(n), mesh.devices.shape), axis=1)  # [n, axes]
-    slices = np.array([getattr(d, "slice_index", 0) or 0 for d in mesh.devices.flat])
+    slices_all = np.array([getattr(d, "slice_index", 0) or 0 for d in mesh.devices.flat])
+    n_slices = len(np.unique(slices_all))
+    coords = np.stack(np.unravel_index(np.arange(mesh.devices.size), mesh.devices.shape), axis=1)  # [n, axes]
     names = tuple(mesh.axis_names)
+    dcn_axes = tuple(names[a] for a in range(len(names)) if _varies(slices_all.reshape(mesh.devices.shape), a))
+    local = slices_all == slices_all[0]
+    coords, slices = coords[local], slices_all[local]  # the ids a per-slice program's groups use
+    n = len(coords)
     out: dict[tuple, CollectiveStats] = {}
     mosaic = interpreted = 0
     for cname, body in comps.items():
@@ -189,6 +207,15 @@ def collectives(text: str, mesh) -> tuple[list[CollectiveStats], dict]:
                 mosaic += times
             if ins.opcode == "while" and re.search(r'op_name="[^"]*(splash_mqa|pallas_call|mha_forward)', ins.rest):
                 interpreted += times
+            mega = _MEGASCALE.search(ins.rest) if ins.opcode == "send" else None
+            if mega:  # a collective between slices, over the data-center network
+                kind = mega.group(1).lower().replace("_", "-")
+                size = _largest_array(ins.shape) * (n_slices if kind == "all-gather" else 1)
+                stats = CollectiveStats(kind, dcn_axes, n_slices, True)
+                stats = out.setdefault(stats.key(), stats)
+                stats.count += times
+                stats.bytes += times * size
+                continue
             kind = next((k for k in COLLECTIVES if ins.opcode in (k, k + "-start")), None)
             if kind is None:
                 continue

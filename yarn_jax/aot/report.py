@@ -13,19 +13,27 @@ from yarn_jax.aot.topology import GiB, Topology
 from yarn_jax.config import LlamaConfig
 from yarn_jax.sharding.rules import Sharder
 
-_OOM = re.compile(r"Used ([\d.]+)([KMGT]) of ([\d.]+)([KMGT]) hbm")
 _UNITS = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
+_SIZE = r"([\d.]+)([KMGT])"
+# XLA:TPU's two spellings: "Used 41.2G of 15.7G hbm" (the whole program) and "the total memory required
+# for HLO temporaries (163.90G) exceeds available HBM (95.74G)" (one part, counted until it overflowed)
+_OOM_USED = re.compile(rf"Used {_SIZE} of {_SIZE} hbm")
+_OOM_PART = re.compile(rf"required for ([\w ]+?) \({_SIZE}\) exceeds available HBM \({_SIZE}\)")
 
 
 def _oom_numbers(message: str) -> dict | None:
-    """(used, capacity) bytes from XLA:TPU's out-of-memory message, or None if it is not one."""
+    """{used_bytes, capacity_bytes, what} from XLA:TPU's out-of-memory message; None if it is not one."""
     if "RESOURCE_EXHAUSTED" not in message and "Ran out of memory" not in message:
         return None
-    m = _OOM.search(message)
-    if not m:
-        return {"used_bytes": None, "capacity_bytes": None}
-    return {"used_bytes": float(m.group(1)) * _UNITS[m.group(2)],
-            "capacity_bytes": float(m.group(3)) * _UNITS[m.group(4)]}
+    m = _OOM_USED.search(message)
+    if m:
+        return {"used_bytes": float(m.group(1)) * _UNITS[m.group(2)], "what": "program",
+                "capacity_bytes": float(m.group(3)) * _UNITS[m.group(4)]}
+    m = _OOM_PART.search(message)
+    if m:
+        return {"used_bytes": float(m.group(2)) * _UNITS[m.group(3)], "what": m.group(1),
+                "capacity_bytes": float(m.group(4)) * _UNITS[m.group(5)]}
+    return {"used_bytes": None, "capacity_bytes": None, "what": None}
 
 
 def compile_report(program: Program, cfg: LlamaConfig, sharder: Sharder, topo: Topology, *, remat: str = "none",
@@ -48,10 +56,13 @@ def compile_report(program: Program, cfg: LlamaConfig, sharder: Sharder, topo: T
             raise
         out["compile_s"] = time.perf_counter() - t0
         used, cap = oom["used_bytes"], oom["capacity_bytes"] or chip.hbm_bytes
+        part = oom["what"] not in (None, "program")  # the compiler stopped counting at that part
         out["memory"] = {"total_bytes": used, "capacity_bytes": cap, "chip_hbm_bytes": chip.hbm_bytes,
-                         "fits": False, "over_by_bytes": None if used is None else used - cap}
-        out["verdict"] = "OOM" + ("" if used is None else f" by {(used - cap) / GiB:.2f} GiB "
-                                  f"({used / GiB:.2f} GiB needed, {cap / GiB:.2f} GiB usable per chip)")
+                         "fits": False, "over_by_bytes": None if used is None else used - cap,
+                         "at_least": part, "counted": oom["what"]}
+        out["verdict"] = "OOM" + ("" if used is None else f" by {'at least ' if part else ''}"
+                                  f"{(used - cap) / GiB:.2f} GiB ({'' if not part else oom['what'] + ' alone: '}"
+                                  f"{used / GiB:.2f} GiB needed, {cap / GiB:.2f} GiB usable per chip)")
         out["compiler_message"] = " ".join(str(e).split())[:600]
         return out
     out["compile_s"] = time.perf_counter() - t0

@@ -10,6 +10,7 @@ them is a model, labelled as such.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from yarn_jax.errors import ConfigError
 
@@ -82,6 +83,8 @@ class Topology:
         """The slice's (or slices') TPU devices, described by libtpu; no TPU needed."""
         from jax.experimental import topologies
 
+        # a compile-only client needs no exclusive hold on the (absent) chips: let several processes load libtpu
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
         try:
             desc = topologies.get_topology_desc(**self._libtpu_args(num_slices))
         except Exception as e:  # libtpu missing or refusing the shape: say which, in one line

@@ -168,6 +168,13 @@ def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
         grid = mesh_utils.create_hybrid_device_mesh(ici, tuple(dcn[a] for a in AXES), devices,
                                                     allow_split_physical_axes=True)
         return Mesh(grid, AXES, axis_types=(AxisType.Auto,) * len(AXES))
-    if len(devices) == len(jax.devices()) or devices[0].platform == "tpu":  # incl. a TPU topology's devices
+    if devices[0].platform == "tpu":
+        # topology-aware; a logical axis may take part of a physical one (fsdp 8 x sequence 8 on v5p-128's
+        # 4x4x4 torus: jax.make_mesh refuses that shape on v4/v5p)
+        from jax.experimental import mesh_utils
+
+        grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+        return Mesh(grid, AXES, axis_types=(AxisType.Auto,) * len(AXES))
+    if len(devices) == len(jax.devices()):
         return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
     return Mesh(np.asarray(devices).reshape(shape), AXES, axis_types=(AxisType.Auto,) * len(AXES))
