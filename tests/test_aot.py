@@ -94,6 +94,23 @@ def test_interpret_mode_is_what_the_target_decides():
     assert hlo.collectives(text, sharder.mesh)[1]["interpreted_kernel_loops"] > 0
 
 
+def test_remat_policies_change_the_compiled_program():
+    """What the compiler keeps and recomputes per policy: `dots` saves the projections (more temporaries
+    than `full`, and the layers' matmuls are not run again: about the FLOPs of `none`). Before the
+    projections carried checkpoint names, `dots` compiled to exactly the program of `full`."""
+    cfg = _tiny()
+    t = topology("v5e-4")
+    got = {}
+    for remat in ("none", "full", "dots"):
+        tcfg = _train_cfg(mesh="fsdp", seq_len=2048, remat=remat)
+        sharder = tcfg.sharder(t.devices())
+        r = compile_report(train_program(cfg, tcfg, sharder), cfg, sharder, t, remat=remat)
+        got[remat] = (r["compiler_cost"]["flops_per_chip"], r["memory"]["temp_bytes"])
+    assert got["full"][0] > 1.15 * got["dots"][0]  # full reruns the layer matmuls
+    assert got["dots"][0] == pytest.approx(got["none"][0], rel=0.02)
+    assert got["dots"][1] > got["full"][1]  # and dots keeps their outputs instead
+
+
 def test_smollm2_shaped_train_and_eval_compile_for_tpu():
     """SmolLM2-135M's real shapes (head_dim 64, 9 query / 3 KV heads) at 4k: train step and the eval
     scorer, sequence-parallel splash on v5e-4."""

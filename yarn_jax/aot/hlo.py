@@ -174,6 +174,8 @@ class CollectiveStats:
 
 
 _MEGASCALE = re.compile(r'_xla_megascale_transfer_type="([A-Z_]+)"')
+_MEGASCALE_KINDS = {"ALL_GATHER": "all-gather", "ALL_REDUCE": "all-reduce", "REDUCE_SCATTER": "reduce-scatter",
+                    "ALL_TO_ALL": "all-to-all", "ONE_TO_ONE": "collective-permute"}  # between slices
 
 
 def collectives(text: str, mesh) -> tuple[list[CollectiveStats], dict]:
@@ -209,7 +211,7 @@ def collectives(text: str, mesh) -> tuple[list[CollectiveStats], dict]:
                 interpreted += times
             mega = _MEGASCALE.search(ins.rest) if ins.opcode == "send" else None
             if mega:  # a collective between slices, over the data-center network
-                kind = mega.group(1).lower().replace("_", "-")
+                kind = _MEGASCALE_KINDS.get(mega.group(1), "collective-permute")
                 size = _largest_array(ins.shape) * (n_slices if kind == "all-gather" else 1)
                 stats = CollectiveStats(kind, dcn_axes, n_slices, True)
                 stats = out.setdefault(stats.key(), stats)

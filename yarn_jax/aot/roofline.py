@@ -5,7 +5,7 @@ Model FLOPs (what MFU counts): matmuls 2 FLOPs per multiply-add — per token 2 
 q/k/v/o/gate/up/down and the LM head; the embedding lookup is free) — plus causal attention, per layer
 and sequence 2 * T^2 * H * D (QK^T and PV over the lower triangle: half of 4 T^2 H D). Training is three
 times the forward (forward, and the backward's two products). Hardware FLOPs add what the program
-really recomputes: with `remat: full` the layers' forward once more in the backward.
+really recomputes in the backward: with `remat: full` the layers' forward; with `dots` attention only.
 
 Step time (modeled): compute = the busiest chip's hardware FLOPs / peak bf16 FLOP/s — under all-gather
 sequence parallelism the last sequence shard attends to every key, (2P-1)/P times the balanced share of
@@ -37,11 +37,14 @@ def flops(cfg: LlamaConfig, seq_len: int, sequences: int, *, train: bool, remat:
     dense_fwd = 2 * (layers + head) * tokens
     attn_fwd = 2 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * seq_len ** 2 * sequences
     passes = 3 if train else 1
-    recompute = 1 if train and remat == "full" else 0  # "dots"-style policies save the matmul outputs
+    # backward recomputation: "full" reruns the layers' forward; "dots" keeps the projections' outputs
+    # and reruns attention (the kernels' forward) and the elementwise work only
+    dense_again = 2 * layers * tokens if train and remat == "full" else 0
+    attn_again = attn_fwd if train and remat != "none" else 0
     return {"model_flops": passes * (dense_fwd + attn_fwd),
-            "hardware_flops": passes * (dense_fwd + attn_fwd) + recompute * (2 * layers * tokens + attn_fwd),
-            "dense_flops": (passes * dense_fwd + recompute * 2 * layers * tokens),
-            "attention_flops": (passes + recompute) * attn_fwd,
+            "hardware_flops": passes * (dense_fwd + attn_fwd) + dense_again + attn_again,
+            "dense_flops": passes * dense_fwd + dense_again,
+            "attention_flops": passes * attn_fwd + attn_again,
             "tokens": tokens, "params": layers + head + (0 if cfg.tie_word_embeddings else
                                                           cfg.vocab_size * cfg.hidden_size)}
 
