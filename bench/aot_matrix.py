@@ -49,14 +49,22 @@ ROWS = [
     ("13b_s16_v5e-256_seq8", S16, "v5e-256", SEQ(8) + ["--model-config", "llama-2-13b", "--accum", "2"]),
     ("eval_7b_v5p-32_seq4", EVAL, "v5p-32", []),
     ("eval_7b_v5e-64_seq8", EVAL, "v5e-64", SEQ(8)),
+    # one 8-GPU host, compiled through the jax CUDA plugin (needs jax[cuda12]; run this script with that venv)
+    ("gpu_7b_s4_16k_h100-8_fsdp", S16, "h100-8", ["--mesh", "fsdp", "--mesh-axes", "{}", "--seq-len", "16384",
+                                                  "--batch-size", "8", "--accum", "1",
+                                                  "--rope", "{rope_type: yarn, factor: 4, original_max_position_embeddings: 4096}"]),
+    ("gpu_eval_7b_h100-8_seq8", EVAL, "h100-8", SEQ(8)),
 ]
 
 
 def run(rows) -> None:
     (OUT / "json").mkdir(parents=True, exist_ok=True)
+    import importlib.util
+
+    gpu = importlib.util.find_spec("jax_cuda12_plugin") is not None
     for name, config, topo, flags in rows:
         target = OUT / "json" / f"{name}.json"
-        if target.exists():
+        if target.exists() or topo.startswith("h100") != gpu:  # GPU rows in a jax[cuda12] venv, TPU rows without
             continue
         t0 = time.time()
         cmd = [sys.executable, "-m", "yarn_jax.aot", "--config", config, "--topology", topo, "--out", str(target),
@@ -98,7 +106,7 @@ def table() -> None:
                 "tflops_per_chip": round(p["analytic"]["hardware_flops_per_chip"] / 1e12, 1) if "analytic" in p else None,
                 "step_s": round(mo["step_s"], 2) if mo else None, "mfu": round(100 * mo["mfu"], 1) if mo else None,
                 "collective_gib": round(coll / GiB, 1) if "collectives" in p else None,
-                "mosaic": p.get("kernels", {}).get("mosaic_kernels"),
+                "mosaic": p.get("kernels", {}).get("kernel_calls"),
                 "compile_s": round(p["compile_s"] + p["lower_s"], 1)})
     if not rows:
         return

@@ -91,8 +91,8 @@ def _summary(r: dict) -> list[str]:
     lines.append(f"  FLOPs per chip: model {a['model_flops_per_chip'] / 1e12:.1f} T, hardware (with remat) "
                  f"{a['hardware_flops_per_chip'] / 1e12:.1f} T (analytic); compiler cost analysis "
                  f"{r['compiler_cost']['flops_per_chip'] / 1e12:.2f} T (loop bodies once)")
-    lines.append(f"  Mosaic kernels per step {k['mosaic_kernels']}, interpreted kernel loops "
-                 f"{k['interpreted_kernel_loops']}")
+    lines.append(f"  compiled kernel calls per step (Mosaic / Triton) {k['kernel_calls']}, interpreted kernel "
+                 f"loops {k['interpreted_kernel_loops']}")
     for c in r["collectives"][:8]:
         lines.append(f"  {c['kind']:<18} over {'+'.join(c['axes']) or '-':<16} group {c['group_size']:>3}"
                      f"{' DCN' if c['crosses_slices'] else '    '} x{c['count_per_step']:>5}/step "

@@ -173,6 +173,7 @@ class CollectiveStats:
         return self.kind, self.axes, self.group_size, self.crosses_slices
 
 
+_KERNEL_TARGETS = r'custom_call_target="(tpu_custom_call|__gpu\$xla\.gpu\.triton)"'  # Mosaic (TPU), Triton (GPU)
 _MEGASCALE = re.compile(r'_xla_megascale_transfer_type="([A-Z_]+)"')
 _MEGASCALE_KINDS = {"ALL_GATHER": "all-gather", "ALL_REDUCE": "all-reduce", "REDUCE_SCATTER": "reduce-scatter",
                     "ALL_TO_ALL": "all-to-all", "ONE_TO_ONE": "collective-permute"}  # between slices
@@ -205,7 +206,7 @@ def collectives(text: str, mesh) -> tuple[list[CollectiveStats], dict]:
             continue
         shapes = {ins.name: ins.shape for ins in body}
         for ins in body:
-            if ins.opcode == "custom-call" and 'custom_call_target="tpu_custom_call"' in ins.rest:
+            if ins.opcode == "custom-call" and re.search(_KERNEL_TARGETS, ins.rest):
                 mosaic += times
             if ins.opcode == "while" and re.search(r'op_name="[^"]*(splash_mqa|pallas_call|mha_forward)', ins.rest):
                 interpreted += times
@@ -231,6 +232,6 @@ def collectives(text: str, mesh) -> tuple[list[CollectiveStats], dict]:
             stats = out.setdefault(stats.key(), stats)
             stats.count += times
             stats.bytes += times * size
-    return sorted(out.values(), key=lambda s: -s.bytes), {"mosaic_kernels": mosaic,
+    return sorted(out.values(), key=lambda s: -s.bytes), {"kernel_calls": mosaic,
                                                            "interpreted_kernel_loops": interpreted,
                                                            "loops_without_trip_count": unknown_loops}

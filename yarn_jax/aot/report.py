@@ -77,7 +77,7 @@ def compile_report(program: Program, cfg: LlamaConfig, sharder: Sharder, topo: T
     out["verdict"] = (f"FITS: {total / GiB:.2f} of {chip.hbm_bytes / GiB:.2f} GiB per chip" if total <= chip.hbm_bytes
                       else f"OOM by {(total - chip.hbm_bytes) / GiB:.2f} GiB")
     cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}  # XLA:GPU's AOT path gives none
     out["compiler_cost"] = {"flops_per_chip": float(cost.get("flops", 0.0)),
                             "bytes_accessed_per_chip": float(cost.get("bytes accessed", 0.0)),
                             "note": "XLA's cost analysis counts each loop body once (the scanned layers, the "

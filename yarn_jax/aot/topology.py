@@ -97,7 +97,67 @@ class Topology:
         return devices
 
 
-def _table() -> dict[str, Topology]:
+# An NVIDIA H100 SXM (80 GB HBM3) as XLA:GPU's compiler sees it (its TargetConfig text proto: the
+# device's published properties) — for compiling without a GPU through the jax CUDA plugin.
+_H100_TARGET = """gpu_device_info {
+  threads_per_block_limit: 1024 threads_per_warp: 32 shared_memory_per_block: 49152
+  shared_memory_per_core: 233472 threads_per_core_limit: 2048 core_count: 132 fpus_per_core: 128
+  block_dim_limit_x: 2147483647 block_dim_limit_y: 65535 block_dim_limit_z: 65535
+  memory_bandwidth: 3352320000000 l2_cache_size: 52428800 clock_rate_ghz: 1.98
+  device_memory_size: 84929347584 shared_memory_per_block_optin: 232448
+  cuda_compute_capability { major: 9 } registers_per_core_limit: 65536 registers_per_block_limit: 65536
+}
+platform_name: "CUDA"
+dnn_version_info { major: 9 minor: 8 }
+runtime_version { major: 12 minor: 9 }
+device_description_str: "NVIDIA H100 80GB HBM3"
+"""
+
+CHIPS["h100"] = Chip("NVIDIA H100 SXM", 80e9, 989e12, 3350e9, 900e9, 400e9 / 8,
+                     "nvidia.com H100 datasheet: 989 TFLOP/s dense bf16 (SXM), 80 GB HBM3 at 3.35 TB/s, NVLink "
+                     "900 GB/s per GPU; DCN = one 400 Gb/s NIC per GPU (assumed)")
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuTopology:
+    """One host of N H100s (`h100-8`), compiled for through the jax CUDA plugin with no GPU attached
+    (needs `jax[cuda12]`; README "Compiling for a GPU host")."""
+
+    name: str
+    chips: int
+    generation: str = "h100"
+
+    @property
+    def chip(self) -> Chip:
+        return CHIPS[self.generation]
+
+    @property
+    def platform(self) -> str:
+        return "gpu"
+
+    def devices(self, num_slices: int = 1) -> list:
+        if num_slices != 1:
+            raise ConfigError(f"topology {self.name}: one GPU host only (--num-slices 1)")
+        import importlib.util
+
+        if importlib.util.find_spec("jax_cuda12_plugin") is None:
+            raise ConfigError(f"topology {self.name} needs the jax CUDA plugin: pip install \"jax[cuda12]==0.10.2\" "
+                              "(several GB; no GPU needed)")
+        from jax.experimental import topologies
+
+        # describe, never open, a GPU: without these the plugin fails at cuInit on a machine without one
+        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
+        os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
+        try:
+            desc = topologies.get_topology_desc(platform="cuda", target_config=_H100_TARGET,
+                                                topology=f"1x1x{self.chips}")
+        except Exception as e:
+            raise ConfigError(f"topology {self.name}: the CUDA plugin could not describe it "
+                              f"({' '.join(str(e).split())[:300]})") from None
+        return list(desc.devices)
+
+
+def _table() -> dict:
     out = {}
     for gen, shapes, per_chip in (("v4", _SHAPES_3D, 2), ("v5p", _SHAPES_3D, 2), ("v5e", _SHAPES_2D, 1),
                                   ("v6e", _SHAPES_2D, 1)):
@@ -105,14 +165,17 @@ def _table() -> dict[str, Topology]:
             if gen in ("v5e", "v6e") and chips == 4:
                 shape = "2x2"
             out[f"{gen}-{chips * per_chip}"] = Topology(f"{gen}-{chips * per_chip}", gen, shape, chips)
+    for n in (1, 2, 4, 8):
+        out[f"h100-{n}"] = GpuTopology(f"h100-{n}", n)
     return out
 
 
 TOPOLOGIES = _table()
 
 
-def topology(name: str) -> Topology:
-    """A slice type by name (v4-8 ... v4-1024, v5p-8 ... v5p-1024, v5e-4 ... v5e-256, v6e-4 ... v6e-256)."""
+def topology(name: str) -> "Topology | GpuTopology":
+    """A slice type by name (v4-8 ... v4-1024, v5p-8 ... v5p-1024, v5e-4 ... v5e-256, v6e-4 ... v6e-256,
+    h100-1 ... h100-8)."""
     if name not in TOPOLOGIES:
         raise ConfigError(f"topology {name!r} is not known; choose from {', '.join(TOPOLOGIES)}")
     return TOPOLOGIES[name]

@@ -59,8 +59,9 @@ class SplashBlocks:
     at a time. Backward: the dK/dV kernel's blocks (`*_dkv`) and the dQ kernel's (`*_dq`); with
     `fused_bwd` one kernel computes dQ, dK and dV (no dQ blocks). Each block is capped at the padded
     length it tiles, so the defaults serve short sequences too. Defaults (README "Splash attention
-    blocks"): 512 everywhere, the fused backward — what compiled for head_dim 64 and 128 at 4k-128k on
-    v4/v5e/v5p with the smallest temporaries (`python -m yarn_jax.aot`); throughput is unmeasured here.
+    blocks", bench/aot_splash_blocks.py): 512 everywhere with separate dK/dV and dQ kernels — every
+    candidate compiled with Mosaic for head_dim 64 and 128; among the 512 blocks MaxText runs by default,
+    the separate backward needs fewer temporaries than the fused one. Throughput needs a TPU: unmeasured.
     """
 
     block_q: int = 512
@@ -71,7 +72,7 @@ class SplashBlocks:
     block_kv_dkv_compute: int = 512
     block_q_dq: int = 512
     block_kv_dq: int = 512
-    fused_bwd: bool = True
+    fused_bwd: bool = False
 
     def __post_init__(self):
         for name in (*_Q_BLOCKS, *_KV_BLOCKS):

@@ -77,7 +77,7 @@ class Sharder:
         return NamedSharding(self.mesh, P())
 
     def constrain(self, x, names):
-        return jax.lax.with_sharding_constraint(x, self.named(names, x.shape))
+        return jax.lax.with_sharding_constraint(x, self.named(names, x.shape, what=f"activations {tuple(names)}"))
 
     def size(self, axis: str) -> int:
         return self.mesh.shape[axis]
