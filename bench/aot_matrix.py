@@ -47,6 +47,10 @@ ROWS = [
     ("13b_s16_v5p-128_seq8", S16, "v5p-128", SEQ(8) + ["--model-config", "llama-2-13b"]),
     ("13b_s16_v4-32_seq8", S16, "v4-32", SEQ(8) + ["--model-config", "llama-2-13b", "--accum", "16"]),
     ("13b_s16_v5e-256_seq8", S16, "v5e-256", SEQ(8) + ["--model-config", "llama-2-13b", "--accum", "2"]),
+    # MaxText PR #4687's setting: Llama-2-7B at 32k on v5p-128, context parallelism 16, 2M tokens per step
+    ("7b_32k_v5p-128_seq16", S16, "v5p-128", SEQ(16) + ["--seq-len", "32768", "--batch-size", "64", "--accum", "16"]),
+    ("7b_32k_v5p-128_seq16_dots", S16, "v5p-128", SEQ(16) + ["--seq-len", "32768", "--batch-size", "64",
+                                                            "--accum", "16", "--remat", "dots"]),
     ("eval_7b_v5p-32_seq4", EVAL, "v5p-32", []),
     ("eval_7b_v5e-64_seq8", EVAL, "v5e-64", SEQ(8)),
     # one 8-GPU host, compiled through the jax CUDA plugin (needs jax[cuda12]; run this script with that venv)

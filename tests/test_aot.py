@@ -97,6 +97,22 @@ def test_train_step_compiles_with_mosaic_splash(topo, mesh, axes):
         assert any(set(c["axes"]) & {"fsdp"} for c in r["collectives"])
 
 
+def test_head_gradient_reduced_once_per_micro_batch():
+    """The chunked loss head's [E, V] float32 gradient is summed across devices once per micro-batch,
+    not once per block of 256 positions (XLA's own partitioning all-reduced it in every block)."""
+    cfg = _tiny()
+    tcfg = _train_cfg(mesh="fsdp_sequence", seq_len=2048, batch_size=4, accum=2)  # 8 blocks per micro-batch
+    t = topology("v5e-4")
+    sharder = tcfg.sharder(t.devices())
+    text = compile_report(train_program(cfg, tcfg, sharder), cfg, sharder, t, keep_hlo=True)["hlo_text"]
+    comps, entry = hlo.parse_computations(text)
+    mult, _ = hlo.multiplicities(comps, entry)
+    head = f"f32[{cfg.hidden_size},{cfg.vocab_size}]"
+    reductions = sum(mult[c] for c, body in comps.items() for i in body
+                     if i.opcode.startswith(("all-reduce", "reduce-scatter")) and i.shape.startswith(head))
+    assert reductions == tcfg.accum
+
+
 def test_interpret_mode_is_what_the_target_decides():
     """The same program on CPU devices (the host) interprets the kernel: while loops, no Mosaic call."""
     cfg = _tiny()
