@@ -15,7 +15,6 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from yarn_jax.sharding.rules import active
 from yarn_jax.shapes import cdiv, pad_axis
 
 
@@ -58,26 +57,26 @@ def _unblock(x, t: int):
     return jnp.moveaxis(x, 0, 2).reshape(b, n * chunk, *x.shape[3:])[:, :t]
 
 
-def weighted_nll(hidden, lm_head, targets, weights, *, chunk: int = DEFAULT_CHUNK):
+def weighted_nll(hidden, lm_head, targets, weights, *, chunk: int = DEFAULT_CHUNK, sharder=None):
     """sum_{b,t} weights[b, t] * -log p(targets[b, t]) (float32 scalar) from hidden [B, T, E], head [E, V].
 
     Differentiable in hidden and lm_head (weights and targets are constants). The gradients are formed
     while the loss is computed, block by block, from d(-log p_y)/d logits = softmax - onehot(y), so the
-    backward pass only scales them by the incoming cotangent.
+    backward pass only scales them by the incoming cotangent. `sharder` (the mesh the step runs on):
+    each device runs the block loop on its own tokens.
     """
     t = hidden.shape[1]
     h, y, wt = _blocks(hidden, targets, weights.astype(jnp.float32), chunk=chunk)
-    total, dh, dw = _fused_head_per_shard(h, lm_head, y, wt)
+    total, dh, dw = _fused_head_per_shard(h, lm_head, y, wt, sharder)
     return _scaled_by_cotangent(total, hidden, lm_head, _unblock(dh, t), dw)
 
 
-def _fused_head_per_shard(h, lm_head, y, wt):
-    """`_fused_head` under the active mesh: each device runs the block loop on its own tokens and the
+def _fused_head_per_shard(h, lm_head, y, wt, sharder):
+    """`_fused_head` under a mesh (a `sharding.Sharder`): each device runs the block loop on its own tokens and the
     head gradient is summed across devices once, after the loop. (Partitioned by XLA instead, the running
     [E, V] float32 sum was all-reduced in every block: for Llama-2-7B at 64k, 256 all-reduces of 0.5 GB
     per micro-batch — 1 TB per chip per step, found by compiling for TPU.) With a tensor axis the head
     stays XLA-partitioned (its vocabulary is split there)."""
-    sharder = active()
     if sharder is None or sharder.size("tensor") > 1:
         return _fused_head(h, lm_head, y, wt)
     tokens = sharder.spec(("batch", "length"), y.shape[1:])  # [B, chunk]: rows and (strided) positions

@@ -24,8 +24,9 @@ from yarn_jax.sharding.rules import Sharder, activate, constrain
 BATCH_NAMES = ("batch", "length")
 
 
-def loss_terms(model: Llama, batch: dict, *, chunk: int = DEFAULT_CHUNK):
-    """(sum of NLL over counted tokens, number of counted tokens), float32 scalars."""
+def loss_terms(model: Llama, batch: dict, *, chunk: int = DEFAULT_CHUNK, sharder: Sharder | None = None):
+    """(sum of NLL over counted tokens, number of counted tokens), float32 scalars; `sharder`: the mesh
+    the step runs on (the loss head then runs per device)."""
     ids = batch["input_ids"]
     seg = batch.get("segment_ids")
     h = model.hidden_states(ids, batch.get("positions"), seg)  # [B, T, E]
@@ -35,7 +36,7 @@ def loss_terms(model: Llama, batch: dict, *, chunk: int = DEFAULT_CHUNK):
         nxt = jnp.roll(seg, -1, axis=1)
         valid = valid & (nxt == seg) & (seg > 0)
     valid = constrain(jnp.broadcast_to(valid, ids.shape).astype(jnp.float32), BATCH_NAMES)
-    return weighted_nll(h, model.lm_head_weight(), targets, valid, chunk=chunk), jnp.sum(valid)
+    return weighted_nll(h, model.lm_head_weight(), targets, valid, chunk=chunk, sharder=sharder), jnp.sum(valid)
 
 
 def learning_rate_schedule(learning_rate: float, warmup_steps: int, decay: str = "constant",
@@ -84,7 +85,7 @@ class TrainStep:
     def _step(self, params, opt_state, batch):
         with activate(self.sharder):
             def loss_fn(p, mb):
-                total, count = loss_terms(nnx.merge(self.graphdef, p), mb, chunk=self.chunk)
+                total, count = loss_terms(nnx.merge(self.graphdef, p), mb, chunk=self.chunk, sharder=self.sharder)
                 return total, count
 
             grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
