@@ -301,8 +301,20 @@ _HLO = """HloModule m
   ROOT %t = (s32[], f32[8]{0}) tuple(%i, %ar)
 }
 
+%b0 (x0: f32[8]) -> f32[8] {
+  %x0 = f32[8]{0} parameter(0)
+  ROOT %k0 = f32[8]{0} custom-call(%x0), custom_call_target="tpu_custom_call"
+}
+
+%b1 (x1: f32[8]) -> f32[8] {
+  %x1 = f32[8]{0} parameter(0)
+  ROOT %k1 = f32[8]{0} custom-call(%x1), custom_call_target="tpu_custom_call"
+}
+
 ENTRY %main (a: f32[8]) -> f32[8] {
   %a = f32[8]{0} parameter(0)
+  %idx = s32[] constant(0)
+  %sw = f32[8]{0} conditional(%idx, %a, %a), branch_computations={%b0, %b1}
   %w = (s32[], f32[8]{0}) while(%t0), condition=%cond, body=%body
   %rs = bf16[2]{0} reduce-scatter(%a), channel_id=3, replica_groups=mesh['axis_0'=2,'axis_1'=4] {'axis_1'}, dimensions={0}
   ROOT %r = f32[8]{0} get-tuple-element(%w), index=1
@@ -330,6 +342,7 @@ def test_hlo_collectives_counted_per_step_with_their_axes():
     assert by["reduce-scatter"].count == 1 and by["reduce-scatter"].axes == ("y",)
     assert by["reduce-scatter"].bytes == 8 * 4  # the full operand, not the scattered result
     assert totals["loops_without_trip_count"] == 0
+    assert totals["kernel_calls"] == 1  # a switch runs one of its two kernel branches per device
 
 
 def test_hlo_collectives_between_slices():

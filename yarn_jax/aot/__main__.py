@@ -2,8 +2,9 @@
                          [--model-config PRESET|config.json] [--out FILE.json] [train/eval flags ...]
 
 Compiles the program train.py (the full step: forward, backward, clipping, AdamW, donation) or eval.py
-(the perplexity scorer, at each of --lengths) would run, for a TPU slice, with the config's mesh, rules,
-dtypes, remat and attention backend (splash compiled with Mosaic) — on this machine, with no TPU — and
+(the perplexity scorer, at each of --lengths) would run, for a TPU slice (or an H100 host), with the
+config's mesh, rules, dtypes, remat and attention backend (splash compiled with Mosaic) — on this
+machine, with no TPU — and
 prints the per-chip HBM verdict, FLOPs, collectives per step, modeled step time / MFU and compile time;
 the same as JSON in --out. Exit code 0 when every program fits, 1 when one does not fit a chip's HBM,
 2 for a bad setting. Needs libtpu (requirements-aot.txt), never a TPU.
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", help="train or eval YAML (configs/train/*.yaml, configs/eval/*.yaml)")
     ap.add_argument("--topology", required=True, help="TPU slice type: v4-8 ... v4-1024, v5e-4 ... v5e-256, "
-                    "v5p-8 ... v5p-1024, v6e-4 ... v6e-256")
+                    "v5p-8 ... v5p-1024, v6e-4 ... v6e-256; or an H100 host: h100-1 ... h100-8 (needs jax[cuda12])")
     ap.add_argument("--num-slices", type=int, default=1, help="slices joined over DCN (multi-slice)")
     ap.add_argument("--job", choices=["auto", "train", "eval"], default="auto",
                     help="the program: train step or eval scorer (auto: from the config's fields)")

@@ -101,7 +101,7 @@ def _trip_count(ins: Instruction, comps) -> int | None:
     return None
 
 
-def multiplicities(comps, entry) -> tuple[dict[str, int], int]:
+def multiplicities(comps, entry) -> tuple[dict[str, float], int]:
     """How many times each computation runs per execution of the entry, and how many loops had no
     readable trip count (counted once)."""
     callers: dict[str, list[tuple[str, int]]] = collections.defaultdict(list)
@@ -114,9 +114,10 @@ def multiplicities(comps, entry) -> tuple[dict[str, int], int]:
                 unknown += trip is None
             for kind, callee in _CALLEE.findall(ins.rest):
                 callers[callee].append((cname, (trip or 1) if kind == "body" else 1))
-            for group in _BRANCHES.findall(ins.rest):  # one branch runs per device: each counted once
-                for callee in re.findall(r"%?([\w.\-]+)", group):
-                    callers[callee].append((cname, 1))
+            for group in _BRANCHES.findall(ins.rest):  # one branch runs per device: 1/n of each (the
+                branches = re.findall(r"%?([\w.\-]+)", group)  # per-device mean; exact when each runs as often)
+                for callee in branches:
+                    callers[callee].append((cname, 1 / len(branches)))
     memo: dict[str, int] = {entry: 1}
 
     def mult(name, seen=()):
@@ -232,6 +233,6 @@ def collectives(text: str, mesh) -> tuple[list[CollectiveStats], dict]:
             stats = out.setdefault(stats.key(), stats)
             stats.count += times
             stats.bytes += times * size
-    return sorted(out.values(), key=lambda s: -s.bytes), {"kernel_calls": mosaic,
-                                                           "interpreted_kernel_loops": interpreted,
+    return sorted(out.values(), key=lambda s: -s.bytes), {"kernel_calls": round(mosaic),
+                                                           "interpreted_kernel_loops": round(interpreted),
                                                            "loops_without_trip_count": unknown_loops}

@@ -86,7 +86,7 @@ def compile_report(program: Program, cfg: LlamaConfig, sharder: Sharder, topo: T
     stats, totals = hlo.collectives(text, mesh)
     out["kernels"] = totals
     out["collectives"] = [{"kind": s.kind, "axes": list(s.axes), "group_size": s.group_size,
-                           "crosses_slices": s.crosses_slices, "count_per_step": s.count,
+                           "crosses_slices": s.crosses_slices, "count_per_step": round(s.count),
                            "bytes_per_step_per_chip": s.bytes} for s in stats]
     f = roofline.flops(cfg, program.seq_len, program.sequences, train=program.train, remat=remat)
     out["analytic"] = {**f, "model_flops_per_chip": f["model_flops"] / chips,
