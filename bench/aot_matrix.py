@@ -119,7 +119,7 @@ def table() -> None:
         w.writeheader()
         w.writerows(rows)
     head = ("| row | model | program | s | topology | mesh | remat | HBM/chip GiB (of) | fits | HW TFLOP/chip "
-            "| modeled step s | modeled MFU % | collectives GiB/chip/step | Mosaic calls | compile s |")
+            "| modeled step s | modeled MFU % | collectives GiB/chip/step | kernel calls | compile s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         hbm = "-" if r["hbm_gib"] is None else f"{r['hbm_gib']}"

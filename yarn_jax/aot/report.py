@@ -75,7 +75,9 @@ def compile_report(program: Program, cfg: LlamaConfig, sharder: Sharder, topo: T
                      "chip_hbm_bytes": chip.hbm_bytes, "fits": total <= chip.hbm_bytes,
                      "over_by_bytes": max(0.0, total - chip.hbm_bytes)}
     out["verdict"] = (f"FITS: {total / GiB:.2f} of {chip.hbm_bytes / GiB:.2f} GiB per chip" if total <= chip.hbm_bytes
-                      else f"OOM by {(total - chip.hbm_bytes) / GiB:.2f} GiB")
+                      else f"OOM by {(total - chip.hbm_bytes) / GiB:.2f} GiB: the compiled program's memory analysis "
+                           f"totals {total / GiB:.2f} of {chip.hbm_bytes / GiB:.2f} GiB per chip (XLA compiled it "
+                           "without refusing)")
     cost = compiled.cost_analysis()
     cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}  # XLA:GPU's AOT path gives none
     out["compiler_cost"] = {"flops_per_chip": float(cost.get("flops", 0.0)),
