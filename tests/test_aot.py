@@ -371,3 +371,16 @@ def test_analytic_flops_hand_counted():
     assert fl["model_flops"] == 3 * (2 * (2 * layer + e * v) * t * n + attn)
     assert fl["hardware_flops"] == fl["model_flops"] + 2 * 2 * layer * t * n + attn
     assert roofline.flops(cfg, t, n, train=False)["model_flops"] == 2 * (2 * layer + e * v) * t * n + attn
+
+
+def test_commands_keep_jax_off_an_absent_tpu():
+    """libtpu is installed (for these compiles) but no TPU is attached: a command's jax starts on the CPU
+    without libtpu's initialisation errors (jax alone tries the TPU first and prints them)."""
+    import importlib.util
+
+    assert importlib.util.find_spec("libtpu") is not None  # the test setup installs it
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    code = "from yarn_jax.platforms import skip_absent_tpu; skip_absent_tpu(); import jax; print(jax.devices())"
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "CpuDevice" in p.stdout
+    assert "TPU_WORKER_HOSTNAMES" not in p.stderr and "E0000" not in p.stderr, p.stderr

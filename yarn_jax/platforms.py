@@ -22,6 +22,6 @@ def skip_absent_tpu() -> None:
 
     if jax.config.jax_platforms:
         return
-    gpu = any(importlib.util.find_spec(p) is not None for p in ("jax_cuda12_plugin", "jax_cuda13_plugin",
-                                                               "jax_rocm60_plugin"))
+    gpu = glob.glob("/dev/nvidia[0-9]*") and any(importlib.util.find_spec(p) is not None
+                                                 for p in ("jax_cuda12_plugin", "jax_cuda13_plugin"))
     jax.config.update("jax_platforms", "cuda,cpu" if gpu else "cpu")
