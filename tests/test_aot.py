@@ -79,9 +79,9 @@ def test_topology_names_refused_with_the_list():
 
 @pytest.mark.parametrize("topo", ["v5e-4", "v4-8"])
 @pytest.mark.parametrize("mesh, axes", [("dp", {}), ("fsdp", {}), ("fsdp_tensor", {}), ("fsdp_sequence", {})])
-def test_train_step_compiles_with_mosaic_splash(topo, mesh, axes):
-    """The whole train step (fwd, bwd, clip, AdamW, donation) per preset: splash is a Mosaic custom call
-    (never Pallas interpret loops, though the host is a CPU), and the compiled program fits."""
+def test_train_step_and_scorer_compile_with_mosaic_splash(topo, mesh, axes):
+    """The whole train step (fwd, bwd, clip, AdamW, donation) and the eval scorer per preset: splash is a
+    Mosaic custom call (never Pallas interpret loops, though the host is a CPU), and the programs fit."""
     cfg = _tiny()
     tcfg = _train_cfg(mesh=mesh, mesh_axes=axes)
     t = topology(topo)
@@ -95,6 +95,10 @@ def test_train_step_compiles_with_mosaic_splash(topo, mesh, axes):
     # gradients of sharded parameters are reduced over the axes that split the batch
     if mesh != "dp":
         assert any(set(c["axes"]) & {"fsdp"} for c in r["collectives"])
+    # and eval.py's scorer under the same mesh
+    ecfg = EvalConfig(mesh=mesh, mesh_axes=axes, dtype="bfloat16", attention_backend="splash", lengths=[1024])
+    ev = compile_report(eval_program(cfg, ecfg, sharder, 1024), cfg, sharder, t)
+    assert ev["memory"]["fits"] and ev["kernels"]["kernel_calls"] > 0 and ev["kernels"]["interpreted_kernel_loops"] == 0
 
 
 def test_head_gradient_reduced_once_per_micro_batch():
