@@ -32,13 +32,16 @@ _NOISE = ("Failed to find host bounds", "Logging before InitGoogle", "E0000 ", "
 
 @contextlib.contextmanager
 def quiet_libtpu():
-    """Hide libtpu's native no-TPU-here warnings (written straight to file descriptor 2); other lines pass."""
+    """Hide libtpu's native no-TPU-here warnings (written straight to file descriptor 2); other lines —
+    the compiler's own warnings, e.g. an involuntary full rematerialization — pass, and are collected in
+    the yielded list for the report."""
     sys.stderr.flush()
     saved = os.dup(2)
+    kept: list[str] = []
     with tempfile.TemporaryFile(mode="w+b") as buf:
         os.dup2(buf.fileno(), 2)
         try:
-            yield
+            yield kept
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
@@ -46,6 +49,7 @@ def quiet_libtpu():
             buf.seek(0)
             for line in buf.read().decode(errors="replace").splitlines():
                 if line.strip() and not any(n in line for n in _NOISE):
+                    kept.append(line)
                     print(line, file=sys.stderr)
 
 
@@ -153,9 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     for program in programs:
         print(f"compiling {program.name} for {topo.name}" + (f" x {args.num_slices} slices" if args.num_slices > 1
                                                              else "") + " ...", file=sys.stderr, flush=True)
-        with quiet_libtpu():
+        with quiet_libtpu() as warnings:
             r = compile_report(program, model, sharder, topo, remat=getattr(cfg, "remat", "none"))
-        r.update(topology=topo.name, num_slices=args.num_slices)
+        r.update(topology=topo.name, num_slices=args.num_slices, compiler_warnings=warnings)
         reports.append(r)
         print("\n".join(_summary(r)), flush=True)
     result = {"yarn_jax_aot": 1, "job": job, "config": args.config, "topology": topo.name,
