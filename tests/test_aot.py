@@ -378,13 +378,16 @@ def test_analytic_flops_hand_counted():
 
 
 def test_commands_keep_jax_off_an_absent_tpu():
-    """libtpu is installed (for these compiles) but no TPU is attached: a command's jax starts on the CPU
-    without libtpu's initialisation errors (jax alone tries the TPU first and prints them)."""
+    """libtpu is installed (for these compiles) but no TPU is attached: a command's jax starts on the CPU,
+    single-process, without libtpu's initialisation errors (jax alone tries the TPU first and prints them)."""
     import importlib.util
 
     assert importlib.util.find_spec("libtpu") is not None  # the test setup installs it
     env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
-    code = "from yarn_jax.platforms import skip_absent_tpu; skip_absent_tpu(); import jax; print(jax.devices())"
+    code = ("from yarn_jax.platforms import skip_absent_tpu; skip_absent_tpu(); import jax; "
+            "from yarn_jax.sharding.distributed import initialize; print(initialize(), jax.devices())")
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0 and "CpuDevice" in p.stdout
+    # and `--distributed auto` does not take an installed libtpu for a TPU pod (it did: eval.py then tried
+    # jax.distributed.initialize on a CPU machine)
+    assert p.returncode == 0 and p.stdout.startswith("False") and "CpuDevice" in p.stdout, p.stderr
     assert "TPU_WORKER_HOSTNAMES" not in p.stderr and "E0000" not in p.stderr, p.stderr

@@ -16,6 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from yarn_jax.errors import ConfigError
+from yarn_jax.platforms import tpu_attached
 
 
 class DistributedConfig(BaseModel):
@@ -32,11 +33,10 @@ class DistributedConfig(BaseModel):
 
 
 def _tpu_vm() -> bool:
-    """A Cloud TPU VM (libtpu installed): jax.distributed.initialize() discovers the slice's hosts itself
-    (one process on a single-host slice)."""
-    import importlib.util
-
-    return importlib.util.find_spec("libtpu") is not None or "TPU_WORKER_HOSTNAMES" in os.environ
+    """A Cloud TPU VM (TPU chips attached, or the slice's worker list set): jax.distributed.initialize()
+    discovers the slice's hosts itself (one process on a single-host slice). libtpu alone is no sign: it
+    is installed for ahead-of-time compilation on machines without a TPU."""
+    return tpu_attached() or "TPU_WORKER_HOSTNAMES" in os.environ
 
 
 def initialize(cfg: DistributedConfig | None = None) -> bool:
