@@ -21,7 +21,7 @@ import jax  # noqa: E402
 jax.config.update("jax_platforms", "cpu")
 
 from yarn_jax.aot.models import PRESETS  # noqa: E402
-from yarn_jax.aot.programs import train_program  # noqa: E402
+from yarn_jax.aot.programs import target_sharder, train_program  # noqa: E402
 from yarn_jax.aot.report import compile_report  # noqa: E402
 from yarn_jax.aot.topology import topology  # noqa: E402
 from yarn_jax.config import LlamaConfig  # noqa: E402
@@ -50,7 +50,7 @@ def main():
                 for name, blocks in CANDIDATES.items():
                     tcfg = TrainConfig(seq_len=length, batch_size=1, dtype="bfloat16", remat="full",
                                        attention_backend="splash", splash_blocks=blocks)
-                    sharder = tcfg.sharder(topo.devices()) or _one_chip(topo)
+                    sharder = target_sharder(tcfg, topo.devices())
                     t0 = time.time()
                     try:
                         r = compile_report(train_program(cfg, tcfg, sharder), cfg, sharder, topo, remat="full")
@@ -66,12 +66,6 @@ def main():
                     out.append(row)
     path = Path(__file__).parent / "results" / "aot_splash_blocks.json"
     path.write_text(json.dumps(out, indent=1))
-
-
-def _one_chip(topo):
-    from yarn_jax.sharding.mesh import MeshConfig
-
-    return MeshConfig(axes={"data": 1}).sharder(topo.devices()[:1])
 
 
 if __name__ == "__main__":

@@ -70,19 +70,10 @@ def _job_config(job: str, path: str | None, rest: list[str]):
     return job, cli_config.load_config(cls, path, cli_config.overrides_from_args(args, cls), where=f"{job} config")
 
 
-def _sharder(cfg, devices):
-    from yarn_jax.sharding.mesh import MeshConfig
-
-    mesh = cfg.mesh_config()
-    if not mesh.enabled:  # mesh none: one chip of the slice
-        return MeshConfig(axes={"data": 1}).sharder(devices[:1])
-    return mesh.sharder(devices)
-
-
 def _summary(r: dict) -> list[str]:
     GiB = 1024 ** 3
     lines = [f"{r['program']} on {r['topology']} ({r['chips']} chips, mesh "
-             + " x ".join(f"{a}={n}" for a, n in r["mesh"].items() if n > 1) + f"): {r['verdict']}"]
+             + (" x ".join(f"{a}={n}" for a, n in r["mesh"].items() if n > 1) or "one chip") + f"): {r['verdict']}"]
     m = r["memory"]
     if "argument_bytes" in m:
         lines.append(f"  HBM per chip: arguments {m['argument_bytes'] / GiB:.2f} GiB, outputs "
@@ -114,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
     jax.config.update("jax_platforms", "cpu")  # compile for the target; never initialise a local TPU
     from yarn_jax.aot.models import model_config
-    from yarn_jax.aot.programs import eval_program, train_program
+    from yarn_jax.aot.programs import eval_program, target_sharder, train_program
     from yarn_jax.aot.report import compile_report
     from yarn_jax.aot.topology import topology
     from yarn_jax.evaluation.results import write_json_atomic
@@ -150,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--out {out} exists and is not a yarn_jax.aot report; choose another path")
     with quiet_libtpu():
         devices = topo.devices(args.num_slices)
-    sharder = _sharder(cfg, devices)
+    sharder = target_sharder(cfg, devices)
     programs = ([train_program(model, cfg, sharder)] if job == "train" else
                 [eval_program(model, cfg, sharder, n) for n in cfg.lengths])
     reports = []

@@ -34,6 +34,14 @@ class Program:
     train: bool
 
 
+def target_sharder(cfg, devices) -> Sharder:
+    """The config's mesh over the target's devices; mesh `none` is one chip of them."""
+    from yarn_jax.sharding.mesh import MeshConfig
+
+    mesh = cfg.mesh_config()
+    return mesh.sharder(devices) if mesh.enabled else MeshConfig(axes={"data": 1}).sharder(devices[:1])
+
+
 def _abstract(tree, shardings):
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 

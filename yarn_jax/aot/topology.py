@@ -81,16 +81,10 @@ class Topology:
 
     def devices(self, num_slices: int = 1) -> list:
         """The slice's (or slices') TPU devices, described by libtpu; no TPU needed."""
-        from jax.experimental import topologies
-
         # a compile-only client needs no exclusive hold on the (absent) chips: let several processes load libtpu
         os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-        try:
-            desc = topologies.get_topology_desc(**self._libtpu_args(num_slices))
-        except Exception as e:  # libtpu missing or refusing the shape: say which, in one line
-            raise ConfigError(f"topology {self.name} ({num_slices} slice(s)): libtpu could not describe it "
-                              f"({' '.join(str(e).split())[:300]}); is libtpu installed (requirements-aot.txt)?") from None
-        devices = list(desc.devices)
+        devices = _describe(f"topology {self.name} ({num_slices} slice(s)): libtpu could not describe it",
+                            "; is libtpu installed (requirements-aot.txt)?", **self._libtpu_args(num_slices))
         if len(devices) != self.chips * num_slices:
             raise ConfigError(f"topology {self.name}: libtpu described {len(devices)} devices, expected "
                               f"{self.chips * num_slices}")
@@ -143,18 +137,21 @@ class GpuTopology:
         if importlib.util.find_spec("jax_cuda12_plugin") is None:
             raise ConfigError(f"topology {self.name} needs the jax CUDA plugin: pip install \"jax[cuda12]==0.10.2\" "
                               "(several GB; no GPU needed)")
-        from jax.experimental import topologies
-
         # describe, never open, a GPU: without these the plugin fails at cuInit on a machine without one
         os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
         os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
-        try:
-            desc = topologies.get_topology_desc(platform="cuda", target_config=_H100_TARGET,
-                                                topology=f"1x1x{self.chips}")
-        except Exception as e:
-            raise ConfigError(f"topology {self.name}: the CUDA plugin could not describe it "
-                              f"({' '.join(str(e).split())[:300]})") from None
-        return list(desc.devices)
+        return _describe(f"topology {self.name}: the CUDA plugin could not describe it", "", platform="cuda",
+                         target_config=_H100_TARGET, topology=f"1x1x{self.chips}")
+
+
+def _describe(failure: str, hint: str, **kwargs) -> list:
+    """jax's description of a target's devices; a refusal becomes one line (`failure (reason)hint`)."""
+    from jax.experimental import topologies
+
+    try:
+        return list(topologies.get_topology_desc(**kwargs).devices)
+    except Exception as e:  # plugin missing or refusing the shape
+        raise ConfigError(f"{failure} ({' '.join(str(e).split())[:300]}){hint}") from None
 
 
 def _table() -> dict:
@@ -162,8 +159,6 @@ def _table() -> dict:
     for gen, shapes, per_chip in (("v4", _SHAPES_3D, 2), ("v5p", _SHAPES_3D, 2), ("v5e", _SHAPES_2D, 1),
                                   ("v6e", _SHAPES_2D, 1)):
         for chips, shape in shapes.items():
-            if gen in ("v5e", "v6e") and chips == 4:
-                shape = "2x2"
             out[f"{gen}-{chips * per_chip}"] = Topology(f"{gen}-{chips * per_chip}", gen, shape, chips)
     for n in (1, 2, 4, 8):
         out[f"h100-{n}"] = GpuTopology(f"h100-{n}", n)
