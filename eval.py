@@ -16,8 +16,11 @@ import json
 import sys
 from pathlib import Path
 
+import jax
+
 from yarn_jax.errors import command
 from yarn_jax.evaluation.config import add_config_flags, load_config, overrides_from_args
+from yarn_jax.evaluation.runner import run
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "eval" / "default.yaml"
 
@@ -29,11 +32,7 @@ def main(argv=None) -> int:
     add_config_flags(parser)
     args = parser.parse_args(argv)
     cfg = load_config(args.config, overrides_from_args(args))
-    from yarn_jax.evaluation.runner import run
-
     summary = run(cfg)
-    import jax
-
     if jax.process_index() == 0:
         print(json.dumps({"out": cfg.out, "perplexity": summary["perplexity"], "passkey": summary["passkey"],
                           "plots": summary.get("plots", [])}))

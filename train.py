@@ -17,9 +17,12 @@ import json
 import sys
 from pathlib import Path
 
+import jax
+
 from yarn_jax import cli_config
 from yarn_jax.errors import command
 from yarn_jax.training.config import TrainConfig
+from yarn_jax.training.loop import train
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "train" / "smollm2_yarn.yaml"
 
@@ -32,11 +35,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     cfg = cli_config.load_config(TrainConfig, args.config, cli_config.overrides_from_args(args, TrainConfig),
                                  where="train config")
-    from yarn_jax.training.loop import train
-
     record = train(cfg)
-    import jax
-
     if jax.process_index() == 0:
         print(json.dumps({"out": cfg.out, "last": record}))
     return 0

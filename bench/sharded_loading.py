@@ -1,7 +1,7 @@
 """Peak host memory of loading SmolLM2-135M (float32 HF safetensors, 538 MB of parameters) onto devices:
 
   unsharded     load_checkpoint + model_from_params on one device (the single-device path)
-  fsdp8         load_sharded on 8 virtual CPU devices, mesh fsdp=8 (each device gets 1/8 of every matrix)
+  fsdp8         from_pretrained(sharder=...) on 8 virtual CPU devices, mesh fsdp=8 (each device gets 1/8 of every matrix)
   fsdp8_2proc   the same mesh over 2 processes x 4 devices (jax.distributed over gloo on 127.0.0.1):
                 peak RSS per process — each process reads and holds only its half
 
@@ -64,10 +64,10 @@ def child(mode: str, port: int | None, pid: int | None) -> None:
         model = model_from_params(cfg, params)
         del params
     else:
+        from yarn_jax.api import from_pretrained
         from yarn_jax.model import model_params
-        from yarn_jax.sharding.loading import load_sharded
 
-        _, model = load_sharded(path, Sharder(make_mesh(MeshConfig(preset="fsdp"))))
+        model = from_pretrained(path, sharder=Sharder(make_mesh(MeshConfig(preset="fsdp")))).module
     values = list(model_params(model).values())
     jax.block_until_ready(values)
     seconds = time.perf_counter() - t0

@@ -46,8 +46,8 @@ def run_jax(n: int, remat: bool, steps: int) -> list[float]:
     from yarn_jax.training.step import TrainStep, make_optimizer
 
     pm = yarn_jax.from_pretrained(assets.smollm2(), rope_scaling=ROPE, remat="full" if remat else "none")
-    graphdef, state = nnx.split(pm.module)
-    step = TrainStep(graphdef, make_optimizer(2e-5, warmup_steps=0, clip_norm=1.0))
+    state = nnx.state(pm.module)
+    step = TrainStep(pm.module, make_optimizer(2e-5, warmup_steps=0, clip_norm=1.0))
     opt = step.init(state)
     batch = {"input_ids": jnp.asarray([_ids(n)], jnp.int32)}
     times = []

@@ -28,7 +28,7 @@ from yarn_jax.evaluation.perplexity import PerplexityScorer  # noqa: E402
 from yarn_jax.evaluation.runner import run  # noqa: E402
 from yarn_jax.model import model_params  # noqa: E402
 from yarn_jax.sharding import MeshConfig, Sharder, distributed, make_mesh  # noqa: E402
-from yarn_jax.sharding.loading import load_sharded  # noqa: E402
+from yarn_jax.api import from_pretrained  # noqa: E402
 from yarn_jax.training.step import TrainStep, batch_sharding, make_optimizer  # noqa: E402
 
 MESH = {"fsdp": 2, "sequence": 2}
@@ -39,16 +39,17 @@ def main(workdir: Path, port: int, pid: int) -> None:
                                                          process_id=pid, timeout_s=60))
     assert jax.process_count() == 2 and jax.device_count() == 4 and jax.local_device_count() == 2
     sharder = Sharder(make_mesh(MeshConfig(axes=MESH)))
-    cfg, model = load_sharded(workdir / "model", sharder)
+    model = from_pretrained(workdir / "model", sharder=sharder).module
+    cfg = model.config
     graphdef, state = nnx.split(model)
 
     # eval step: the perplexity scorer's sharded forward on one document
     doc = Document("doc", np.load(workdir / "batches.npz")["doc"])
     none = parse_methods(["none"], [2.0], 64)[0]
-    nll = float(PerplexityScorer(model, bos=None, sharder=sharder).score(doc, 64, none).nll.sum())
+    nll = float(PerplexityScorer(model, bos=None).score(doc, 64, none).nll.sum())
 
     # two train steps; each process reads only its block of every batch
-    step = TrainStep(graphdef, make_optimizer(1e-2, warmup_steps=1, clip_norm=0.5), sharder)
+    step = TrainStep(model, make_optimizer(1e-2, warmup_steps=1, clip_norm=0.5))
     opt = step.init(state)
     losses, blocks = [], []
     data = np.load(workdir / "batches.npz")
@@ -64,7 +65,7 @@ def main(workdir: Path, port: int, pid: int) -> None:
     # orbax: both processes write their shards of one checkpoint, then both restore it
     trained = nnx.merge(graphdef, state)
     save_orbax_checkpoint(workdir / "ckpt", 2, cfg, model_params(trained))
-    _, restored = load_sharded(workdir / "ckpt", sharder)
+    restored = from_pretrained(workdir / "ckpt", sharder=sharder).module
     same = True
     for path, value in model_params(restored).items():
         original = model_params(trained)[path]

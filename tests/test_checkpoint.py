@@ -14,7 +14,7 @@ from transformers import LlamaConfig as HFLlamaConfig
 from transformers import LlamaForCausalLM
 
 import yarn_jax
-from yarn_jax.checkpoint import load_checkpoint, load_hf_checkpoint, save_hf_checkpoint
+from yarn_jax.checkpoint import load_checkpoint, save_hf_checkpoint
 from yarn_jax.config import LlamaConfig
 from yarn_jax.errors import CheckpointError, ConfigError
 
@@ -57,7 +57,7 @@ def test_exported_rope_override_is_what_transformers_runs(tmp_path):
     path, _ = hf_saved_model(tmp_path, rope=None)
     rope = {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 16, "beta_fast": 24.0}
     ours = yarn_jax.from_pretrained(path, rope_scaling=rope)
-    assert ours.config.rope.factor == 8.0 and ours.config.rope.beta_fast == 24.0
+    assert ours.config.rope.method.factor == 8.0 and ours.config.rope.method.beta_fast == 24.0
     out = ours.save_pretrained(tmp_path / "exported")
     reloaded = LlamaForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
     ids = np.random.default_rng(1).integers(0, 97, size=(1, 100))
@@ -70,7 +70,7 @@ def test_sharded_index_and_bf16(tmp_path):
     out = save_hf_checkpoint(tmp_path / "sharded", cfg, params, max_shard_bytes=20_000)
     index = json.loads((out / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 2
-    cfg2, params2 = load_hf_checkpoint(out)
+    cfg2, params2 = load_checkpoint(out)
     assert cfg2 == cfg
     for k in params:
         np.testing.assert_array_equal(params[k], params2[k])
@@ -80,7 +80,7 @@ def test_sharded_index_and_bf16(tmp_path):
     np.testing.assert_allclose(np.asarray(model.logits(ids)), torch_logits(reloaded, ids), atol=1e-4)
 
     bf16 = save_hf_checkpoint(tmp_path / "bf16", cfg, params, dtype="bfloat16")
-    _, params3 = load_hf_checkpoint(bf16)
+    _, params3 = load_checkpoint(bf16)
     for k in params:
         np.testing.assert_allclose(np.asarray(params3[k], np.float32), params[k], rtol=1e-2, atol=1e-2)
 
@@ -90,7 +90,7 @@ def test_old_checkpoints_rotary_buffers_are_ignored(tmp_path):
     tensors = load_file(str(path / "model.safetensors"))
     tensors["model.layers.0.self_attn.rotary_emb.inv_freq"] = np.ones(8, np.float32)
     save_file(tensors, str(path / "model.safetensors"))
-    load_hf_checkpoint(path)
+    load_checkpoint(path)
 
 
 # ---- errors that name the tensor / field --------------------------------------------------------------

@@ -60,10 +60,8 @@ def test_incomplete_step_is_ignored(saved):
     (root / "300.orbax-checkpoint-tmp-1700000000").mkdir()  # what an interrupted orbax save leaves
     _, params = load_checkpoint(root)
     assert all(np.array_equal(params[k], p2[k]) for k in p2)
-    from yarn_jax.checkpoint import load_orbax_checkpoint
-
     with pytest.raises(CheckpointError, match=r"no step 300; complete steps are \[100, 200\]"):
-        load_orbax_checkpoint(root, 300)
+        load_checkpoint(root, 300)
 
 
 def test_from_pretrained_gives_the_saved_models_logits_and_tokenizer(saved):

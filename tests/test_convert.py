@@ -25,7 +25,7 @@ from transformers import LlamaConfig as HFLlamaConfig
 from transformers import LlamaForCausalLM
 
 from yarn_jax.checkpoint import load_checkpoint, save_orbax_checkpoint
-from yarn_jax.checkpoint.hf import params_to_hf
+from yarn_jax.checkpoint.layout import params_to_hf
 from yarn_jax.config import LlamaConfig
 from yarn_jax.convert import convert
 from yarn_jax.convert.__main__ import main as convert_main
@@ -93,7 +93,7 @@ def test_smollm2_gguf_to_hf_to_orbax_matches_transformers_gguf_reader(assets, tm
     report = convert(tmp_path / "hf", tmp_path / "orbax", rope=rope, reference="transformers", progress=False)
     assert report["verify"]["passed"] and report["verify"]["reference"].startswith("transformers")
     cfg, params = load_checkpoint(tmp_path / "orbax")
-    assert cfg.rope.rope_type == "yarn" and cfg.rope.factor == 4.0
+    assert cfg.rope.rope_type == "yarn" and cfg.rope.method.factor == 4.0
     assert all(np.array_equal(a, ours[k]) for k, a in params_to_hf(cfg, params).items())
 
 
@@ -258,10 +258,10 @@ import json, resource, sys
 import numpy as np, orbax.checkpoint, tensorstore
 from orbax.checkpoint.experimental.v1 import partial
 from yarn_jax.convert import convert
-from yarn_jax.convert.sources import open_source
+from yarn_jax.checkpoint import open_checkpoint
 src, dst, to = sys.argv[1:4]
-with open_source(src) as s:
-    sizes = [int(np.prod(t.our_shape(s.cfg.num_hidden_layers))) * 4 for t in s.layouts()]
+with open_checkpoint(src) as s:
+    sizes = [int(np.prod(t.our_shape(s.config.num_hidden_layers))) * 4 for t in s.layouts()]
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 convert(src, dst, to=to, verify_logits=False, progress=False)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

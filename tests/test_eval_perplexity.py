@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import random_params, tiny_hf_dict, torch_llama
 
-from yarn_jax.checkpoint.hf import params_to_hf
+from yarn_jax.checkpoint.layout import params_to_hf
 from yarn_jax.config import LlamaConfig
 from yarn_jax.evaluation.data import Document
 from yarn_jax.evaluation.methods import parse_method

@@ -12,7 +12,8 @@ import torch
 from conftest import HeldLock, random_params, snapshot, tiny_hf_dict, torch_llama
 
 import eval as eval_cli
-from yarn_jax.checkpoint.hf import params_to_hf, save_hf_checkpoint
+from yarn_jax.checkpoint.hf import save_hf_checkpoint
+from yarn_jax.checkpoint.layout import params_to_hf
 from yarn_jax.config import LlamaConfig
 
 VOCAB = 49152

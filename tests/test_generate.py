@@ -68,5 +68,35 @@ def test_dynamic_cache_mode_rotates_every_key_at_the_current_length():
         logits, kc, vc = _step(graphdef, state, ids[:, pos], jnp.int32(pos), kc, vc)
         np.testing.assert_allclose(logits, model(ids[:, :pos + 1])[:, -1], atol=1e-5, err_msg=f"pos {pos}")
     # keys rotated at the prompt's length (the stale cache) are visibly wrong on the same model
-    stale = model(ids[:, :59], rope=model.rope(50))[:, -1]
+    stale = model(ids[:, :59], frequencies=model.frequencies(50))[:, -1]
     assert float(jnp.abs(stale - model(ids[:, :59])[:, -1]).max()) > 1e-2
+
+
+@pytest.mark.parametrize("name", ["yarn", "dynamic"])
+def test_decoding_on_a_mesh_is_sharded_and_gives_the_one_device_tokens(name):
+    """A model loaded onto 8 virtual devices (fsdp 2 x sequence 2 x tensor 2) decodes under its own
+    sharder — prefill, cached steps (yarn) and the recompute path (dynamic past L0) alike: the lowered
+    programs contain the shard_map attention and the logical constraints (absent without a sharder: the
+    check can fail), and the tokens are the single-device ones."""
+    from yarn_jax.generate import _last_logits, _prefill, _step
+    from yarn_jax.sharding import MeshConfig, Sharder, make_mesh
+    from yarn_jax.sharding.params import shard_state
+
+    single = tiny_model(ROPES[name])
+    sharder = Sharder(make_mesh(MeshConfig(axes={"fsdp": 2, "sequence": 2, "tensor": 2})))
+    graphdef, state = nnx.split(single.replace(sharder=sharder))
+    model = nnx.merge(graphdef, shard_state(state, sharder))
+    prompt = jnp.asarray(np.random.default_rng(4).integers(0, 97, (2, 160)), jnp.int32)
+    np.testing.assert_array_equal(greedy_generate(model, prompt, 10), greedy_generate(single, prompt, 10))
+
+    def programs(m):
+        g, s = nnx.split(m)
+        kc = jnp.zeros((2, 2, 170, 2, 16))
+        return [_prefill.lower(g, s, prompt, 170).as_text(), _step.lower(g, s, prompt[:, 0], jnp.int32(160), kc, kc)
+                .as_text(), _last_logits.lower(g, s, jnp.pad(prompt, ((0, 0), (0, 9))), jnp.int32(160)).as_text()]
+
+    prefill, step, recompute = programs(model)
+    for text in (prefill, recompute):
+        assert "sdy.manual_computation" in text and "sdy.sharding_constraint" in text
+    assert "sdy.sharding_constraint" in step  # one-token steps: the caches and residual stream constrained
+    assert not any("sdy.manual_computation" in t or "sdy.sharding_constraint" in t for t in programs(single))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from yarn_jax.checkpoint.gguf import read_gguf, unpermute_rotary_rows
+from yarn_jax.checkpoint.gguf import open_gguf, unpermute_rotary_rows
 
 
 def llama_cpp_permute(w, n_heads):
@@ -33,7 +33,8 @@ def transformers_gguf_model(assets):
 
 
 def test_smollm2_gguf_weights_equal_transformers_loader(assets, transformers_gguf_model):
-    config, tensors = read_gguf(assets["smollm2_gguf"])
+    config, _, loaders = open_gguf(assets["smollm2_gguf"])
+    tensors = {name: load() for name, load in loaders.items()}
     hf = transformers_gguf_model
     assert (config["num_hidden_layers"], config["num_attention_heads"], config["num_key_value_heads"],
             config["head_dim"], config["vocab_size"], config["max_position_embeddings"]) == (

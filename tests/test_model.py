@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import random_params, tiny_hf_dict, torch_llama, torch_logits
 
-from yarn_jax.checkpoint.hf import params_to_hf
+from yarn_jax.checkpoint.layout import params_to_hf
 from yarn_jax.config import LlamaConfig
 from yarn_jax.model import Llama, model_from_params
 

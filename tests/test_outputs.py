@@ -9,8 +9,8 @@ import pytest
 from conftest import HeldLock, snapshot
 
 from yarn_jax.errors import ConfigError, OutputError
-from yarn_jax.outputs import (Staging, atomic_write_text, build_once, check_disjoint, check_replaceable,
-                              checkpoint_kind, lock)
+from yarn_jax.checkpoint.layout import check_replaceable, checkpoint_kind
+from yarn_jax.outputs import Staging, atomic_write_text, build_once, check_disjoint, lock
 
 
 def test_check_disjoint_refuses_every_overlap(tmp_path):

@@ -71,8 +71,9 @@ def two_process_run(tmp_path_factory, assets):
 def test_train_and_eval_steps_give_the_single_process_losses(two_process_run):
     work, cfg, params, results = two_process_run
     data = np.load(work / "batches.npz")
-    graphdef, state = nnx.split(model_from_params(cfg, params))
-    step = TrainStep(graphdef, make_optimizer(1e-2, warmup_steps=1, clip_norm=0.5))
+    model = model_from_params(cfg, params)
+    state = nnx.state(model)
+    step = TrainStep(model, make_optimizer(1e-2, warmup_steps=1, clip_norm=0.5))
     opt = step.init(state)
     losses = []
     for name in ("batch0", "batch1"):

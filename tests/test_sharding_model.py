@@ -11,7 +11,7 @@ from jax.sharding import PartitionSpec as P
 from tests.conftest import random_params, tiny_hf_dict
 from yarn_jax.config import LlamaConfig
 from yarn_jax.model import model_from_params
-from yarn_jax.sharding import MeshConfig, Sharder, activate, make_mesh
+from yarn_jax.sharding import MeshConfig, Sharder, make_mesh
 from yarn_jax.sharding.params import shard_state, spec_table, tree_shardings
 from yarn_jax.training.step import TrainStep, batch_sharding, loss_terms, make_optimizer
 
@@ -42,18 +42,16 @@ def _loss(state, graphdef, batch):
 
 
 def _logits_and_grads(preset, backend):
-    graphdef, state = nnx.split(model_from_params(CFG, PARAMS, attention_backend=backend))
+    sharder = None if preset is None else Sharder(make_mesh(MeshConfig(preset=preset)))
+    graphdef, state = nnx.split(model_from_params(CFG, PARAMS, attention_backend=backend, sharder=sharder))
     batch = _batch()
-    sharder = None
-    if preset is not None:
-        sharder = Sharder(make_mesh(MeshConfig(preset=preset)))
+    if sharder is not None:
         state = shard_state(state, sharder)
         batch = {k: jax.device_put(v, batch_sharding(sharder, v.shape)) for k, v in batch.items()}
 
     def fn(state, batch):
-        with activate(sharder):
-            logits = nnx.merge(graphdef, state)(batch["input_ids"], batch["positions"], batch["segment_ids"])
-            return logits, jax.grad(_loss)(state, graphdef, batch)
+        logits = nnx.merge(graphdef, state)(batch["input_ids"], batch["positions"], batch["segment_ids"])
+        return logits, jax.grad(_loss)(state, graphdef, batch)
 
     if sharder is None:
         return jax.jit(fn)(state, batch), state
@@ -110,13 +108,13 @@ def test_train_steps_equal_one_device(preset):
     """Two AdamW steps (clipped, with warmup) on packed batches: losses, gradient norms and updated
     parameters match the single-device step."""
     optimizer = make_optimizer(1e-2, warmup_steps=1, clip_norm=0.5)
-    graphdef, state = nnx.split(model_from_params(CFG, PARAMS))
     batches = [_batch(seed=s) for s in (1, 2)]
 
     def run(sharder):
-        st = jax.tree.map(jnp.copy, state)  # the step donates its inputs
+        model = model_from_params(CFG, PARAMS, sharder=sharder)
+        st = nnx.state(model)
         st = st if sharder is None else shard_state(st, sharder)
-        step = TrainStep(graphdef, optimizer, sharder)
+        step = TrainStep(model, optimizer)
         opt = step.init(st)
         metrics = []
         for b in batches:
@@ -157,11 +155,12 @@ def test_loss_counts_only_real_next_tokens_of_the_same_document():
 
 def test_gradient_accumulation_equals_one_batch():
     optimizer = make_optimizer(1e-2, warmup_steps=1)
-    graphdef, state = nnx.split(model_from_params(CFG, PARAMS))
+    model = model_from_params(CFG, PARAMS)
+    state = nnx.state(model)
     batch = {k: jnp.asarray(v) for k, v in _batch(seed=3).items()}
     out = {}
     for accum in (1, 4):
-        step = TrainStep(graphdef, optimizer, accum=accum)
+        step = TrainStep(model, optimizer, accum=accum)
         st = jax.tree.map(jnp.copy, state)
         st, _, m = step(st, step.init(st), batch)
         out[accum] = (st, float(m["loss"]))

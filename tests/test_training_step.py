@@ -11,7 +11,7 @@ import torch
 from conftest import random_params, tiny_hf_dict, torch_llama
 from flax import nnx
 
-from yarn_jax.checkpoint.hf import params_to_hf
+from yarn_jax.checkpoint.layout import params_to_hf
 from yarn_jax.config import LlamaConfig
 from yarn_jax.loss import weighted_nll
 from yarn_jax.model import flat_params, model_from_params

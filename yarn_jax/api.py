@@ -12,31 +12,29 @@ import numpy as np
 from flax import nnx
 
 from yarn_jax.attention.kernels import SplashBlocks
-from yarn_jax.checkpoint import is_orbax_step, load_checkpoint, save_hf_checkpoint
+from yarn_jax.checkpoint import open_checkpoint, save_hf_checkpoint
 from yarn_jax.config import LlamaConfig
 from yarn_jax.errors import ConfigError
-from yarn_jax.model import Llama, model_from_params, model_params
-from yarn_jax.sharding.loading import load_sharded
-from yarn_jax.sharding.rules import Sharder, activate
+from yarn_jax.loading import load_model
+from yarn_jax.model import Llama, model_params
+from yarn_jax.sharding.rules import Sharder
 
 
 class PretrainedModel:
     """A loaded LLaMA: `.config` (LlamaConfig), `.module` (the NNX Llama), `.logits(input_ids)`."""
 
-    def __init__(self, module: Llama, source: str | None = None, tokenizer_dir: str | None = None,
-                 sharder=None):
+    def __init__(self, module: Llama, source: str | None = None, tokenizer_dir: str | None = None):
         self.module = module
-        self.sharder = sharder  # the mesh the parameters are sharded over, if any
         self.config: LlamaConfig = module.config
         self.source = source
         self.tokenizer_dir = tokenizer_dir
         self._graphdef, self._state = nnx.split(module)
+        self._logits = jax.jit(lambda state, ids, pos: nnx.merge(self._graphdef, state)(ids, pos))
 
-        def logits(state, ids, pos):
-            with activate(sharder):
-                return nnx.merge(self._graphdef, state)(ids, pos)
-
-        self._logits = jax.jit(logits)
+    @property
+    def sharder(self) -> Sharder | None:
+        """The mesh (and rules) the parameters are sharded over and the model runs on, if any."""
+        return self.module.sharder
 
     def logits(self, input_ids, positions=None) -> jax.Array:
         """input_ids int [B, T] (or [T]) -> float32 logits [B, T, vocab] (or [T, vocab])."""
@@ -57,9 +55,8 @@ class PretrainedModel:
 
     def with_rope(self, rope_scaling: Mapping[str, Any] | None, where: str = "rope_scaling") -> "PretrainedModel":
         """The same weights (shared, not copied) under another rope configuration (an HF-style dict)."""
-        module = nnx.merge(self._graphdef, self._state)
-        module.config = self.config.with_rope(rope_scaling, where=where)
-        return PretrainedModel(module, source=self.source, tokenizer_dir=self.tokenizer_dir, sharder=self.sharder)
+        module = self.module.replace(config=self.config.with_rope(rope_scaling, where=where))
+        return PretrainedModel(module, source=self.source, tokenizer_dir=self.tokenizer_dir)
 
     def tokenizer(self):
         """The HF fast tokenizer (tokenizers library) saved next to the weights, if any."""
@@ -101,27 +98,19 @@ def from_pretrained(
     remat: str = "none",
     sharder: Sharder | None = None,
     splash_blocks: SplashBlocks | None = None,
+    step: int | None = None,
 ) -> PretrainedModel:
-    """Load an HF directory, `.gguf` file or yarn_jax checkpoint; `rope_scaling` (an HF-style dict) overrides
-    the checkpoint's.
+    """Load an HF directory, `.gguf` file or yarn_jax checkpoint (its latest step, or `step`);
+    `rope_scaling` (an HF-style dict) overrides the checkpoint's.
 
     `dtype` is the compute dtype; parameters are stored in `param_dtype`. With a `sharder` (a mesh and
-    its rules) every parameter is read straight into its shards (`sharding.loading.load_sharded`).
+    its rules) the model runs on that mesh and every parameter is read straight into its shards
+    (`loading.load_model`).
     """
-    if sharder is not None:
-        cfg, module = load_sharded(path, sharder, param_dtype=param_dtype, dtype=dtype,
-                                   attention_backend=attention_backend, remat=remat, splash_blocks=splash_blocks)
-    else:
-        cfg, params = load_checkpoint(path)
-    if rope_scaling is not None:
-        cfg = cfg.with_rope(rope_scaling, where="rope_scaling argument")
-    if sharder is not None:
-        module.config = cfg
-    else:
-        module = model_from_params(cfg, params, dtype=dtype, param_dtype=param_dtype,
-                                   attention_backend=attention_backend, remat=remat, splash_blocks=splash_blocks)
-    p = Path(path)
-    # tokenizer files sit next to HF weights, next to a .gguf file, and at the ROOT of an orbax checkpoint
-    return PretrainedModel(module, source=str(p),
-                           tokenizer_dir=str(p if p.is_dir() and not is_orbax_step(p) else p.parent),
-                           sharder=sharder)
+    with open_checkpoint(path, step) as source:
+        cfg = source.config
+        if rope_scaling is not None:
+            cfg = cfg.with_rope(rope_scaling, where="rope_scaling argument")
+        module = load_model(source, cfg, sharder=sharder, dtype=dtype, param_dtype=param_dtype,
+                            attention_backend=attention_backend, remat=remat, splash_blocks=splash_blocks)
+        return PretrainedModel(module, source=os.fspath(path), tokenizer_dir=source.tokenizer_dir)

@@ -18,6 +18,7 @@ import sys
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from yarn_jax.checkpoint import checkpoint_format, open_checkpoint, write_hf_directory
 from yarn_jax.errors import AssetError, command
 from yarn_jax.outputs import build_once
 
@@ -129,16 +130,10 @@ def smollm2() -> Path:
         return target
     gguf_path = smollm2_gguf()
 
-    def build(tmp: Path) -> None:
-        from yarn_jax.checkpoint.gguf import load_gguf_checkpoint
-        from yarn_jax.checkpoint.hf import save_hf_checkpoint
-
+    def build(tmp: Path) -> None:  # (tmp: a staging directory moved into place once complete)
         _log(f"converting {gguf_path.name} to an HF directory")
-        cfg, params = load_gguf_checkpoint(gguf_path)
-        save_hf_checkpoint(tmp / "model", cfg, params)
-        for f in (tmp / "model").iterdir():
-            os.replace(f, tmp / f.name)
-        (tmp / "model").rmdir()
+        with open_checkpoint(gguf_path) as source:
+            write_hf_directory(tmp, source.config, source.read, source=str(gguf_path))
         # The tokenizer: transformers' GGUF tokenizer conversion (no torch needed).
         from transformers import AutoTokenizer
 
@@ -179,6 +174,16 @@ def play_text(name: str) -> str:
         if p.stem == name:
             return p.read_text(encoding="utf-8")
     raise AssetError(f"no play named {name!r}; available: {', '.join(p.stem for p in play_paths())}")
+
+
+def resolve_model(name: str) -> str:
+    """A `model` setting -> a checkpoint path: `smollm2` is the bundled model (fetched on first use); any
+    other name must be a checkpoint yarn_jax reads (local or gs://...), checked now (CheckpointError
+    naming it)."""
+    if name == "smollm2":
+        return str(smollm2())
+    checkpoint_format(name)
+    return name
 
 
 def ensure_all() -> dict[str, str]:

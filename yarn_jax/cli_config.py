@@ -16,7 +16,10 @@ from typing import Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from yarn_jax.attention.kernels import SplashBlocks
 from yarn_jax.errors import ConfigError
+from yarn_jax.sharding.distributed import DistributedConfig
+from yarn_jax.sharding.mesh import MeshConfig
 
 
 class ParallelConfig(BaseModel):
@@ -46,8 +49,6 @@ class ParallelConfig(BaseModel):
     @classmethod
     def _mesh_fields(cls, v, info):
         """Axis names/sizes and rules checked now (the device count at run time)."""
-        from yarn_jax.sharding.mesh import MeshConfig
-
         try:
             MeshConfig(**{info.field_name.removeprefix("mesh_"): v})
         except ValidationError as e:
@@ -57,8 +58,6 @@ class ParallelConfig(BaseModel):
     @field_validator("splash_blocks")
     @classmethod
     def _splash_blocks(cls, v):
-        from yarn_jax.attention.kernels import SplashBlocks
-
         try:
             SplashBlocks.from_dict(v)
         except (ConfigError, TypeError) as e:
@@ -67,13 +66,9 @@ class ParallelConfig(BaseModel):
 
     def splash(self):
         """The splash attention blocks (defaults overridden by `splash_blocks`)."""
-        from yarn_jax.attention.kernels import SplashBlocks
-
         return SplashBlocks.from_dict(self.splash_blocks)
 
     def mesh_config(self):
-        from yarn_jax.sharding.mesh import MeshConfig
-
         return MeshConfig(preset=self.mesh, axes=self.mesh_axes, rules=self.mesh_rules, dcn=self.mesh_dcn)
 
     def sharder(self, devices=None):
@@ -82,8 +77,6 @@ class ParallelConfig(BaseModel):
         return mesh.sharder(devices) if mesh.enabled else None
 
     def distributed_config(self):
-        from yarn_jax.sharding.distributed import DistributedConfig
-
         return DistributedConfig(mode=self.distributed, coordinator_address=self.coordinator_address,
                                  num_processes=self.num_processes, process_id=self.process_id)
 

@@ -147,20 +147,10 @@ class LlamaConfig:
     def to_hf_dict(self) -> dict[str, Any]:
         """An HF config.json dict that transformers' LlamaForCausalLM loads, carrying the rope used.
 
-        The paper-only methods are written as their exact HF equivalents: `ntk` as `default` with the
-        changed base, `ntk_by_parts` as `yarn` with attention_factor 1. `dynamic_yarn` has no HF
-        equivalent and raises ConfigError.
+        The paper-only methods are written as their exact HF equivalents where one exists (each method's
+        record says how); others (`dynamic_yarn`) raise ConfigError.
         """
-        rope = self.rope
-        if rope.rope_type == "dynamic_yarn":
-            raise ConfigError("rope_type 'dynamic_yarn' has no transformers equivalent; cannot write an HF config")
-        if rope.rope_type == "ntk":
-            d = rope.rotary_dim
-            rope = dataclasses.replace(rope, rope_type="default", theta=rope.theta * rope.factor ** (d / (d - 2)),
-                                       factor=1.0)
-        rope_parameters = rope.to_dict()
-        if rope.rope_type == "ntk_by_parts":
-            rope_parameters.update(rope_type="yarn", attention_factor=1.0)
+        rope_parameters = self.rope.hf_parameters()
         out = {
             "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
             "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,

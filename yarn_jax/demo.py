@@ -16,8 +16,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-import yarn_jax
 from yarn_jax import assets
+from yarn_jax.api import from_pretrained
 from yarn_jax.errors import command
 from yarn_jax.rope import HF_ROPE_TYPES, parse_rope_spec
 
@@ -53,7 +53,7 @@ def main(argv=None) -> None:
 
     console = Console(stderr=True)
     model_dir = str(assets.smollm2())
-    model = yarn_jax.from_pretrained(model_dir)
+    model = from_pretrained(model_dir)
     text = assets.play_text(args.play)
     ids = np.asarray([model.tokenizer().encode(text).ids[: args.tokens]], dtype=np.int32)
     console.print(f"SmolLM2-135M-Instruct, {ids.shape[1]} tokens of {args.play}, float32")
@@ -64,7 +64,7 @@ def main(argv=None) -> None:
         table.add_column(col, justify="right" if col != "rope" else "left")
     rows = []
     for spec, rope in zip(specs, ropes):
-        m = yarn_jax.from_pretrained(model_dir, rope_scaling=rope) if rope else model
+        m = from_pretrained(model_dir, rope_scaling=rope) if rope else model
         with console.status(f"yarn_jax forward ({spec})"):
             t0 = time.perf_counter()
             ours = np.asarray(m.logits(ids))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import sys
 
+from yarn_jax.platforms import skip_absent_tpu
+
 
 class YarnJaxError(ValueError):
     """Base class of all errors yarn_jax raises about user input."""
@@ -70,8 +72,6 @@ def command(main):
 
     @functools.wraps(main)
     def run(*args, **kwargs):
-        from yarn_jax.platforms import skip_absent_tpu
-
         skip_absent_tpu()
         try:
             return main(*args, **kwargs)

@@ -18,13 +18,16 @@ import json
 import os
 import struct
 
+from etils import epath
+
+from yarn_jax.checkpoint.orbax_ckpt import latest_step
+from yarn_jax.checkpoint.source import checkpoint_format, orbax_root_step
+
 FULL_LIMIT = 64 * 2**20
 BLOCK, BLOCKS, EDGE, TENSOR_EDGE = 64 * 2**10, 64, 2**20, 4096
 
 
 def _epath(path):
-    from etils import epath
-
     return epath.Path(path)
 
 
@@ -94,17 +97,17 @@ def _files_under(d) -> list:
 def model_identity(path: str) -> dict:
     """What a model path holds now: {"kind", "step" (yarn_jax checkpoints), "files": {name: digest}}; the
     files are the weights and config, not the tokenizer (see `tokenizer_identity`)."""
-    from yarn_jax.checkpoint.orbax_ckpt import is_orbax_root, is_orbax_step, latest_step
-
     p = _epath(path)
-    if is_orbax_step(p) or is_orbax_root(p):
-        root, step = (p.parent, int(p.name)) if is_orbax_step(p) else (p, latest_step(p))
+    kind = checkpoint_format(p)
+    if kind == "orbax":
+        root, step = orbax_root_step(p)
+        step = latest_step(root) if step is None else step
         # a committed step is never rewritten: its resolved number, file names and sizes, and the content of
         # its small metadata files identify it without reading the arrays (a 7B step on a bucket is 10k+ files)
         step_dir = root / str(step)
         return {"kind": "orbax", "step": step, "files": _tree(step_dir, _files_under(step_dir), _size_or_digest)}
-    if p.is_file():
-        return {"kind": "gguf" if p.name.endswith(".gguf") else "file", "files": {p.name: file_digest(p)}}
+    if kind == "gguf":
+        return {"kind": "gguf", "files": {p.name: file_digest(p)}}
     names = [f for f in p.iterdir() if f.is_file() and (
         f.name == "config.json" or f.name.endswith(".safetensors") or f.name == "model.safetensors.index.json")]
     return {"kind": "hf", "files": _tree(p, names)}

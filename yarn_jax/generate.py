@@ -42,7 +42,7 @@ def _last_logits(graphdef, state, ids, real_len):
     attention; the rope is evaluated at real_len, as an unpadded forward would): one compiled program
     for every length of a recompute loop."""
     model: Llama = nnx.merge(graphdef, state)
-    h = model.hidden_states(ids, rope=model.rope(real_len))
+    h = model.hidden_states(ids, frequencies=model.frequencies(real_len))
     return model.logits_from_hidden(jax.lax.dynamic_slice_in_dim(h, real_len - 1, 1, axis=1))[:, 0]
 
 
@@ -54,7 +54,9 @@ def _step(graphdef, state, token, pos, k_cache, v_cache):
 
 def frequencies_change(model: Llama, start_len: int, end_len: int) -> bool:
     """Whether the rope frequencies (or attention factor) at seq_len start_len and end_len differ."""
-    a, b = model.rope(start_len), model.rope(end_len)
+    if not model.config.rope.method.length_dependent:
+        return False
+    a, b = model.frequencies(start_len), model.frequencies(end_len)
     return not all(bool(jnp.array_equal(x, y)) for x, y in zip(a, b))
 
 

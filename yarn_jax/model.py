@@ -3,7 +3,9 @@
 Layers are created stacked (leading `layers` axis, via `nnx.vmap`) and run with `jax.lax.scan`, so
 compile time does not grow with depth. Every parameter carries logical axis names in its `out_sharding`
 metadata (`vocab, embed, heads, kv_heads, head_dim, mlp, norm, layers`); the sharding module maps them
-onto a device mesh.
+onto a device mesh. A model built with a `sharder` holds it as static structure (like its attention
+backend) and applies it wherever it is traced — forward, scorer, train step, prefill and decode alike:
+activations are constrained by their logical names and attention runs per shard in `shard_map`.
 
 Weight layouts (HF's `nn.Linear` [out, in] is transposed on import):
   embed_tokens [V, E]; q_proj [E, H, D]; k_proj, v_proj [E, K, D]; o_proj [H, D, E];
@@ -24,12 +26,14 @@ from jax.ad_checkpoint import checkpoint_name
 from yarn_jax.attention import SplashBlocks, attention, resolve_backend
 from yarn_jax.attention.sharded import self_attention
 from yarn_jax.config import LlamaConfig
-from yarn_jax.errors import ConfigError
+from yarn_jax.errors import CheckpointError, ConfigError
 from yarn_jax.loss import DEFAULT_CHUNK, token_log_probs
 from yarn_jax.rope import apply_rotary, rope_frequencies, rotary_cos_sin
-from yarn_jax.sharding.rules import constrain
+from yarn_jax.sharding.rules import Sharder, constrain
 
 ACTIVATIONS = ("batch", "length", None)  # logical names of the residual stream [B, T, E]
+DECODING = ("batch", None, None)  # the residual stream of one new token [B, 1, E]
+CACHE = ("batch", None, "kv_heads", "head_dim")  # one layer's decoding cache [B, S, K, D]: rows and KV heads
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -111,7 +115,7 @@ class RMSNorm(nnx.Module):
 
 class DecoderLayer(nnx.Module):
     def __init__(self, cfg: LlamaConfig, *, dtype, param_dtype, attention_backend: str, rngs: nnx.Rngs,
-                 splash_blocks: SplashBlocks | None = None):
+                 splash_blocks: SplashBlocks | None = None, sharder: Sharder | None = None):
         e, h, k, d, f = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
                          cfg.intermediate_size)
         std = cfg.initializer_range
@@ -127,6 +131,7 @@ class DecoderLayer(nnx.Module):
         self.dtype = dtype
         self.attention_backend = attention_backend
         self.splash_blocks = splash_blocks
+        self.sharder = sharder
 
     def project_qkv(self, x):
         """x [B, T, E] -> q [B, T, H, D], k [B, T, K, D] (both before the rotation), v [B, T, K, D]."""
@@ -150,8 +155,8 @@ class DecoderLayer(nnx.Module):
         q, k, v = self.project_qkv(x)
         o = self_attention(apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v,
                            backend=self.attention_backend, segment_ids=segment_ids,
-                           splash_blocks=self.splash_blocks)  # [B, T, H, D]
-        return constrain(self.finish(x, o), ACTIVATIONS), (k, v)
+                           splash_blocks=self.splash_blocks, sharder=self.sharder)  # [B, T, H, D]
+        return constrain(self.finish(x, o), ACTIVATIONS, self.sharder), (k, v)
 
     def decode(self, x, cos_q, sin_q, cos_k, sin_k, k_cache, v_cache, pos, valid):
         """One new token x [B, 1, E] at position `pos` against a cache of keys stored *before* the rotation.
@@ -162,12 +167,14 @@ class DecoderLayer(nnx.Module):
         Returns (x [B, 1, E], k_cache, v_cache).
         """
         q, k, v = self.project_qkv(x)
-        k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), pos, axis=1)
-        v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), pos, axis=1)
+        k_cache = constrain(jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), pos, axis=1),
+                            CACHE, self.sharder)
+        v_cache = constrain(jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), pos, axis=1),
+                            CACHE, self.sharder)
         o = attention(apply_rotary(q, cos_q, sin_q), apply_rotary(k_cache, cos_k, sin_k), v_cache,
                       backend="reference", causal=False, q_segment_ids=jnp.ones_like(valid[:, :1]),
                       kv_segment_ids=valid)  # one query: the causal mask is the valid-key mask
-        return self.finish(x, o), k_cache, v_cache
+        return constrain(self.finish(x, o), DECODING, self.sharder), k_cache, v_cache
 
 
 class Llama(nnx.Module):
@@ -175,7 +182,7 @@ class Llama(nnx.Module):
 
     def __init__(self, cfg: LlamaConfig, *, dtype="float32", param_dtype="float32",
                  attention_backend: str = "auto", remat: str = "none", rngs: nnx.Rngs | None = None,
-                 splash_blocks: SplashBlocks | None = None):
+                 splash_blocks: SplashBlocks | None = None, sharder: Sharder | None = None):
         if remat not in REMAT_POLICIES:
             raise ConfigError(f"remat policy {remat!r} is not supported; choose from {sorted(REMAT_POLICIES)}")
         resolve_backend(attention_backend)  # an unknown backend fails here, before any compute
@@ -183,7 +190,11 @@ class Llama(nnx.Module):
         self.config = cfg
         self.dtype = as_dtype(dtype)
         self.remat = remat
+        self.attention_backend = attention_backend
+        self.splash_blocks = splash_blocks
+        self.sharder = sharder
         pdt = as_dtype(param_dtype)
+        self.param_dtype = pdt
         self.embed_tokens = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), pdt,
                                    cfg.initializer_range)
 
@@ -191,7 +202,7 @@ class Llama(nnx.Module):
         @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
         def make_layers(r):
             return DecoderLayer(cfg, dtype=self.dtype, param_dtype=pdt, attention_backend=attention_backend,
-                                rngs=r, splash_blocks=splash_blocks)
+                                rngs=r, splash_blocks=splash_blocks, sharder=sharder)
 
         self.layers = make_layers(rngs)
         self.final_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=pdt, rngs=rngs)
@@ -199,15 +210,34 @@ class Llama(nnx.Module):
             self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), pdt,
                                   cfg.initializer_range)
 
-    def rope(self, seq_len):
-        """(inv_freq [d/2], attention_factor) of the configured method at this length (may be traced)."""
+    def replace(self, **changes) -> "Llama":
+        """This model with other static settings (`config`, `sharder`, `attention_backend`, `remat`, `dtype`,
+        `splash_blocks`) around the same parameter arrays (shared, not copied)."""
+        settings = dict(config=self.config, dtype=self.dtype, param_dtype=self.param_dtype,
+                        attention_backend=self.attention_backend, remat=self.remat,
+                        splash_blocks=self.splash_blocks, sharder=self.sharder)
+        unknown = set(changes) - set(settings)
+        if unknown:
+            raise TypeError(f"Llama.replace: unknown settings {sorted(unknown)}")
+        settings.update(changes)
+        cfg = settings.pop("config")
+        graphdef = nnx.graphdef(nnx.eval_shape(lambda: Llama(cfg, **settings)))
+        return nnx.merge(graphdef, nnx.state(self))
+
+    def constrain(self, x, names):
+        """x under its logical axis names on this model's mesh (the identity without a sharder)."""
+        return constrain(x, names, self.sharder)
+
+    def frequencies(self, seq_len):
+        """(inv_freq [d/2], attention_factor) of the configured rope at this length (may be traced)."""
         return rope_frequencies(self.config.rope, seq_len)
 
-    def rotary(self, positions, rope=None):
+    def rotary(self, positions, frequencies=None):
         """cos, sin [B, T, d] for positions [B, T]. Dynamic methods see seq_len = max(positions) + 1 (HF).
-        `rope` = (inv_freq, attention_factor) arrays overrides the config's method (one compiled program
-        can then serve every method at a given length)."""
-        inv_freq, attention_factor = self.rope(jnp.max(positions) + 1) if rope is None else rope
+        `frequencies` = (inv_freq, attention_factor) arrays replace the configured rope's (the one way to
+        run another method: one compiled program then serves every method at a given length)."""
+        inv_freq, attention_factor = (self.frequencies(jnp.max(positions) + 1) if frequencies is None
+                                      else frequencies)
         return rotary_cos_sin(positions, inv_freq, attention_factor)
 
     def _scan_layers(self, fn, x, xs=None):
@@ -225,30 +255,30 @@ class Llama(nnx.Module):
     def embed(self, input_ids):
         # under FSDP the table is all-gathered along embed first (as every layer's weights are): a lookup
         # into an embed-sharded table would give an embed-sharded result XLA can only reshard by a full copy
-        table = constrain(self.embed_tokens[...], ("vocab", None))
+        table = self.constrain(self.embed_tokens[...], ("vocab", None))
         return jnp.take(table, input_ids, axis=0).astype(self.dtype)  # [B, T, E]
 
-    def hidden_states(self, input_ids, positions=None, segment_ids=None, *, rope=None, return_kv=False):
+    def hidden_states(self, input_ids, positions=None, segment_ids=None, *, frequencies=None, return_kv=False):
         """input_ids [B, T] int -> final-normed hidden states [B, T, E] in the compute dtype.
         With return_kv, also the per-layer keys (before the rotation) and values [L, B, T, K, D]."""
         b, t = input_ids.shape
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        cos, sin = self.rotary(positions, rope)
+        cos, sin = self.rotary(positions, frequencies)
 
         def layer(mod, h, _):
             h, kv = mod(h, cos, sin, segment_ids)
             return h, (kv if return_kv else None)
 
-        x, kv = self._scan_layers(layer, constrain(self.embed(input_ids), ACTIVATIONS))
+        x, kv = self._scan_layers(layer, self.constrain(self.embed(input_ids), ACTIVATIONS))
         return (self.final_norm(x), kv) if return_kv else self.final_norm(x)
 
-    def decode_step(self, token, pos, k_cache, v_cache, rope=None):
+    def decode_step(self, token, pos, k_cache, v_cache, frequencies=None):
         """Greedy-decoding step: token [B] at position `pos` (scalar), caches [L, B, S, K, D] of keys before
         the rotation and values -> (logits [B, V] float32, k_cache, v_cache). The rope is evaluated at
         seq_len = pos + 1, as a full forward over the pos + 1 tokens would."""
         b, s = k_cache.shape[1], k_cache.shape[2]
-        inv_freq, attention_factor = self.rope(pos + 1) if rope is None else rope
+        inv_freq, attention_factor = self.frequencies(pos + 1) if frequencies is None else frequencies
         key_pos = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
         cos_k, sin_k = rotary_cos_sin(key_pos, inv_freq, attention_factor)
         cos_q, sin_q = rotary_cos_sin(jnp.full((b, 1), pos, jnp.int32), inv_freq, attention_factor)
@@ -258,7 +288,8 @@ class Llama(nnx.Module):
             h, kc, vc = mod.decode(h, cos_q, sin_q, cos_k, sin_k, *caches, pos, valid)
             return h, (kc, vc)
 
-        x, (k_cache, v_cache) = self._scan_layers(layer, self.embed(token[:, None]), (k_cache, v_cache))
+        x, (k_cache, v_cache) = self._scan_layers(layer, self.constrain(self.embed(token[:, None]), DECODING),
+                                                  (k_cache, v_cache))
         return self.logits_from_hidden(self.final_norm(x))[:, 0], k_cache, v_cache
 
     def lm_head_weight(self):
@@ -270,26 +301,28 @@ class Llama(nnx.Module):
         w = self.lm_head_weight()
         return jnp.einsum("bte,ev->btv", h, w.astype(h.dtype), preferred_element_type=jnp.float32)
 
-    def __call__(self, input_ids, positions=None, segment_ids=None, *, rope=None):
-        return self.logits_from_hidden(self.hidden_states(input_ids, positions, segment_ids, rope=rope))
+    def __call__(self, input_ids, positions=None, segment_ids=None, *, frequencies=None):
+        return self.logits_from_hidden(self.hidden_states(input_ids, positions, segment_ids, frequencies=frequencies))
 
 
-def model_from_params(cfg: LlamaConfig, params, *, dtype="float32", param_dtype="float32",
-                      attention_backend: str = "auto", remat: str = "none",
-                      splash_blocks: SplashBlocks | None = None) -> Llama:
-    """Build a Llama whose parameters are `params` ({param path tuple: array}), without random init."""
+def abstract_model(cfg: LlamaConfig, **settings) -> Llama:
+    """A Llama of ShapeDtypeStructs (no allocation); `settings` as for `Llama`."""
+    return nnx.eval_shape(lambda: Llama(cfg, **settings))
+
+
+def model_from_params(cfg: LlamaConfig, params, *, param_dtype="float32", **settings) -> Llama:
+    """Build a Llama whose parameters are `params` ({param path tuple: array}), without random init;
+    `settings` (dtype, attention_backend, remat, splash_blocks, sharder) as for `Llama`."""
     pdt = as_dtype(param_dtype)
-    abstract = nnx.eval_shape(lambda: Llama(cfg, dtype=dtype, param_dtype=pdt, attention_backend=attention_backend,
-                                            remat=remat, splash_blocks=splash_blocks))
-    graphdef, state = nnx.split(abstract)
+    graphdef, state = nnx.split(abstract_model(cfg, param_dtype=pdt, **settings))
     flat = nnx.to_flat_state(state)
     missing = [path for path, _ in flat if tuple(path) not in params]
     if missing:
-        raise ConfigError(f"parameters missing for {['/'.join(map(str, p)) for p in missing]}")
+        raise CheckpointError(f"parameters missing for {['/'.join(map(str, p)) for p in missing]}")
     for path, var in flat:
         value = params[tuple(path)]
         if tuple(value.shape) != tuple(var.shape):
-            raise ConfigError(f"parameter {'/'.join(map(str, path))} has shape {tuple(value.shape)}, "
+            raise CheckpointError(f"parameter {'/'.join(map(str, path))} has shape {tuple(value.shape)}, "
                               f"expected {tuple(var.shape)}")
         var.set_value(jnp.asarray(value, pdt))
     return nnx.merge(graphdef, state)
@@ -311,10 +344,10 @@ def model_params(model: Llama) -> dict[tuple[str, ...], Any]:
     return flat_params(nnx.state(model, nnx.Param))
 
 
-def next_token_log_probs(model: Llama, input_ids, positions=None, segment_ids=None, *, rope=None,
+def next_token_log_probs(model: Llama, input_ids, positions=None, segment_ids=None, *, frequencies=None,
                          chunk: int = DEFAULT_CHUNK):
     """log p(input_ids[:, t+1] | input_ids[:, :t+1]) [B, T-1] float32 via the chunked head (no [T, V] logits)."""
-    h = model.hidden_states(input_ids, positions, segment_ids, rope=rope)
+    h = model.hidden_states(input_ids, positions, segment_ids, frequencies=frequencies)
     # all T positions against the next token (the wrapped last one dropped): T stays aligned with a
     # sequence-sharded layout
     lp = token_log_probs(h, model.lm_head_weight(), jnp.roll(input_ids, -1, axis=1), chunk=chunk)

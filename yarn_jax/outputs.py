@@ -3,8 +3,8 @@
 - `atomic_write_text`: a temporary sibling unique to this process and call, then `os.replace` — two
   processes writing the same file never trip over each other's temporary.
 - `check_disjoint`: a destination equal to, inside, or containing its source is refused.
-- `check_replaceable`: `--overwrite` replaces an empty directory or a checkpoint yarn_jax recognises (an HF
-  directory, a yarn_jax/orbax root) and nothing else; the refusal lists what is there.
+- (`checkpoint.layout.check_replaceable`: `--overwrite` replaces an empty directory or a checkpoint
+  yarn_jax recognises and nothing else.)
 - `Staging`: a directory built beside its target (`.NAME.staging-XXXX`) and moved in only when complete;
   removed on failure; ones left by a killed run are reported and removed by the next run to the same
   target (it holds the target's lock, so no live writer owns them).
@@ -32,9 +32,6 @@ log = logging.getLogger("yarn_jax")
 STAGING_TAG = ".staging-"
 
 # Besides weights, steps and the tokenizer files the checkpoint writers copy: what a checkpoint may hold.
-_HF_EXTRA = {"config.json", "model.safetensors.index.json", "vocab.json", "merges.txt", "tokenizer.model",
-             "added_tokens.json", "conversion.json"}
-_ORBAX_EXTRA = {"conversion.json"}
 
 
 def is_remote(path) -> bool:
@@ -118,45 +115,8 @@ def _epath(path):
     return epath.Path(path)
 
 
-def _is_link(p) -> bool:
+def is_link(p) -> bool:
     return not is_remote(p) and os.path.islink(os.fspath(p))
-
-
-def checkpoint_kind(path) -> str | None:
-    """'empty' | 'hf' | 'orbax' when `path` is a directory `--overwrite` may replace, else None."""
-    from yarn_jax.checkpoint import hf, orbax_ckpt  # their tokenizer file lists (imported here: they use us)
-
-    hf_members, orbax_members = _HF_EXTRA | set(hf.TOKENIZER_FILES), _ORBAX_EXTRA | set(orbax_ckpt.TOKENIZER_FILES)
-    p = _epath(path)
-    if not p.is_dir() or _is_link(p):
-        return None
-    names = [c.name for c in p.iterdir()]
-    if not names:
-        return "empty"
-    unknown = [n for n in names if n not in hf_members and not n.endswith(".safetensors")]
-    if "config.json" in names and not unknown and any(n.endswith(".safetensors") for n in names):
-        return "hf"
-    steps = [n for n in names if n.isdigit()]
-    unknown = [n for n in names if n not in orbax_members and not n.isdigit()
-               and not (n.split(".")[0].isdigit() and ("tmp" in n or "damaged" in n))]
-    if steps and not unknown and all((p / s / "model_config").exists() or not any((p / s).iterdir()) for s in steps):
-        return "orbax"
-    return None
-
-
-def check_replaceable(dst, flag: str = "--overwrite") -> str:
-    """The kind of an existing `dst` that `flag` may replace; anything else is refused, naming its content."""
-    p = _epath(dst)
-    if _is_link(p) or (p.exists() and not p.is_dir()):
-        raise ConfigError(f"{dst}: exists and is not a directory; {flag} replaces only a checkpoint directory "
-                          "(or an empty one)")
-    kind = checkpoint_kind(p)
-    if kind is None:
-        names = sorted(c.name for c in p.iterdir())
-        raise ConfigError(f"{dst}: holds {', '.join(names[:6])}{' ...' if len(names) > 6 else ''}, which is not a "
-                          f"checkpoint yarn_jax recognises; {flag} replaces only an HF checkpoint directory, a "
-                          "yarn_jax checkpoint root or an empty directory — remove it yourself or choose another path")
-    return kind
 
 
 def remove_tree(path) -> None:

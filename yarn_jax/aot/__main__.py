@@ -20,10 +20,18 @@ import sys
 import tempfile
 from pathlib import Path
 
+import jax
 import yaml
 
 from yarn_jax import cli_config
+from yarn_jax.aot.models import model_config
+from yarn_jax.aot.programs import eval_program, target_sharder, train_program
+from yarn_jax.aot.report import compile_report
+from yarn_jax.aot.topology import topology
 from yarn_jax.errors import ConfigError, command
+from yarn_jax.evaluation.config import EvalConfig
+from yarn_jax.evaluation.results import write_json_atomic
+from yarn_jax.training.config import TrainConfig
 
 # what libtpu prints on a machine without a TPU: harmless, and not ours to show
 _NOISE = ("Failed to find host bounds", "Logging before InitGoogle", "E0000 ", "=== Source Location Trace",
@@ -54,9 +62,6 @@ def quiet_libtpu():
 
 
 def _job_config(job: str, path: str | None, rest: list[str]):
-    from yarn_jax.evaluation.config import EvalConfig
-    from yarn_jax.training.config import TrainConfig
-
     if job == "auto":
         if path is None:
             raise ConfigError("--job: pass --job train or --job eval when no --config is given")
@@ -101,15 +106,7 @@ def _summary(r: dict) -> list[str]:
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    import jax
-
     jax.config.update("jax_platforms", "cpu")  # compile for the target; never initialise a local TPU
-    from yarn_jax.aot.models import model_config
-    from yarn_jax.aot.programs import eval_program, target_sharder, train_program
-    from yarn_jax.aot.report import compile_report
-    from yarn_jax.aot.topology import topology
-    from yarn_jax.evaluation.results import write_json_atomic
-
     ap = argparse.ArgumentParser(prog="python -m yarn_jax.aot", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", help="train or eval YAML (configs/train/*.yaml, configs/eval/*.yaml)")

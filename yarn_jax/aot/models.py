@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from yarn_jax.checkpoint import read_config
 from yarn_jax.config import LlamaConfig
 from yarn_jax.errors import ConfigError
 
@@ -26,12 +27,6 @@ PRESETS: dict[str, dict] = {
 ALIASES = {"smollm2": "smollm2-135m"}
 
 
-def _from_checkpoint(path: str) -> LlamaConfig:
-    from yarn_jax.checkpoint import read_config
-
-    return read_config(path)
-
-
 def model_config(spec: str | None, model: str) -> tuple[LlamaConfig, str]:
     """(config, where it came from): `spec` (a preset name or a config.json path) if given, else the
     `model` the train/eval config names — its own config when it is on this machine, otherwise the preset
@@ -47,7 +42,7 @@ def model_config(spec: str | None, model: str) -> tuple[LlamaConfig, str]:
     if name in PRESETS:
         return LlamaConfig.from_hf_dict(PRESETS[name], where=f"preset {name}"), f"preset {name}"
     if os.path.exists(model):
-        return _from_checkpoint(model), model
+        return read_config(model), model
     stem = Path(model.rstrip("/")).name.lower()
     matches = [p for p in PRESETS if stem == p or stem.startswith(p + "-") or stem.startswith(p + "_")]
     if len(matches) == 1:

@@ -13,8 +13,9 @@ from flax import nnx
 
 from yarn_jax.config import LlamaConfig
 from yarn_jax.evaluation.perplexity import PerplexityScorer
-from yarn_jax.model import Llama
+from yarn_jax.model import abstract_model
 from yarn_jax.rope import rope_frequencies
+from yarn_jax.sharding.mesh import MeshConfig
 from yarn_jax.sharding.params import tree_shardings
 from yarn_jax.sharding.rules import Sharder
 from yarn_jax.training.step import TrainStep, batch_sharding, make_optimizer
@@ -36,8 +37,6 @@ class Program:
 
 def target_sharder(cfg, devices) -> Sharder:
     """The config's mesh over the target's devices; mesh `none` is one chip of them."""
-    from yarn_jax.sharding.mesh import MeshConfig
-
     mesh = cfg.mesh_config()
     return mesh.sharder(devices) if mesh.enabled else MeshConfig(axes={"data": 1}).sharder(devices[:1])
 
@@ -46,21 +45,17 @@ def _abstract(tree, shardings):
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
-def abstract_model(cfg: LlamaConfig, *, dtype: str, param_dtype: str, backend: str, remat: str, splash):
-    return nnx.eval_shape(lambda: Llama(cfg, dtype=dtype, param_dtype=param_dtype, attention_backend=backend,
-                                        remat=remat, splash_blocks=splash))
-
-
 def train_program(cfg: LlamaConfig, tcfg, sharder: Sharder) -> Program:
     """train.py's step for `tcfg` (a TrainConfig): batch [batch_size, seq_len] in `accum` micro-batches."""
-    model = abstract_model(cfg, dtype=tcfg.dtype, param_dtype=tcfg.param_dtype, backend=tcfg.attention_backend,
-                           remat=tcfg.remat, splash=tcfg.splash())
+    model = abstract_model(cfg, dtype=tcfg.dtype, param_dtype=tcfg.param_dtype,
+                           attention_backend=tcfg.attention_backend, remat=tcfg.remat, splash_blocks=tcfg.splash(),
+                           sharder=sharder)
     graphdef, state = nnx.split(model)
     optimizer = make_optimizer(tcfg.learning_rate, warmup_steps=tcfg.warmup_steps, b1=tcfg.b1, b2=tcfg.b2,
                                eps=tcfg.eps, weight_decay=tcfg.weight_decay, clip_norm=tcfg.clip_norm,
                                decay=tcfg.lr_decay, total_steps=tcfg.steps)
     opt_state = jax.eval_shape(optimizer.init, state)
-    step = TrainStep(graphdef, optimizer, sharder, accum=tcfg.accum)
+    step = TrainStep(model, optimizer, accum=tcfg.accum)
     shape = (tcfg.batch_size, tcfg.seq_len)
     batch = {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=batch_sharding(sharder, shape)) for k in BATCH_KEYS}
     jitted = step.program(state, opt_state, {k: shape for k in BATCH_KEYS})
@@ -74,8 +69,8 @@ def train_program(cfg: LlamaConfig, tcfg, sharder: Sharder) -> Program:
 def eval_program(cfg: LlamaConfig, ecfg, sharder: Sharder, length: int) -> Program:
     """eval.py's perplexity scorer at one length: one window [1, length] -> its next-token log-probs."""
     model = abstract_model(cfg, dtype=ecfg.dtype, param_dtype="float32",  # as eval.py loads them
-                           backend=ecfg.attention_backend, remat="none", splash=ecfg.splash())
-    scorer = PerplexityScorer(model, cfg.bos_token_id, sharder)
+                           attention_backend=ecfg.attention_backend, splash_blocks=ecfg.splash(), sharder=sharder)
+    scorer = PerplexityScorer(model, cfg.bos_token_id)
     _, state = nnx.split(model)
     shape = (1, length)
     rep = sharder.replicated()

@@ -22,14 +22,13 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from yarn_jax.attention import attention, resolve_backend
-from yarn_jax.sharding.rules import active
+from yarn_jax.sharding.rules import Sharder
 
 
-def self_attention(q, k, v, *, backend: str, segment_ids=None, splash_blocks=None):
-    """Causal self-attention q [B, T, H, D], k/v [B, T, K, D] -> [B, T, H, D], sharded under the active
-    sharder (plain `attention` without one). The backend and its compile/interpret choice follow the
+def self_attention(q, k, v, *, backend: str, segment_ids=None, splash_blocks=None, sharder: Sharder | None = None):
+    """Causal self-attention q [B, T, H, D], k/v [B, T, K, D] -> [B, T, H, D], sharded over `sharder`'s
+    mesh (plain `attention` without one). The backend and its compile/interpret choice follow the
     mesh's platform (a TPU topology's devices on a CPU host: splash through Mosaic)."""
-    sharder = active()
     if sharder is None:
         return attention(q, k, v, backend=backend, causal=True, q_segment_ids=segment_ids,
                          kv_segment_ids=segment_ids, splash_blocks=splash_blocks)

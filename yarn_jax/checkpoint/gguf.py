@@ -10,10 +10,11 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+import gguf
 import numpy as np
 
-from yarn_jax.config import LlamaConfig
 from yarn_jax.errors import CheckpointError
+from yarn_jax.rope import GGUF_TYPES
 
 _LAYER_NAMES = {
     "attn_norm": "input_layernorm",
@@ -51,8 +52,6 @@ def open_gguf(path: str | os.PathLike):
 
     The file is memory-mapped; each tensor is dequantized (and q/k un-permuted) only when its function is
     called, so a caller that takes one tensor at a time holds one tensor at a time."""
-    import gguf
-
     path = Path(path)
     try:
         reader = gguf.GGUFReader(str(path))
@@ -119,26 +118,12 @@ def open_gguf(path: str | os.PathLike):
         config["partial_rotary_factor"] = rot_dim / head_dim
     scaling = meta("rope.scaling.type", None, required=False)
     if scaling not in (None, "none"):
-        if scaling not in ("linear", "yarn"):
-            raise CheckpointError(f"{path}: GGUF 'llama.rope.scaling.type'={scaling!r} is not supported")
-        rope = {"rope_type": scaling, "factor": meta("rope.scaling.factor")}
-        if scaling == "yarn":
+        if scaling not in GGUF_TYPES:
+            raise CheckpointError(f"{path}: GGUF 'llama.rope.scaling.type'={scaling!r} is not supported "
+                                  f"(supported: {', '.join(GGUF_TYPES)})")
+        method = GGUF_TYPES[scaling]
+        rope = {"rope_type": method.name, "factor": meta("rope.scaling.factor")}
+        if method.needs_l0():
             rope["original_max_position_embeddings"] = meta("rope.scaling.original_context_length")
         config["rope_scaling"] = rope
     return config, shapes, tensors
-
-
-def read_gguf(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """GGUF file -> (HF config.json dict, HF-named float32 tensors), all dequantized."""
-    config, _, tensors = open_gguf(path)
-    return config, {name: load() for name, load in tensors.items()}
-
-
-def load_gguf_checkpoint(path: str | os.PathLike):
-    """GGUF file -> (LlamaConfig, params keyed by our param paths)."""
-    from yarn_jax.checkpoint.hf import check_tensor_names, hf_to_params
-
-    config, shapes, tensors = open_gguf(path)
-    cfg = LlamaConfig.from_hf_dict(config, where=f"{path} (GGUF metadata)")
-    check_tensor_names(cfg, shapes, str(path))
-    return cfg, hf_to_params(cfg, lambda name: tensors[name]())

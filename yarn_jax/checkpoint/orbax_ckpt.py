@@ -17,13 +17,14 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
+from etils import epath
 
+from yarn_jax.checkpoint.layout import copy_tokenizer_files, np_dtype, read_checked, tensor_map
 from yarn_jax.checkpoint.memory import release_host_memory
 from yarn_jax.config import LlamaConfig
 from yarn_jax.errors import CheckpointError
 
 PARAMS, MODEL_CONFIG = "params", "model_config"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
 def nest(flat: Mapping[tuple[str, ...], Any]) -> dict:
@@ -49,8 +50,6 @@ def flatten(tree: Mapping, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...]
 
 def absolute(path: str | os.PathLike):
     """An etils path, made absolute when local (orbax refuses relative checkpoint paths when reading)."""
-    from etils import epath
-
     p = epath.Path(path)
     return p if "://" in os.fspath(path) else epath.Path(os.path.abspath(os.fspath(path)))
 
@@ -63,30 +62,22 @@ def _manager(root: str | os.PathLike, **options):
 
 def is_orbax_root(path: str | os.PathLike) -> bool:
     """Whether path looks like a CheckpointManager root (numbered step directories)."""
-    from etils import epath
-
     p = epath.Path(path)
     return p.is_dir() and any(c.name.isdigit() and (c / MODEL_CONFIG).exists() for c in p.iterdir())
 
 
 def is_orbax_step(path: str | os.PathLike) -> bool:
     """Whether path is one step directory ROOT/<step> of a CheckpointManager root."""
-    from etils import epath
-
     p = epath.Path(path)
     return p.is_dir() and p.name.isdigit() and is_orbax_root(p.parent)
 
 
 def copy_tokenizer(tokenizer_dir, root) -> None:
     """Copy the tokenizer files of tokenizer_dir (if any) to a checkpoint root (etils paths)."""
-    from etils import epath
-
-    from yarn_jax.checkpoint.hf import copy_tokenizer_files
-
     if tokenizer_dir is None:
         return
     epath.Path(root).mkdir(parents=True, exist_ok=True)
-    copy_tokenizer_files(tokenizer_dir, root, TOKENIZER_FILES)
+    copy_tokenizer_files(tokenizer_dir, root)
 
 
 def save_orbax_checkpoint(root: str | os.PathLike, step: int, cfg: LlamaConfig,
@@ -112,10 +103,7 @@ def write_orbax_streamed(root, cfg: LlamaConfig, read, *, step: int = 0, dtype: 
     The params tree is written by orbax partial saves, one parameter per call, then finalized and put in
     the step as its `params` item: peak memory is one parameter, not the model. Single process."""
     import orbax.checkpoint as ocp
-    from etils import epath
     from orbax.checkpoint.experimental.v1 import partial
-
-    from yarn_jax.checkpoint.hf import np_dtype, read_checked, tensor_map
 
     root = epath.Path(root)
     target = np_dtype(dtype)
@@ -185,8 +173,6 @@ def check_param_shapes(cfg: LlamaConfig, root, step: int) -> None:
     array read); raises CheckpointError naming the first that is missing or mis-shaped."""
     import orbax.checkpoint as ocp
 
-    from yarn_jax.checkpoint.hf import tensor_map
-
     where = absolute(root) / str(step) / PARAMS
     try:
         meta = ocp.PyTreeCheckpointHandler().metadata(where)
@@ -204,8 +190,8 @@ def check_param_shapes(cfg: LlamaConfig, root, step: int) -> None:
 
 @contextlib.contextmanager
 def open_orbax_params(root: str | os.PathLike, step: int | None = None):
-    """Context: (LlamaConfig, read(param path, dtype=None) -> numpy array) of a step (default: the latest
-    complete one). Each read restores just that parameter (orbax partial restore), so a caller holds one
+    """Context: (LlamaConfig, read(param path, dtype=None) -> numpy array, the step) of a step (default: the
+    latest complete one). Each read restores just that parameter (orbax partial restore), so a caller holds one
     at a time."""
     import orbax.checkpoint as ocp
 
@@ -225,4 +211,4 @@ def open_orbax_params(root: str | os.PathLike, step: int | None = None):
                 raise CheckpointError(f"{root}/{step}/{PARAMS}: cannot read parameter {'/'.join(path)} ({e})") from None
             return np.asarray(flatten(restored[PARAMS])[path])
 
-        yield cfg, read
+        yield cfg, read, step

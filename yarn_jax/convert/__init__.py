@@ -6,24 +6,26 @@ checkpoint, one parameter at a time, verified by a logit check before the result
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
 from typing import Any, Mapping
 
-from yarn_jax.checkpoint.hf import write_hf_directory
-from yarn_jax.checkpoint.orbax_ckpt import write_orbax_streamed
-from yarn_jax.convert.sources import open_source, source_kind
+from etils import epath
+
+from yarn_jax.checkpoint import checkpoint_format, open_checkpoint, write_hf_directory, write_orbax_streamed
+from yarn_jax.checkpoint.layout import SAFETENSORS_DTYPES, check_replaceable, np_dtype
 from yarn_jax.convert.verify import VerificationError, verify
 from yarn_jax.errors import ConfigError
-from yarn_jax.outputs import Staging, check_disjoint, check_replaceable, lock, remove_tree
+from yarn_jax.outputs import Staging, check_disjoint, lock, remove_tree
 
 REPORT = "conversion.json"
 
 
 def default_target(src: str) -> str:
     """yarn_jax checkpoints go to HF (to share them); HF directories and GGUF files to yarn_jax (to train)."""
-    return "hf" if source_kind(src) == "orbax" else "orbax"
+    return "hf" if checkpoint_format(src) == "orbax" else "orbax"
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = None, step: int | None = None,
@@ -36,14 +38,12 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = 
     The result is built in a temporary sibling of `dst`, verified there (unless verify_logits=False), and
     only then moved into place; a failed check leaves it at `DST.rejected` and raises VerificationError.
     """
-    from etils import epath
-
     src, dst = os.fspath(src), os.fspath(dst)
     to = to or default_target(src)
     if to not in ("hf", "orbax"):
         raise ConfigError(f"--to {to!r}: choose hf or orbax")
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise ConfigError(f"--dtype {dtype!r}: choose float32, bfloat16 or float16")
+    if dtype not in SAFETENSORS_DTYPES:
+        raise ConfigError(f"--dtype {dtype!r}: choose {', '.join(SAFETENSORS_DTYPES)}")
     if reference not in ("yarn_jax", "transformers"):
         raise ConfigError(f"--reference {reference!r}: choose yarn_jax or transformers")
     if verify_tokens < 1:
@@ -58,19 +58,20 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = 
         start = time.time()
         staging = Staging(final)
         with staging as tmp:
-            with open_source(src, step, dtype) as source:
+            with open_checkpoint(src, step) as source:
                 if reference == "transformers" and source.kind != "hf":
                     raise ConfigError(f"--reference transformers needs an HF source directory; {src} is "
                                       f"{source.kind}")
                 cfg = source.cfg if rope is None else source.cfg.with_rope(rope, where="--rope")
                 hf_rope = cfg.to_hf_dict().get("rope_parameters")  # no HF form (dynamic_yarn): fails here
                 bar = _progress(f"{source.kind} -> {to}") if progress else iter
+                read = functools.partial(source.read, dtype=np_dtype(dtype))
                 common = dict(dtype=dtype, tokenizer_dir=source.tokenizer_dir, source=src, progress=bar)
                 kind = source.kind
                 if to == "hf":
-                    write_hf_directory(tmp, cfg, source.read, max_shard_bytes=max_shard_bytes, **common)
+                    write_hf_directory(tmp, cfg, read, max_shard_bytes=max_shard_bytes, **common)
                 else:
-                    write_orbax_streamed(tmp, cfg, source.read, **common)
+                    write_orbax_streamed(tmp, cfg, read, **common)
             report: dict[str, Any] = {"source": src, "source_format": kind, "destination": dst, "format": to,
                                       "dtype": dtype, "rope": hf_rope,
                                       "seconds_convert": round(time.time() - start, 2)}

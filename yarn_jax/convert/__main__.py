@@ -12,15 +12,16 @@ import argparse
 import json
 import sys
 
+from yarn_jax.checkpoint.layout import SAFETENSORS_DTYPES
+from yarn_jax.convert import convert
 from yarn_jax.errors import command
+from yarn_jax.rope import parse_rope_spec
 
 
 def parse_rope(text: str | None):
     """--rope: None keeps the source's rope; `default`/`none` removes any scaling."""
     if text is None:
         return None
-    from yarn_jax.rope import parse_rope_spec
-
     return parse_rope_spec(text) or {"rope_type": "default"}
 
 
@@ -36,7 +37,7 @@ def main(argv=None) -> int:
                     help="rope configuration written into the result: an HF rope_scaling dict as JSON/YAML, "
                          "e.g. '{rope_type: yarn, factor: 16, original_max_position_embeddings: 4096}', or "
                          "the short form yarn:factor=16,original_max_position_embeddings=4096")
-    ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    ap.add_argument("--dtype", choices=list(SAFETENSORS_DTYPES), default="float32")
     ap.add_argument("--no-verify", dest="verify", action="store_false", help="skip the logit check")
     ap.add_argument("--verify-tokens", type=int, default=1024, help="prompt length of the logit check")
     ap.add_argument("--reference", choices=["yarn_jax", "transformers"], default="yarn_jax",
@@ -47,8 +48,6 @@ def main(argv=None) -> int:
     ap.add_argument("--overwrite", action="store_true",
                     help="replace an existing DST (only a checkpoint directory or an empty one)")
     args = ap.parse_args(argv)
-    from yarn_jax.convert import convert
-
     report = convert(args.src, args.dst, to=args.to, step=args.step, rope=parse_rope(args.rope),
                      dtype=args.dtype, verify_logits=args.verify, verify_tokens=args.verify_tokens,
                      reference=args.reference, max_abs=args.max_abs_logit, max_kl=args.max_kl,

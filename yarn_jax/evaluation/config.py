@@ -12,6 +12,7 @@ from typing import Literal, Union
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from yarn_jax import cli_config
+from yarn_jax.attention import BACKEND_CHOICES
 from yarn_jax.cli_config import ParallelConfig
 
 
@@ -38,7 +39,7 @@ class EvalConfig(ParallelConfig):
                                         "(fast, approximate) instead of recomputing")
     seed: int = Field(0, description="passkey keys")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="compute dtype")
-    attention_backend: str = Field("auto", description="auto | blockwise | splash | gpu_flash | reference")
+    attention_backend: Literal[BACKEND_CHOICES] = Field("auto", description=" | ".join(BACKEND_CHOICES))
     out: str = Field("runs/eval", description="output directory (results are resumed from it)")
     recompute_changed: bool = Field(False, description="when the model, tokenizer or a document changed since "
                                     "the cells in --out were computed: compute new cells instead of refusing")

@@ -20,6 +20,7 @@ from typing import Iterator
 
 import numpy as np
 
+from yarn_jax import assets
 from yarn_jax.errors import ConfigError
 from yarn_jax.fingerprint import ids_digest
 
@@ -56,8 +57,6 @@ def iter_texts(source: str, text_field: str | None = None,
                tfds_data_dir: str | None = None) -> Iterator[tuple[str, str]]:
     """(name, text) pairs of a source, in a deterministic order."""
     if source == "shakespeare":
-        from yarn_jax import assets
-
         for p in assets.play_paths():
             yield p.stem, p.read_text(encoding="utf-8")
         return

@@ -1,9 +1,10 @@
 """Context-extension methods by name, at a scale factor, as HF-style rope dicts.
 
-`none` keeps the checkpoint's own rope. The paper's names map onto rope types (METHOD.md):
-linear = Position Interpolation, ntk = NTK-aware (b' = b s^(d/(d-2))), ntk_by_parts, yarn (NTK-by-parts +
-temperature), dynamic (HF's dynamic NTK), dynamic_yarn. Any other entry is a full rope spec (JSON or the
-short form `yarn:factor=4,beta_fast=16`) and is used as given.
+`none` keeps the checkpoint's own rope. The named methods are the rope types a scale factor alone
+configures (`rope.NAMED`, read from the method records): linear = Position Interpolation, ntk =
+NTK-aware (b' = b s^(d/(d-2))), dynamic (HF's dynamic NTK), ntk_by_parts, yarn (NTK-by-parts +
+temperature), dynamic_yarn. Any other entry is a full rope spec (JSON or the short form
+`yarn:factor=4,beta_fast=16`) and is used as given.
 """
 
 from __future__ import annotations
@@ -13,11 +14,7 @@ import json
 from typing import Any
 
 from yarn_jax.errors import ConfigError
-from yarn_jax.rope import parse_rope_spec
-
-# name -> does the rope type take original_max_position_embeddings (L0)?
-NAMED = {"linear": False, "ntk": False, "dynamic": False, "ntk_by_parts": True, "yarn": True,
-         "dynamic_yarn": True}
+from yarn_jax.rope import NAMED, parse_rope_spec
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,10 +28,9 @@ from yarn_jax.errors import ConfigError
 from yarn_jax.evaluation.data import Document
 from yarn_jax.evaluation.methods import Method
 from yarn_jax.model import Llama, next_token_log_probs
-from yarn_jax.rope import rope_frequencies
+from yarn_jax.rope import RopeConfig, rope_frequencies
 from yarn_jax.sharding.distributed import from_host
 from yarn_jax.sharding.params import tree_shardings
-from yarn_jax.sharding.rules import Sharder, activate
 
 PROTOCOLS = ("truncate", "sliding")
 
@@ -81,39 +80,45 @@ class Scores:
 class PerplexityScorer:
     """Scores documents under several rope methods with one compiled forward per evaluation length."""
 
-    def __init__(self, module: Llama, bos: int | None, sharder: Sharder | None = None):
+    def __init__(self, module: Llama, bos: int | None):
         self.config: LlamaConfig = module.config
         self.bos = bos
-        self.sharder = sharder
+        self.sharder = module.sharder  # the mesh the model runs on, if any
         graphdef, self._state = nnx.split(module)
 
         def log_probs(state, ids, inv_freq, factor):  # [L-1]
-            with activate(sharder):
-                return next_token_log_probs(nnx.merge(graphdef, state), ids, rope=(inv_freq, factor))[0]
+            return next_token_log_probs(nnx.merge(graphdef, state), ids, frequencies=(inv_freq, factor))[0]
 
         self._fn = log_probs
         self._jitted: dict = {}  # one program per sequence length
-        self._ropes: dict = {}
+        self._ropes: dict = {}  # method key -> its RopeConfig on this model (each dict read once)
+        self._frequencies: dict = {}
 
     def update(self, state) -> None:
         """Score with other parameters of the same model (e.g. during training); no recompilation."""
         self._state = state
 
-    def rope(self, method: Method, seq_len: int):
+    def rope(self, method: Method) -> RopeConfig:
+        """The method's rope on this model (the model's own for `none`), validated once."""
+        if method.key not in self._ropes:
+            self._ropes[method.key] = (self.config.with_rope(method.rope, where=f"method {method.label!r}").rope
+                                       if method.rope else self.config.rope)
+        return self._ropes[method.key]
+
+    def frequencies(self, method: Method, seq_len: int):
         """(inv_freq, attention_factor) as host arrays for a method at a length (cached)."""
         key = (method.key, seq_len)
-        if key not in self._ropes:
-            cfg = self.config.with_rope(method.rope, where=f"method {method.label!r}") if method.rope else self.config
-            inv_freq, factor = rope_frequencies(cfg.rope, seq_len)
-            self._ropes[key] = (np.asarray(inv_freq), np.asarray(factor))
-        return self._ropes[key]
+        if key not in self._frequencies:
+            inv_freq, factor = rope_frequencies(self.rope(method), seq_len)
+            self._frequencies[key] = (np.asarray(inv_freq), np.asarray(factor))
+        return self._frequencies[key]
 
     def signature(self, method: Method, doc: Document, length: int, stride: int, protocol: str) -> bytes:
         """Bytes that are equal for two methods exactly when they give identical scores on this cell (the
         same frequencies at every window length): lets a run skip e.g. Dynamic-YaRN inside the original
         context, where it is the unscaled rope."""
         lens = sorted({self._input_len(w) for w in self.windows(doc, length, stride, protocol)})
-        return b"".join(a.tobytes() + b.tobytes() for n in lens for a, b in [self.rope(method, n)])
+        return b"".join(a.tobytes() + b.tobytes() for n in lens for a, b in [self.frequencies(method, n)])
 
     def windows(self, doc: Document, length: int, stride: int, protocol: str) -> list[Window]:
         return windows(doc.ids.size, length, stride, bos=self.bos is not None, protocol=protocol)
@@ -132,7 +137,7 @@ class PerplexityScorer:
             ids[0, real - body.size:real] = body
             if self.bos is not None:
                 ids[0, 0] = self.bos
-            inv_freq, factor = self.rope(method, real)
+            inv_freq, factor = self.frequencies(method, real)
             lp = np.asarray(self._forward(ids, inv_freq, factor), np.float64)
             # lp[i] = log p(ids[i+1] | ids[:i+1]); the scored tokens are the window's last `scored` ones
             targets = np.arange(real - w.scored, real)  # input positions of the scored tokens

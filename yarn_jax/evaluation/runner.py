@@ -16,7 +16,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-import yarn_jax
+from yarn_jax.api import from_pretrained
+from yarn_jax.assets import resolve_model
 from yarn_jax.errors import ConfigError, NumericsError
 from yarn_jax.evaluation import passkey as pk
 from yarn_jax.evaluation import plots
@@ -28,18 +29,6 @@ from yarn_jax.evaluation.results import RunStore, write_json_atomic
 from yarn_jax.fingerprint import model_identity, short, tokenizer_identity
 from yarn_jax.outputs import lock, write_csv_atomic
 from yarn_jax.sharding import distributed
-
-
-def resolve_model_path(name: str) -> str:
-    if name == "smollm2":
-        from yarn_jax import assets
-
-        return str(assets.smollm2())
-    if "://" in name:  # a yarn_jax checkpoint on a bucket (gs://...): orbax/etils read it
-        return name
-    if not Path(name).exists():
-        raise ConfigError(f"model: {name!r} is not 'smollm2' nor an existing HF directory or .gguf file")
-    return name
 
 
 def _progress(console: Console) -> Progress:
@@ -64,9 +53,9 @@ def _run(cfg: EvalConfig, console: Console | None, primary: bool) -> dict:
                           "is fine); run it without the multi-process settings")
     if cfg.protocol != "none" and cfg.lengths:
         check_source(cfg.data)  # before the model loads
-    model_path = resolve_model_path(cfg.model) if primary or jax.process_count() == 1 else None
+    model_path = resolve_model(cfg.model) if primary or jax.process_count() == 1 else None
     model_path = distributed.share_from_primary(model_path)  # only process 0 fetches the bundled asset
-    pm = yarn_jax.from_pretrained(model_path, dtype=cfg.dtype, attention_backend=cfg.attention_backend,
+    pm = from_pretrained(model_path, dtype=cfg.dtype, attention_backend=cfg.attention_backend,
                                   sharder=sharder, splash_blocks=cfg.splash())
     if sharder is not None:
         console.print(f"mesh {dict(sharder.mesh.shape)} over {jax.device_count()} devices, "
@@ -105,7 +94,7 @@ def _run(cfg: EvalConfig, console: Console | None, primary: bool) -> dict:
         summarize(cfg, methods, docs, store, console, quiet=True, keys=keys)
 
     if docs:
-        _perplexity(cfg, pm, methods, docs, bos, store, console, refresh, sharder, keys)
+        _perplexity(cfg, pm, methods, docs, bos, store, console, refresh, keys)
     if cfg.passkey_lengths:
         _passkey(cfg, pm, tok, methods, bos, store, console, refresh, keys)
     summary = summarize(cfg, methods, docs, store, console, keys=keys)
@@ -132,8 +121,8 @@ class CellKeys:
         return f"passkey|{length}|{method.key}|{trial}|{self.ident}"
 
 
-def _perplexity(cfg, pm, methods, docs, bos, store, console, refresh, sharder, keys: CellKeys) -> None:
-    scorer = PerplexityScorer(pm.module, bos, sharder)
+def _perplexity(cfg, pm, methods, docs, bos, store, console, refresh, keys: CellKeys) -> None:
+    scorer = PerplexityScorer(pm.module, bos)
     todo = [(n, d, m) for n in cfg.lengths for d in docs for m in methods if not store.get(keys.ppl(n, d, m))]
     total = sum(len(scorer.windows(d, n, cfg.stride, cfg.protocol)) for n, d, _ in todo)
     by_signature: dict[tuple, dict] = {}

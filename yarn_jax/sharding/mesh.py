@@ -25,6 +25,7 @@ from jax.sharding import AxisType, Mesh
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from yarn_jax.errors import ConfigError
+from yarn_jax.sharding.rules import DEFAULT_RULES, Sharder
 
 AXES = ("data", "fsdp", "sequence", "tensor")
 DCN_AXES = ("data", "fsdp")  # the axes that may span slices
@@ -44,8 +45,7 @@ class MeshConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    preset: Literal["none", "dp", "fsdp", "fsdp_tensor", "fsdp_sequence"] = Field(
-        "none", description="none (one device) | dp | fsdp | fsdp_tensor | fsdp_sequence")
+    preset: Literal[tuple(PRESETS)] = Field("none", description=" | ".join(PRESETS) + " (none: one device)")
     axes: dict[str, int] = Field(default_factory=dict, description="axis sizes overriding the preset, "
                                  "e.g. {fsdp: 4, tensor: 2}; -1 takes the remaining devices")
 
@@ -70,8 +70,6 @@ class MeshConfig(BaseModel):
     @field_validator("rules")
     @classmethod
     def _rules(cls, v):
-        from yarn_jax.sharding.rules import DEFAULT_RULES
-
         known = {name for name, _ in DEFAULT_RULES} | {"batch", "length"}
         unknown = sorted(set(v) - known)
         if unknown:
@@ -83,8 +81,6 @@ class MeshConfig(BaseModel):
 
     def sharder(self, devices=None):
         """A Sharder over this mesh with the default rules updated by `rules`."""
-        from yarn_jax.sharding.rules import DEFAULT_RULES, Sharder
-
         rules = [(name, tuple(self.rules[name]) if isinstance(self.rules.get(name), list) else self.rules[name])
                  if name in self.rules else (name, axes) for name, axes in DEFAULT_RULES]
         return Sharder(make_mesh(self, devices), tuple(rules))

@@ -1,4 +1,5 @@
-"""Logical axis names -> mesh axes, and the sharding context the model reads while it is traced.
+"""Logical axis names -> mesh axes: the `Sharder` a model holds (a static part of it, like its attention
+backend) and applies to its activations while it is traced.
 
 Every parameter carries logical names (`model.py`); activations are annotated with `batch`, `length`,
 `heads`, `kv_heads`, `head_dim` (and None for an unsharded embedding of activations). A rule maps a
@@ -8,8 +9,6 @@ instead (e.g. SmolLM2's 3 KV heads on a tensor axis of 2); `Sharder.fallbacks` l
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
 import math
 from typing import Sequence
@@ -34,13 +33,19 @@ DEFAULT_RULES: tuple[Rule, ...] = (
 )
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Sharder:
-    """A mesh plus logical rules: shardings for named arrays, and constraints inside traced code."""
+    """A mesh plus logical rules: shardings for named arrays, and constraints inside traced code.
+    Hashable (mesh and rules; `fallbacks` is a log, not part of the identity), so a model can hold it as
+    static structure."""
 
     mesh: Mesh
     rules: Sequence[Rule] = DEFAULT_RULES
-    fallbacks: dict = dataclasses.field(default_factory=dict)
+    fallbacks: dict = dataclasses.field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "rules", tuple((name, tuple(axes) if isinstance(axes, list) else axes)
+                                                for name, axes in self.rules))
 
     def axes(self, name: str | None) -> tuple[str, ...]:
         """Mesh axes (of size > 1) a logical name maps to."""
@@ -88,25 +93,6 @@ class Sharder:
         return self.mesh.devices.flat[0].platform
 
 
-_ACTIVE: contextvars.ContextVar[Sharder | None] = contextvars.ContextVar("yarn_jax_sharder", default=None)
-
-
-@contextlib.contextmanager
-def activate(sharder: Sharder | None):
-    """Make `sharder` the one the model's constraints and sharded attention use while tracing. Enter it
-    inside the function being jitted, so every trace sees it (a cached trace never misses it)."""
-    token = _ACTIVE.set(sharder)
-    try:
-        yield sharder
-    finally:
-        _ACTIVE.reset(token)
-
-
-def active() -> Sharder | None:
-    return _ACTIVE.get()
-
-
-def constrain(x, names):
-    """with_sharding_constraint by logical names under an active sharder; the identity otherwise."""
-    sharder = _ACTIVE.get()
+def constrain(x, names, sharder: Sharder | None):
+    """with_sharding_constraint by logical names under `sharder`; the identity without one."""
     return x if sharder is None else sharder.constrain(x, names)

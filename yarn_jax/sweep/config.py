@@ -66,8 +66,6 @@ class SweepConfig(_Strict):
     scratch: ScratchConfig | None = None
     data: str = Field("shakespeare", description="corpus; with `scratch` it is split into train/heldout")
     original_context: PositiveInt | None = Field(None, description="L0 (default: the base model's)")
-    default_seq_len: str = Field("scale", description="fine-tuning length when train.seq_len is not set: "
-                                 "'scale' = scale * L0 (the paper's recipe)")
     train: dict[str, Any] = Field(default_factory=dict)
     eval: dict[str, Any] = Field(default_factory=dict)
     grids: list[Grid] = Field(min_length=1)

@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from yarn_jax.evaluation.plots import finite_points, log_scale_if_positive, save_figure  # noqa: E402
+from yarn_jax.rope import NAMED  # noqa: E402
 
 # result.json keys that are not a varied hyperparameter
 _RESULT_BASE = {"id", "group", "method", "scale", "finetune_steps", "seed", "train_final", "perplexity", "tokens"}
@@ -85,8 +86,6 @@ def markdown_table(rows: list[dict], lengths: list[int], vary_keys: list[str], l
 
 def method_color(method: str) -> str:
     """One color per method in every panel and plot (tab10 in the methods' usual order)."""
-    from yarn_jax.evaluation.methods import NAMED
-
     order = ["none", *NAMED]
     return plt.get_cmap("tab10")(order.index(method) % 10 if method in order else 9)
 

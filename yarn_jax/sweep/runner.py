@@ -22,17 +22,20 @@ from typing import Any
 
 from rich.console import Console
 
+from yarn_jax.assets import resolve_model
+from yarn_jax.checkpoint import read_config
 from yarn_jax.cli_config import load_config
 from yarn_jax.config import LlamaConfig
 from yarn_jax.errors import ConfigError
 from yarn_jax.evaluation.config import EvalConfig
 from yarn_jax.evaluation.methods import parse_method
 from yarn_jax.evaluation.results import write_json_atomic
+from yarn_jax.evaluation.runner import run as run_eval
 from yarn_jax.outputs import lock, write_csv_atomic
-from yarn_jax.evaluation.runner import resolve_model_path
 from yarn_jax.sweep import report, scratch
 from yarn_jax.sweep.config import SweepConfig
 from yarn_jax.training.config import TrainConfig
+from yarn_jax.training.loop import train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +101,7 @@ class Sweep:
             setup = self.out / "setup"
             return (str(setup / "pretrain" / "checkpoints"), int(self.cfg.scratch.model["max_position_embeddings"]),
                     str(setup / "corpus" / "heldout"))
-        path = resolve_model_path(self.cfg.model)
+        path = resolve_model(self.cfg.model)
         l0 = self.cfg.original_context
         if l0 is None:
             config_json = Path(path) / "config.json"
@@ -124,8 +127,6 @@ class Sweep:
                            where="scratch.pretrain")
 
     def _setup_scratch(self) -> None:
-        from yarn_jax.training.loop import train
-
         sc = self.cfg.scratch
         setup = self.out / "setup"
         done = setup / "pretrain" / "done.json"
@@ -178,15 +179,9 @@ class Sweep:
             arch = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **self.cfg.scratch.model,
                     "vocab_size": self.cfg.scratch.vocab_size}
             return LlamaConfig.from_hf_dict(arch, where="scratch.model")
-        from yarn_jax.convert.sources import open_source
-
-        with open_source(self.plan()[0]) as source:
-            return source.cfg
+        return read_config(self.plan()[0])
 
     def run_cell(self, cell: Cell) -> dict:
-        from yarn_jax.evaluation.runner import run as run_eval
-        from yarn_jax.training.loop import train
-
         d = self.cell_dir(cell)
         if self.is_done(cell):
             return json.loads((d / "result.json").read_text())

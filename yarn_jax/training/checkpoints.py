@@ -19,8 +19,8 @@ import time
 import jax
 from flax import nnx
 
-from yarn_jax.checkpoint.hf import copy_tokenizer_files
-from yarn_jax.checkpoint.orbax_ckpt import MODEL_CONFIG, PARAMS, TOKENIZER_FILES, flatten, nest
+from yarn_jax.checkpoint.layout import copy_tokenizer_files
+from yarn_jax.checkpoint.orbax_ckpt import MODEL_CONFIG, PARAMS, flatten, nest
 from yarn_jax.config import LlamaConfig
 from yarn_jax.errors import CheckpointError, OutputError
 from yarn_jax.model import flat_params, state_from_flat
@@ -181,7 +181,7 @@ class TrainCheckpointer:
 
     def copy_tokenizer(self, tokenizer_dir: str | None) -> None:
         if jax.process_index() == 0:
-            copy_tokenizer_files(tokenizer_dir, self.directory, TOKENIZER_FILES, overwrite=False)
+            copy_tokenizer_files(tokenizer_dir, self.directory, overwrite=False)
 
     def wait(self) -> None:
         with self._reported("writing a checkpoint"):

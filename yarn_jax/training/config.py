@@ -8,7 +8,9 @@ from typing import Any, Literal
 
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
+from yarn_jax.attention import BACKEND_CHOICES
 from yarn_jax.cli_config import ParallelConfig
+from yarn_jax.model import REMAT_POLICIES
 
 
 class TrainConfig(ParallelConfig):
@@ -39,9 +41,9 @@ class TrainConfig(ParallelConfig):
     clip_norm: PositiveFloat | None = Field(1.0, description="global gradient-norm clipping (> 0; null: off)")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="compute dtype")
     param_dtype: Literal["float32", "bfloat16"] = Field("float32", description="master weights' dtype")
-    remat: Literal["none", "full", "dots", "dots_no_batch"] = Field("full", description="rematerialization "
+    remat: Literal[tuple(REMAT_POLICIES)] = Field("full", description="rematerialization "
                                                                    "policy of the scanned layer")
-    attention_backend: str = Field("auto", description="auto | blockwise | splash | gpu_flash | reference")
+    attention_backend: Literal[BACKEND_CHOICES] = Field("auto", description=" | ".join(BACKEND_CHOICES))
     seed: int = Field(0, description="data order")
     out: str = Field("runs/train", description="run directory: checkpoints/, metrics.jsonl, tb/")
     save_every: PositiveInt = Field(50, description="checkpoint every N steps (and at the end / on SIGTERM)")

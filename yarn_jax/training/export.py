@@ -11,7 +11,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from yarn_jax.checkpoint.orbax_ckpt import is_orbax_root, is_orbax_step
+from yarn_jax.checkpoint import checkpoint_format
+from yarn_jax.checkpoint.layout import SAFETENSORS_DTYPES
+from yarn_jax.convert import convert
 from yarn_jax.errors import CheckpointError, command
 
 
@@ -20,10 +22,8 @@ def export_hf(checkpoint: str | Path, out: str | Path, *, step: int | None = Non
     """ROOT (its latest complete step, or `step`) or ROOT/<step> -> a new HF directory at `out`, streamed one
     parameter at a time (`yarn_jax.convert` without the logit check). An existing `out` is refused unless
     `overwrite` and it is a checkpoint directory (or empty); `out` may not contain the checkpoint."""
-    from yarn_jax.convert import convert
-
     p = Path(checkpoint)
-    if not (is_orbax_step(p) or is_orbax_root(p)):
+    if checkpoint_format(p) != "orbax":
         raise CheckpointError(f"{p}: not a yarn_jax checkpoint directory (train.py's RUN/checkpoints or one of "
                               "its numbered steps)")
     convert(p, out, to="hf", step=step, dtype=dtype, verify_logits=False, overwrite=overwrite, progress=False)
@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     ap.add_argument("checkpoint")
     ap.add_argument("out")
     ap.add_argument("--step", type=int, default=None)
-    ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    ap.add_argument("--dtype", choices=list(SAFETENSORS_DTYPES), default="float32")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing HF directory at OUT")
     args = ap.parse_args(argv)
     path = export_hf(args.checkpoint, args.out, step=args.step, dtype=args.dtype, overwrite=args.overwrite)

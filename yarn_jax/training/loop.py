@@ -14,13 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-import yarn_jax
+from yarn_jax.api import from_pretrained
+from yarn_jax.assets import resolve_model
 from yarn_jax.errors import ConfigError, NumericsError
 from yarn_jax.evaluation.data import check_source, load_documents
 from yarn_jax.evaluation.methods import Method
 from yarn_jax.evaluation.perplexity import PerplexityScorer
 from yarn_jax.evaluation.results import check_settings, write_json_atomic
-from yarn_jax.evaluation.runner import resolve_model_path
 from yarn_jax.fingerprint import describe_change, model_identity, short
 from yarn_jax.outputs import atomic_write_text, close_after, lock, writing
 from yarn_jax.sharding import distributed
@@ -109,10 +109,10 @@ def _train(cfg: TrainConfig, primary: bool) -> dict:
     sharder = cfg.sharder()
     out = Path(cfg.out)
     check_source(cfg.data)
-    model_path = distributed.share_from_primary(resolve_model_path(cfg.model) if primary else None)
+    model_path = distributed.share_from_primary(resolve_model(cfg.model) if primary else None)
     mine = _run_identity(cfg, model_path)
     _check_run_dir(out, mine)  # before the model loads; the record is written once every input validated
-    pm = yarn_jax.from_pretrained(model_path, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+    pm = from_pretrained(model_path, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                                   attention_backend=cfg.attention_backend, remat=cfg.remat, sharder=sharder,
                                   splash_blocks=cfg.splash())
     if cfg.rope is not None:
@@ -139,7 +139,7 @@ def _train(cfg: TrainConfig, primary: bool) -> dict:
                                total_steps=cfg.steps)
     schedule = learning_rate_schedule(cfg.learning_rate, cfg.warmup_steps, cfg.lr_decay, cfg.steps)
     graphdef, state = nnx.split(pm.module)
-    step_fn = TrainStep(graphdef, optimizer, sharder, accum=cfg.accum)
+    step_fn = TrainStep(pm.module, optimizer, accum=cfg.accum)
     ckpt = TrainCheckpointer(out / "checkpoints", keep=cfg.keep, save_every=cfg.save_every,
                              async_save=cfg.async_checkpoint)
     abstract_opt = jax.eval_shape(optimizer.init, state)
@@ -165,7 +165,7 @@ def _train(cfg: TrainConfig, primary: bool) -> dict:
         writer = SummaryWriter(str(out / "tb"), purge_step=start + 1)
     scorer = None
     if cfg.eval_every:
-        scorer = PerplexityScorer(nnx.merge(graphdef, state), bos, sharder)
+        scorer = PerplexityScorer(nnx.merge(graphdef, state), bos)
     eval_length = cfg.eval_length or cfg.seq_len
     shape = (cfg.batch_size, cfg.seq_len)
     preemption = _Preemption()

@@ -9,7 +9,6 @@ same segment (all positions but the last without segment ids).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -19,14 +18,14 @@ from flax import nnx
 from yarn_jax.loss import DEFAULT_CHUNK, weighted_nll
 from yarn_jax.model import Llama
 from yarn_jax.sharding.params import tree_shardings
-from yarn_jax.sharding.rules import Sharder, activate, constrain
+from yarn_jax.sharding.rules import Sharder
 
 BATCH_NAMES = ("batch", "length")
 
 
-def loss_terms(model: Llama, batch: dict, *, chunk: int = DEFAULT_CHUNK, sharder: Sharder | None = None):
-    """(sum of NLL over counted tokens, number of counted tokens), float32 scalars; `sharder`: the mesh
-    the step runs on (the loss head then runs per device)."""
+def loss_terms(model: Llama, batch: dict, *, chunk: int = DEFAULT_CHUNK):
+    """(sum of NLL over counted tokens, number of counted tokens), float32 scalars. Under the model's
+    sharder the loss head runs per device."""
     ids = batch["input_ids"]
     seg = batch.get("segment_ids")
     h = model.hidden_states(ids, batch.get("positions"), seg)  # [B, T, E]
@@ -35,8 +34,9 @@ def loss_terms(model: Llama, batch: dict, *, chunk: int = DEFAULT_CHUNK, sharder
     if seg is not None:
         nxt = jnp.roll(seg, -1, axis=1)
         valid = valid & (nxt == seg) & (seg > 0)
-    valid = constrain(jnp.broadcast_to(valid, ids.shape).astype(jnp.float32), BATCH_NAMES)
-    return weighted_nll(h, model.lm_head_weight(), targets, valid, chunk=chunk, sharder=sharder), jnp.sum(valid)
+    valid = model.constrain(jnp.broadcast_to(valid, ids.shape).astype(jnp.float32), BATCH_NAMES)
+    return (weighted_nll(h, model.lm_head_weight(), targets, valid, chunk=chunk, sharder=model.sharder),
+            jnp.sum(valid))
 
 
 def learning_rate_schedule(learning_rate: float, warmup_steps: int, decay: str = "constant",
@@ -68,44 +68,44 @@ def make_optimizer(learning_rate: float = 2e-5, *, warmup_steps: int = 20, b1: f
 
 @dataclasses.dataclass
 class TrainStep:
-    """`step(params, opt_state, batch) -> (params, opt_state, metrics)` jitted once, with explicit in/out
-    shardings under a mesh (parameters and moments by their logical names, the batch over `batch` and
-    `length`), donating the old state. `accum` micro-batches split the batch rows; the gradient is that of
-    the mean NLL over all counted tokens of the whole batch."""
+    """`step(params, opt_state, batch) -> (params, opt_state, metrics)` for a model (concrete or abstract)
+    jitted once, with explicit in/out shardings when the model has a sharder (parameters and moments by
+    their logical names, the batch over `batch` and `length`), donating the old state. `accum`
+    micro-batches split the batch rows; the gradient is that of the mean NLL over all counted tokens of
+    the whole batch."""
 
-    graphdef: Any
+    model: dataclasses.InitVar[Llama]
     optimizer: optax.GradientTransformation
-    sharder: Sharder | None = None
     accum: int = 1
     chunk: int = DEFAULT_CHUNK
 
-    def __post_init__(self):
+    def __post_init__(self, model: Llama):
+        self.graphdef = nnx.graphdef(model)
+        self.sharder: Sharder | None = model.sharder
         self._jitted = {}
 
     def _step(self, params, opt_state, batch):
-        with activate(self.sharder):
-            def loss_fn(p, mb):
-                total, count = loss_terms(nnx.merge(self.graphdef, p), mb, chunk=self.chunk, sharder=self.sharder)
-                return total, count
+        def loss_fn(p, mb):
+            return loss_terms(nnx.merge(self.graphdef, p), mb, chunk=self.chunk)
 
-            grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-            if self.accum == 1:
-                (total, count), grads = grad_fn(params, batch)
-            else:
-                micro = jax.tree.map(lambda x: x.reshape(self.accum, x.shape[0] // self.accum, *x.shape[1:]), batch)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        if self.accum == 1:
+            (total, count), grads = grad_fn(params, batch)
+        else:
+            micro = jax.tree.map(lambda x: x.reshape(self.accum, x.shape[0] // self.accum, *x.shape[1:]), batch)
 
-                def body(carry, mb):
-                    (t, c), g = grad_fn(params, mb)
-                    return jax.tree.map(jnp.add, carry, (t, c, g)), None
+            def body(carry, mb):
+                (t, c), g = grad_fn(params, mb)
+                return jax.tree.map(jnp.add, carry, (t, c, g)), None
 
-                zeros = (jnp.float32(0), jnp.float32(0), jax.tree.map(jnp.zeros_like, params))
-                (total, count, grads), _ = jax.lax.scan(body, zeros, micro)
-            count = jnp.maximum(count, 1.0)
-            grads = jax.tree.map(lambda g: g / count, grads)
-            updates, opt_state = self.optimizer.update(grads, opt_state, params)
-            params = optax.apply_updates(params, updates)
-            metrics = {"loss": total / count, "tokens": count, "grad_norm": optax.global_norm(grads)}
-            return params, opt_state, metrics
+            zeros = (jnp.float32(0), jnp.float32(0), jax.tree.map(jnp.zeros_like, params))
+            (total, count, grads), _ = jax.lax.scan(body, zeros, micro)
+        count = jnp.maximum(count, 1.0)
+        grads = jax.tree.map(lambda g: g / count, grads)
+        updates, opt_state = self.optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        metrics = {"loss": total / count, "tokens": count, "grad_norm": optax.global_norm(grads)}
+        return params, opt_state, metrics
 
     def init(self, params):
         """Optimizer state, created directly in its shards."""

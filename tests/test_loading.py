@@ -1,5 +1,6 @@
 """Checkpoints load straight into shards: slices read from safetensors equal the full conversion, every
-format gives the unsharded loader's values with the rules' shardings, and a real model runs sharded."""
+format's Source gives the same parameters and blocks, every format loads with the rules' shardings, and a
+real model runs sharded."""
 
 import itertools
 
@@ -10,13 +11,13 @@ import pytest
 from flax import nnx
 
 from tests.conftest import random_params, tiny_hf_dict, torch_llama, torch_logits
-from yarn_jax.checkpoint import load_checkpoint, save_hf_checkpoint, save_orbax_checkpoint
-from yarn_jax.checkpoint.hf import params_to_hf, tensor_map
+from yarn_jax.checkpoint import load_checkpoint, open_checkpoint, save_hf_checkpoint, save_orbax_checkpoint
+from yarn_jax.checkpoint.layout import params_to_hf, tensor_map
 from yarn_jax.config import LlamaConfig
 from yarn_jax.errors import CheckpointError
+from yarn_jax.loading import load_model
 from yarn_jax.model import model_from_params
-from yarn_jax.sharding import MeshConfig, Sharder, activate, make_mesh
-from yarn_jax.sharding.loading import load_sharded
+from yarn_jax.sharding import MeshConfig, Sharder, make_mesh
 from yarn_jax.sharding.params import tree_shardings
 
 CFG = LlamaConfig.from_hf_dict(tiny_hf_dict(hidden=64, vocab=128, heads=4, kv_heads=2))
@@ -57,6 +58,36 @@ def test_layout_reads_only_the_rows_and_columns_of_a_block():
     idx = (slice(0, 32), slice(1, 3), slice(4, 9))
     np.testing.assert_array_equal(q.read(hf["model.layers.0.self_attn.q_proj.weight"], idx),
                                   q.to_ours(hf["model.layers.0.self_attn.q_proj.weight"])[idx])
+
+
+def load_sharded(path, sharder):
+    with open_checkpoint(path) as source:
+        return source.config, load_model(source, sharder=sharder)
+
+
+@pytest.mark.parametrize("fmt", ["hf", "gguf", "orbax"])
+def test_every_source_reads_the_same_parameters_and_blocks(tmp_path, assets, fmt):
+    """The one read protocol: each format's whole parameters equal the HF directory's (read through
+    safetensors directly), and every block a mesh would ask for equals the same block of the whole."""
+    from safetensors.numpy import load_file
+
+    hf_dir = assets["smollm2"]
+    if fmt == "orbax":
+        cfg, params = load_checkpoint(hf_dir)
+        save_orbax_checkpoint(tmp_path / "ck", 3, cfg, params)
+    path = {"hf": hf_dir, "gguf": assets["smollm2_gguf"], "orbax": tmp_path / "ck"}[fmt]
+    truth = load_file(str(hf_dir / "model.safetensors"))
+    with open_checkpoint(path) as source:
+        assert source.kind == fmt and source.config.to_hf_dict() == load_checkpoint(hf_dir)[0].to_hf_dict()
+        for t in source.layouts():
+            whole = source.read(t)
+            n = source.config.num_hidden_layers
+            want = (np.stack([t.to_ours(truth[t.name.format(i=i)]) for i in range(n)]) if t.per_layer
+                    else t.to_ours(truth.get(t.name, truth["model.embed_tokens.weight"])))
+            np.testing.assert_array_equal(whole, want, err_msg=t.name)
+            for index in [tuple(slice(0, max(1, d // 2)) for d in whole.shape),
+                          tuple(slice(d // 3, d) for d in whole.shape)]:
+                np.testing.assert_array_equal(source.read(t, index), whole[index], err_msg=f"{t.name} {index}")
 
 
 def _check_loaded(model, cfg, params, sharder):
@@ -104,11 +135,8 @@ def test_smollm2_loads_sharded_and_runs_as_exactly_as_one_device(assets):
     ids = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (1, 256)), jnp.int32)
     graphdef, state = nnx.split(model)
 
-    def fn(state, ids):
-        with activate(sharder):
-            return nnx.merge(graphdef, state)(ids)
-
-    sharded = jax.jit(fn, in_shardings=(tree_shardings(state, sharder), sharder.named(("batch", "length"), ids.shape)),
+    assert model.sharder is sharder  # the loaded model runs on the mesh it was loaded onto
+    sharded = jax.jit(lambda state, ids: nnx.merge(graphdef, state)(ids), in_shardings=(tree_shardings(state, sharder), sharder.named(("batch", "length"), ids.shape)),
                       out_shardings=sharder.replicated())(state, ids)
     single = model_from_params(cfg, params)(ids)
     hf_dict = json.loads((assets["smollm2"] / "config.json").read_text())

@@ -1,0 +1,233 @@
+"""What a checkpoint holds, whatever its format: the per-tensor layout (our parameter path <-> HF tensor name,
+shape and transposition), the checks on names, shapes and values, the dtypes written, and the files beside
+the weights (tokenizer files; which directories are checkpoints that `--overwrite` may replace).
+
+Every reader (HF, GGUF, orbax) and writer goes through these tables; none defines its own.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Mapping, NamedTuple
+
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+from etils import epath
+
+from yarn_jax.config import LlamaConfig
+from yarn_jax.errors import CheckpointError, ConfigError, OutputError
+from yarn_jax.outputs import is_link
+
+Path_ = tuple[str, ...]  # a parameter's path in the model, e.g. ("layers", "q_proj")
+
+# Buffers some HF checkpoints carry that hold no parameters (recomputed from the config).
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+# The tokenizer files copied along with the weights (HF directories, and the root of a yarn_jax checkpoint).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
+                   "chat_template.jinja")
+# Files besides weights and tokenizer files that a checkpoint directory `--overwrite` may replace holds.
+_HF_EXTRA = {"config.json", "model.safetensors.index.json", "vocab.json", "merges.txt", "tokenizer.model",
+             "added_tokens.json", "conversion.json"}
+_ORBAX_EXTRA = {"conversion.json"}
+
+
+class Layout(NamedTuple):
+    """One tensor: our param path, HF name (`{i}` = layer index), HF shape, and how ours derives from it:
+    ours = hf.reshape(view).transpose(perm) (HF's nn.Linear [out, in] transposed, heads split out)."""
+
+    path: Path_
+    name: str
+    hf_shape: tuple[int, ...]
+    view: tuple[int, ...]
+    perm: tuple[int, ...]
+
+    @property
+    def per_layer(self) -> bool:
+        return "{i}" in self.name
+
+    def hf_names(self, num_layers: int) -> list[tuple[int | None, str]]:
+        """[(layer, HF tensor name)]: one per layer for a per-layer parameter, else [(None, name)]."""
+        if not self.per_layer:
+            return [(None, self.name)]
+        return [(i, self.name.format(i=i)) for i in range(num_layers)]
+
+    def our_shape(self, num_layers: int) -> tuple[int, ...]:
+        """Our parameter's shape ([L, ...] for per-layer ones)."""
+        shape = tuple(self.view[p] for p in self.perm)
+        return (num_layers,) + shape if self.per_layer else shape
+
+    def to_ours(self, w: np.ndarray) -> np.ndarray:
+        return w.reshape(self.view).transpose(self.perm)
+
+    def to_hf(self, a: np.ndarray) -> np.ndarray:
+        return a.transpose(np.argsort(self.perm)).reshape(self.hf_shape)
+
+    def read(self, tensor, index: tuple[slice, ...]) -> np.ndarray:
+        """ours[index] reading only the HF rows/columns it needs from `tensor` (anything sliceable like a
+        safetensors slice). A view dim split out of an HF dim (heads out of heads*head_dim) is read as the
+        contiguous range of its first part; later parts are cut in memory."""
+        view_index = [slice(None)] * len(self.view)
+        for i, p in enumerate(self.perm):
+            view_index[p] = index[i]
+        hf_index, fine, local_view, v = [], [], [], 0
+        for size in self.hf_shape:
+            group = [v]
+            while np.prod([self.view[g] for g in group]) < size:
+                group.append(group[-1] + 1)
+            v = group[-1] + 1
+            rest = int(np.prod([self.view[g] for g in group[1:]]))
+            start, stop, _ = view_index[group[0]].indices(self.view[group[0]])
+            hf_index.append(slice(start * rest, stop * rest))
+            local_view += [stop - start] + [self.view[g] for g in group[1:]]
+            fine += [slice(None)] + [view_index[g] for g in group[1:]]
+        block = np.asarray(tensor[tuple(hf_index)]).reshape(local_view)
+        return block[tuple(fine)].transpose(self.perm)
+
+
+def tensor_map(cfg: LlamaConfig) -> list[Layout]:
+    """The layout of every tensor of a config's checkpoint."""
+    e, h, k, d, f, v = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
+                        cfg.intermediate_size, cfg.vocab_size)
+    rows = [
+        Layout(("embed_tokens",), "model.embed_tokens.weight", (v, e), (v, e), (0, 1)),
+        Layout(("final_norm", "weight"), "model.norm.weight", (e,), (e,), (0,)),
+        Layout(("layers", "input_norm", "weight"), "model.layers.{i}.input_layernorm.weight", (e,), (e,), (0,)),
+        Layout(("layers", "post_attention_norm", "weight"), "model.layers.{i}.post_attention_layernorm.weight",
+               (e,), (e,), (0,)),
+        # q [H*D, E] -> [E, H, D]; o [E, H*D] -> [H, D, E]; MLP [out, in] -> [in, out]
+        Layout(("layers", "q_proj"), "model.layers.{i}.self_attn.q_proj.weight", (h * d, e), (h, d, e), (2, 0, 1)),
+        Layout(("layers", "k_proj"), "model.layers.{i}.self_attn.k_proj.weight", (k * d, e), (k, d, e), (2, 0, 1)),
+        Layout(("layers", "v_proj"), "model.layers.{i}.self_attn.v_proj.weight", (k * d, e), (k, d, e), (2, 0, 1)),
+        Layout(("layers", "o_proj"), "model.layers.{i}.self_attn.o_proj.weight", (e, h * d), (e, h, d), (1, 2, 0)),
+        Layout(("layers", "gate_proj"), "model.layers.{i}.mlp.gate_proj.weight", (f, e), (f, e), (1, 0)),
+        Layout(("layers", "up_proj"), "model.layers.{i}.mlp.up_proj.weight", (f, e), (f, e), (1, 0)),
+        Layout(("layers", "down_proj"), "model.layers.{i}.mlp.down_proj.weight", (e, f), (e, f), (1, 0)),
+    ]
+    if not cfg.tie_word_embeddings:
+        rows.append(Layout(("lm_head",), "lm_head.weight", (v, e), (v, e), (1, 0)))
+    return rows
+
+
+def expected_hf_names(cfg: LlamaConfig) -> dict[str, tuple[int, ...]]:
+    return {name: t.hf_shape for t in tensor_map(cfg) for _, name in t.hf_names(cfg.num_hidden_layers)}
+
+
+def check_tensor_names(cfg: LlamaConfig, shapes: Mapping[str, tuple[int, ...]], source: str) -> None:
+    """Raise CheckpointError naming missing, unexpected or mis-shaped tensors."""
+    expected = expected_hf_names(cfg)
+    present = {n for n in shapes if not n.endswith(_IGNORED_SUFFIXES)}
+    if cfg.tie_word_embeddings:
+        present.discard("lm_head.weight")  # some tied checkpoints store the copy anyway
+    missing = sorted(set(expected) - present)
+    unexpected = sorted(present - set(expected))
+    if missing:
+        raise CheckpointError(f"{source}: missing tensors {missing[:8]}{' ...' if len(missing) > 8 else ''} "
+                              f"({len(missing)} in all)")
+    if unexpected:
+        raise CheckpointError(f"{source}: unexpected tensors {unexpected[:8]}"
+                              f"{' ...' if len(unexpected) > 8 else ''} ({len(unexpected)} in all)")
+    for name, shape in expected.items():
+        if tuple(shapes[name]) != tuple(shape):
+            raise CheckpointError(f"{source}: tensor '{name}' has shape {tuple(shapes[name])}, "
+                                  f"expected {tuple(shape)} from the config")
+
+
+def params_to_hf(cfg: LlamaConfig, params: Mapping[Path_, np.ndarray]) -> dict[str, np.ndarray]:
+    """Our params -> HF-named tensors (contiguous numpy arrays)."""
+    out = {}
+    for t in tensor_map(cfg):
+        value = np.asarray(params[t.path])
+        if t.per_layer:
+            for i in range(cfg.num_hidden_layers):
+                out[t.name.format(i=i)] = np.ascontiguousarray(t.to_hf(value[i]))
+        else:
+            out[t.name] = np.ascontiguousarray(t.to_hf(value))
+    return out
+
+
+SAFETENSORS_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
+
+
+def np_dtype(name: str) -> np.dtype:
+    """float32 / bfloat16 / float16 -> numpy dtype (bfloat16 from ml_dtypes)."""
+    if name not in SAFETENSORS_DTYPES:
+        raise CheckpointError(f"dtype {name!r}: choose one of {', '.join(SAFETENSORS_DTYPES)}")
+    return np.dtype(ml_dtypes.bfloat16 if name == "bfloat16" else name)
+
+
+def read_checked(t: Layout, cfg: LlamaConfig, read: Callable[[Layout], np.ndarray], source: str) -> np.ndarray:
+    """read(t), its shape checked against the config and its values finite (the error names the parameter
+    and the source)."""
+    value = read(t)
+    want = t.our_shape(cfg.num_hidden_layers)
+    if tuple(value.shape) != want:
+        raise CheckpointError(f"{source}: parameter {'/'.join(t.path)} has shape {tuple(value.shape)}, expected "
+                              f"{want} from the config")
+    check_finite(value, "/".join(t.path), source)
+    return value
+
+
+def check_finite(value, name: str, source: str) -> None:
+    """Raise CheckpointError when a tensor (numpy, or a jax.Array possibly sharded across processes) holds
+    NaN or inf — a damaged checkpoint; the error names the parameter, the source and the count."""
+    if not jnp.issubdtype(value.dtype, jnp.floating):
+        return
+    if isinstance(value, np.ndarray):
+        bad = value.size - int(np.count_nonzero(np.isfinite(value)))
+    else:  # reduced where the shards live; the count is replicated
+        bad = int(value.size - jnp.isfinite(value).sum())
+    if bad:
+        raise CheckpointError(f"{source}: parameter {name} holds {bad} NaN/inf value(s) of {value.size}; the "
+                              "checkpoint is damaged")
+
+
+def copy_tokenizer_files(tokenizer_dir, directory, names: Iterable[str] = TOKENIZER_FILES,
+                         overwrite: bool = True) -> None:
+    """Copy the tokenizer files among `names` that tokenizer_dir has (if given) into directory (etils paths:
+    local or gs://...); with overwrite=False, files already there are kept."""
+    if tokenizer_dir is None:
+        return
+    for fname in names:
+        src, dst = epath.Path(tokenizer_dir) / fname, epath.Path(directory) / fname
+        if src.exists() and (overwrite or not dst.exists()):
+            try:
+                src.copy(dst, overwrite=overwrite)
+            except OSError as e:  # name the file being written (the OSError names the source)
+                raise OutputError(f"{dst}: cannot write ({e.strerror or e})") from None
+
+
+def checkpoint_kind(path) -> str | None:
+    """'empty' | 'hf' | 'orbax' when `path` is a directory `--overwrite` may replace, else None."""
+    hf_members, orbax_members = _HF_EXTRA | set(TOKENIZER_FILES), _ORBAX_EXTRA | set(TOKENIZER_FILES)
+    p = epath.Path(path)
+    if not p.is_dir() or is_link(p):
+        return None
+    names = [c.name for c in p.iterdir()]
+    if not names:
+        return "empty"
+    unknown = [n for n in names if n not in hf_members and not n.endswith(".safetensors")]
+    if "config.json" in names and not unknown and any(n.endswith(".safetensors") for n in names):
+        return "hf"
+    steps = [n for n in names if n.isdigit()]
+    unknown = [n for n in names if n not in orbax_members and not n.isdigit()
+               and not (n.split(".")[0].isdigit() and ("tmp" in n or "damaged" in n))]
+    if steps and not unknown and all((p / s / "model_config").exists() or not any((p / s).iterdir()) for s in steps):
+        return "orbax"
+    return None
+
+
+def check_replaceable(dst, flag: str = "--overwrite") -> str:
+    """The kind of an existing `dst` that `flag` may replace; anything else is refused, naming its content."""
+    p = epath.Path(dst)
+    if is_link(p) or (p.exists() and not p.is_dir()):
+        raise ConfigError(f"{dst}: exists and is not a directory; {flag} replaces only a checkpoint directory "
+                          "(or an empty one)")
+    kind = checkpoint_kind(p)
+    if kind is None:
+        names = sorted(c.name for c in p.iterdir())
+        raise ConfigError(f"{dst}: holds {', '.join(names[:6])}{' ...' if len(names) > 6 else ''}, which is not a "
+                          f"checkpoint yarn_jax recognises; {flag} replaces only an HF checkpoint directory, a "
+                          "yarn_jax checkpoint root or an empty directory — remove it yourself or choose another path")
+    return kind
+
+
