@@ -62,7 +62,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = 
                 if reference == "transformers" and source.kind != "hf":
                     raise ConfigError(f"--reference transformers needs an HF source directory; {src} is "
                                       f"{source.kind}")
-                cfg = source.cfg if rope is None else source.cfg.with_rope(rope, where="--rope")
+                cfg = source.config if rope is None else source.config.with_rope(rope, where="--rope")
                 hf_rope = cfg.to_hf_dict().get("rope_parameters")  # no HF form (dynamic_yarn): fails here
                 bar = _progress(f"{source.kind} -> {to}") if progress else iter
                 read = functools.partial(source.read, dtype=np_dtype(dtype))

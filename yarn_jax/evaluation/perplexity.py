@@ -80,7 +80,9 @@ class Scores:
 class PerplexityScorer:
     """Scores documents under several rope methods with one compiled forward per evaluation length."""
 
-    def __init__(self, module: Llama, bos: int | None):
+    def __init__(self, module: Llama, bos: int | None, ropes: dict[str, RopeConfig] | None = None):
+        """`ropes`: method key -> its rope on this model, already resolved (else each method's rope dict is
+        read here, once)."""
         self.config: LlamaConfig = module.config
         self.bos = bos
         self.sharder = module.sharder  # the mesh the model runs on, if any
@@ -91,7 +93,7 @@ class PerplexityScorer:
 
         self._fn = log_probs
         self._jitted: dict = {}  # one program per sequence length
-        self._ropes: dict = {}  # method key -> its RopeConfig on this model (each dict read once)
+        self._ropes: dict = dict(ropes or {})  # method key -> its RopeConfig on this model (each dict read once)
         self._frequencies: dict = {}
 
     def update(self, state) -> None:

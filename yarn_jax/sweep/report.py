@@ -17,7 +17,8 @@ from yarn_jax.evaluation.plots import finite_points, log_scale_if_positive, save
 from yarn_jax.rope import NAMED  # noqa: E402
 
 # result.json keys that are not a varied hyperparameter
-_RESULT_BASE = {"id", "group", "method", "scale", "finetune_steps", "seed", "train_final", "perplexity", "tokens"}
+_RESULT_BASE = {"id", "group", "method", "scale", "finetune_steps", "seed", "train_final", "perplexity", "tokens",
+                "metrics"}
 
 
 def load_results(cells_dir: Path, ids: list[str]) -> tuple[list[dict], list[str]]:

@@ -31,6 +31,7 @@ from yarn_jax.evaluation.config import EvalConfig
 from yarn_jax.evaluation.methods import parse_method
 from yarn_jax.evaluation.results import write_json_atomic
 from yarn_jax.evaluation.runner import run as run_eval
+from yarn_jax.evaluation.runner import task_metrics
 from yarn_jax.outputs import lock, write_csv_atomic
 from yarn_jax.sweep import report, scratch
 from yarn_jax.sweep.config import SweepConfig
@@ -197,7 +198,8 @@ class Sweep:
             summary = run_eval(ec, console=self.console)
             result = {**cell.describe(), "group": cell.group, "train_final": record,
                       "perplexity": {str(r["length"]): r["ppl"] for r in summary["perplexity"]},
-                      "tokens": {str(r["length"]): r.get("tokens") for r in summary["perplexity"]}}
+                      "tokens": {str(r["length"]): r.get("tokens") for r in summary["perplexity"]},
+                      "metrics": task_metrics(summary)}  # every task's columns (ppl@L, passkey@L, ...)
             write_json_atomic(d / "result.json", result)
         return result
 
@@ -241,8 +243,8 @@ class Sweep:
         l0 = self._l0_hint()
         rows, lengths, vary_keys = report.summarize(results)
         write_csv_atomic(self.out / "cells.csv", [{k: v for k, v in r.items() if k not in ("perplexity", "tokens",
-                                                   "train_final")} | {f"ppl@{n}": r["perplexity"].get(str(n))
-                                                   for n in lengths} for r in results])
+                                                   "train_final", "metrics")} | _metric_columns(r, lengths)
+                                                   for r in results])
         write_csv_atomic(self.out / "table.csv", rows)
         md = f"# {self.cfg.name}\n\n" + report.markdown_table(rows, lengths, vary_keys, l0)
         if missing:
@@ -277,3 +279,9 @@ class Sweep:
             if summary.exists():
                 return json.loads(summary.read_text())["config"].get("original_context")
         return None
+
+
+def _metric_columns(result: dict, lengths) -> dict:
+    """A cell's metric columns: every task's (`metrics`), or the perplexities of a result written before
+    cells recorded them."""
+    return result.get("metrics") or {f"ppl@{n}": result["perplexity"].get(str(n)) for n in lengths}

@@ -1,0 +1,104 @@
+"""The seam between the evaluation runner and its tasks.
+
+A task (perplexity, passkey, ...) says which cells a config asks for, computes one cell into a record,
+and turns the stored records into its sections of summary.json, its CSV, plots, a table and flat metrics
+for sweeps. The runner owns everything else: loading the model, resolving the methods once, the run
+directory (one record per finished cell, skipped on a re-run), progress, the summary file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+from rich.console import Console
+from rich.table import Table
+
+from yarn_jax.api import PretrainedModel
+from yarn_jax.evaluation.config import EvalConfig
+from yarn_jax.evaluation.methods import Method
+from yarn_jax.evaluation.results import RunStore
+from yarn_jax.model import Llama
+from yarn_jax.rope import RopeConfig
+
+
+@dataclasses.dataclass
+class RunContext:
+    """What every task of one run shares."""
+
+    cfg: EvalConfig
+    model: PretrainedModel
+    tokenizer: Any  # tokenizers.Tokenizer
+    methods: list[Method]
+    ropes: dict[str, RopeConfig]  # method key -> its rope on this model, resolved (and validated) once
+    bos: int | None
+    console: Console
+    store: RunStore | None = None  # set once the inputs are known
+    ident: str = ""  # identity of the model and tokenizer: part of every cell key
+
+    def key(self, *parts) -> str:
+        """A cell key: the settings that produced it, then the inputs' identity."""
+        return "|".join(map(str, (*parts, self.ident)))
+
+    def module(self, method: Method) -> Llama:
+        """The model under a method's rope (the same parameter arrays)."""
+        if method.rope is None:
+            return self.model.module
+        return self.model.module.replace(config=dataclasses.replace(self.model.config, rope=self.ropes[method.key]))
+
+    def records(self, keys) -> list[dict]:
+        """The stored records of these cell keys (finished ones only)."""
+        return [r for r in (self.store.get(k) for k in keys) if r]
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    key: str  # where its record is stored
+    label: str  # shown while it runs
+    work: int  # progress units (e.g. forwards)
+    args: tuple  # what the task needs to compute it
+
+
+class Task:
+    """One evaluation task. Subclasses set `name` (its summary section and CSV rows) and implement `cells`,
+    `run` and `summarize`; the rest has defaults."""
+
+    name: ClassVar[str]
+
+    @staticmethod
+    def check_config(cfg: EvalConfig) -> None:
+        """Checks needing no model (run before it loads)."""
+
+    def prepare(self, ctx: RunContext) -> dict:
+        """Checks and inputs before any compute; returns the identities of inputs the task adds (recorded in
+        the run directory, e.g. document digests)."""
+        return {}
+
+    def describe(self) -> str:
+        """What the run will show about the task's inputs (after `prepare`), e.g. its documents."""
+        return ""
+
+    def cells(self, ctx: RunContext) -> list[Cell]:
+        raise NotImplementedError
+
+    def run(self, ctx: RunContext, cell: Cell, advance: Callable[[int], None]) -> dict:
+        """The record of one cell (`advance(k)` reports progress in the cell's work units)."""
+        raise NotImplementedError
+
+    def summarize(self, ctx: RunContext) -> dict:
+        """Its sections of summary.json from the stored records; `summary[name]` holds its CSV rows."""
+        raise NotImplementedError
+
+    def plots(self, ctx: RunContext, summary: dict, out: Path) -> list[Path]:
+        return []
+
+    def table(self, ctx: RunContext, summary: dict) -> Table | None:
+        return None
+
+    def metrics(self, summary: dict) -> dict[str, float]:
+        """Flat columns for a sweep's tables (e.g. ppl@4096)."""
+        return {}
+
+    def check(self, ctx: RunContext, summary: dict) -> None:
+        """Raise when a finished run's results are unusable (after they are written)."""

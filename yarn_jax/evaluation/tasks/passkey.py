@@ -1,0 +1,98 @@
+"""The passkey task: one cell per (length, method, trial), decoded by `evaluation.passkey`.
+
+Summary sections: `passkey` (accuracy per method and length) and `passkey_context` (the paper's
+"passkey context": the largest length with >= 80 % accuracy, and the mean accuracy up to it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import numpy as np
+from rich.table import Table
+
+from yarn_jax.evaluation import passkey as pk
+from yarn_jax.evaluation import plots
+from yarn_jax.evaluation.tasks.base import Cell, RunContext, Task
+
+
+class PasskeyTask(Task):
+    name = "passkey"
+
+    def __init__(self):
+        self._modules = {}
+
+    def prepare(self, ctx: RunContext) -> dict:
+        cfg = ctx.cfg
+        if cfg.passkey_lengths:  # a length too short for the prompt fails now, not after other tasks' cells
+            pk.check_lengths(ctx.tokenizer, cfg.passkey_lengths, cfg.passkey_trials, cfg.seed, ctx.bos)
+        return {}
+
+    def _key(self, ctx, n, method, trial) -> str:
+        return ctx.key("passkey", n, method.key, trial)
+
+    def cells(self, ctx: RunContext) -> list[Cell]:
+        cfg = ctx.cfg
+        return [Cell(self._key(ctx, n, m, i), f"passkey L={n} {m.label} depth {depth:.0%}", 1, (n, m, i, depth, key))
+                for n in cfg.passkey_lengths for m in ctx.methods
+                for i, (depth, key) in enumerate(pk.trials(cfg.passkey_trials, cfg.seed, n))]
+
+    def run(self, ctx: RunContext, cell: Cell, advance) -> dict:
+        cfg, (n, method, i, depth, key) = ctx.cfg, cell.args
+        if method.key not in self._modules:
+            self._modules[method.key] = ctx.module(method)
+        t0 = time.perf_counter()
+        trial = pk.run_trial(self._modules[method.key], ctx.tokenizer, n, depth, key, bos=ctx.bos,
+                             max_new_tokens=cfg.passkey_max_new_tokens, dynamic_cache=cfg.passkey_dynamic_cache)
+        return {"kind": "passkey", "length": n, "method": method.label, "rope": method.rope, "trial": i,
+                "depth": depth, "passkey": key, "prompt_tokens": trial.prompt_tokens, "answer": trial.answer,
+                "correct": trial.correct, "seconds": time.perf_counter() - t0}
+
+    def _records(self, ctx, n, m) -> list[dict]:
+        return ctx.records(self._key(ctx, n, m, i) for i in range(ctx.cfg.passkey_trials))
+
+    def summarize(self, ctx: RunContext) -> dict:
+        rows, contexts = [], {}
+        for m in ctx.methods:
+            by_len = {}
+            for n in ctx.cfg.passkey_lengths:
+                recs = self._records(ctx, n, m)
+                if recs:
+                    by_len[n] = float(np.mean([r["correct"] for r in recs]))
+                    rows.append({"method": m.label, "length": n, "accuracy": by_len[n], "trials": len(recs)})
+            if by_len:
+                ctx_len, mean_acc = pk.passkey_context(by_len)
+                contexts[m.label] = {"context": ctx_len, "accuracy": mean_acc}
+        out = {"passkey": rows}
+        if contexts:
+            out["passkey_context"] = contexts
+        return out
+
+    def plots(self, ctx, summary, out):
+        acc: dict[str, dict] = defaultdict(dict)
+        for m in ctx.methods:
+            for n in ctx.cfg.passkey_lengths:
+                for r in self._records(ctx, n, m):
+                    acc[m.label][(n, r["depth"])] = float(r["correct"])
+        return [plots.passkey_heatmap(dict(acc), out / "passkey_heatmap.png")] if acc else []
+
+    def table(self, ctx, summary):
+        if not summary["passkey"]:
+            return None
+        lengths = ctx.cfg.passkey_lengths
+        t = Table(title="passkey retrieval accuracy")
+        t.add_column("method")
+        for n in lengths:
+            t.add_column(str(n), justify="right")
+        t.add_column("passkey context", justify="right")
+        acc = {(r["method"], r["length"]): r["accuracy"] for r in summary["passkey"]}
+        contexts = summary.get("passkey_context", {})
+        for m in ctx.methods:
+            c = contexts.get(m.label, {}).get("context")
+            t.add_row(m.label, *[f"{acc[(m.label, n)]:.0%}" if (m.label, n) in acc else "—" for n in lengths],
+                      str(c) if c else "—")
+        return t
+
+    def metrics(self, summary):
+        return {f"passkey@{r['length']}": r["accuracy"] for r in summary.get("passkey", [])}
