@@ -20,15 +20,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from yarn_jax.api import from_pretrained  # noqa: E402
 from yarn_jax.checkpoint import save_orbax_checkpoint  # noqa: E402
+from yarn_jax.data.corpus import Document  # noqa: E402
 from yarn_jax.evaluation.config import EvalConfig  # noqa: E402
-from yarn_jax.evaluation.data import Document  # noqa: E402
 from yarn_jax.evaluation.methods import parse_methods  # noqa: E402
 from yarn_jax.evaluation.perplexity import PerplexityScorer  # noqa: E402
 from yarn_jax.evaluation.runner import run  # noqa: E402
 from yarn_jax.model import model_params  # noqa: E402
 from yarn_jax.sharding import MeshConfig, Sharder, distributed, make_mesh  # noqa: E402
-from yarn_jax.api import from_pretrained  # noqa: E402
 from yarn_jax.training.step import TrainStep, batch_sharding, make_optimizer  # noqa: E402
 
 MESH = {"fsdp": 2, "sequence": 2}

@@ -257,8 +257,8 @@ MEMORY_PROBE = """
 import json, resource, sys
 import numpy as np, orbax.checkpoint, tensorstore
 from orbax.checkpoint.experimental.v1 import partial
-from yarn_jax.convert import convert
 from yarn_jax.checkpoint import open_checkpoint
+from yarn_jax.convert import convert
 src, dst, to = sys.argv[1:4]
 with open_checkpoint(src) as s:
     sizes = [int(np.prod(t.our_shape(s.config.num_hidden_layers))) * 4 for t in s.layouts()]

@@ -11,7 +11,7 @@ from conftest import random_params, tiny_hf_dict, torch_llama
 
 from yarn_jax.checkpoint.layout import params_to_hf
 from yarn_jax.config import LlamaConfig
-from yarn_jax.evaluation.data import Document
+from yarn_jax.data.corpus import Document
 from yarn_jax.evaluation.methods import parse_method
 from yarn_jax.evaluation.perplexity import PerplexityScorer, Window, aggregate, position_buckets, windows
 from yarn_jax.model import model_from_params

@@ -8,8 +8,8 @@ import threading
 import pytest
 from conftest import HeldLock, snapshot
 
-from yarn_jax.errors import ConfigError, OutputError
 from yarn_jax.checkpoint.layout import check_replaceable, checkpoint_kind
+from yarn_jax.errors import ConfigError, OutputError
 from yarn_jax.outputs import Staging, atomic_write_text, build_once, check_disjoint, lock
 
 

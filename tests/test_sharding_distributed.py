@@ -19,8 +19,8 @@ from flax import nnx
 from tests.conftest import random_params, tiny_hf_dict
 from yarn_jax.checkpoint import load_checkpoint, save_hf_checkpoint
 from yarn_jax.config import LlamaConfig
+from yarn_jax.data.corpus import Document
 from yarn_jax.evaluation.config import EvalConfig
-from yarn_jax.evaluation.data import Document
 from yarn_jax.evaluation.methods import parse_methods
 from yarn_jax.evaluation.perplexity import PerplexityScorer
 from yarn_jax.evaluation.runner import run

@@ -260,17 +260,3 @@ def build_once(target, build) -> Path:
             build(Path(tmp))
             staging.commit()
     return target
-
-
-def write_csv_atomic(path, rows: list[dict]) -> None:
-    """Rows as CSV (columns: every key, in first-seen order), written atomically; nothing for no rows."""
-    import csv
-    import io
-
-    if not rows:
-        return
-    buf = io.StringIO(newline="")
-    w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())

@@ -30,7 +30,7 @@ from yarn_jax.aot.report import compile_report
 from yarn_jax.aot.topology import topology
 from yarn_jax.errors import ConfigError, command
 from yarn_jax.evaluation.config import EvalConfig
-from yarn_jax.evaluation.results import write_json_atomic
+from yarn_jax.rundir import write_json_atomic
 from yarn_jax.training.config import TrainConfig
 
 # what libtpu prints on a machine without a TPU: harmless, and not ours to show

@@ -24,8 +24,8 @@ import numpy as np
 from flax import nnx
 
 from yarn_jax.config import LlamaConfig
+from yarn_jax.data.corpus import Document
 from yarn_jax.errors import ConfigError
-from yarn_jax.evaluation.data import Document
 from yarn_jax.evaluation.methods import Method
 from yarn_jax.model import Llama, next_token_log_probs
 from yarn_jax.rope import RopeConfig, rope_frequencies

@@ -16,10 +16,10 @@ from yarn_jax.assets import resolve_model
 from yarn_jax.errors import ConfigError
 from yarn_jax.evaluation.config import RESULT_FIELDS, EvalConfig
 from yarn_jax.evaluation.methods import parse_methods
-from yarn_jax.evaluation.results import RunStore, write_json_atomic
 from yarn_jax.evaluation.tasks import TASKS, RunContext, Task
 from yarn_jax.fingerprint import model_identity, short, tokenizer_identity
-from yarn_jax.outputs import lock, write_csv_atomic
+from yarn_jax.outputs import lock
+from yarn_jax.rundir import RunStore, write_csv_atomic, write_json_atomic
 from yarn_jax.sharding import distributed
 
 

@@ -29,10 +29,10 @@ from yarn_jax.config import LlamaConfig
 from yarn_jax.errors import ConfigError
 from yarn_jax.evaluation.config import EvalConfig
 from yarn_jax.evaluation.methods import parse_method
-from yarn_jax.evaluation.results import write_json_atomic
 from yarn_jax.evaluation.runner import run as run_eval
 from yarn_jax.evaluation.runner import task_metrics
-from yarn_jax.outputs import lock, write_csv_atomic
+from yarn_jax.outputs import lock
+from yarn_jax.rundir import write_csv_atomic, write_json_atomic
 from yarn_jax.sweep import report, scratch
 from yarn_jax.sweep.config import SweepConfig
 from yarn_jax.training.config import TrainConfig

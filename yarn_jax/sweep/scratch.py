@@ -16,10 +16,10 @@ from flax import nnx
 
 from yarn_jax.checkpoint.hf import save_hf_checkpoint
 from yarn_jax.config import LlamaConfig
-from yarn_jax.outputs import build_once
+from yarn_jax.data.corpus import iter_texts
 from yarn_jax.errors import ConfigError
-from yarn_jax.evaluation.data import iter_texts
 from yarn_jax.model import Llama, model_params
+from yarn_jax.outputs import build_once
 
 BOUNDARY = "<|endoftext|>"  # BOS and EOS of the small model (one id, as SmolLM2 / GPT-2 do)
 

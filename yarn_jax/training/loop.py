@@ -16,18 +16,18 @@ from flax import nnx
 
 from yarn_jax.api import from_pretrained
 from yarn_jax.assets import resolve_model
+from yarn_jax.data.corpus import check_source, load_documents
+from yarn_jax.data.packing import BatchStream, build_rows
 from yarn_jax.errors import ConfigError, NumericsError
-from yarn_jax.evaluation.data import check_source, load_documents
 from yarn_jax.evaluation.methods import Method
 from yarn_jax.evaluation.perplexity import PerplexityScorer
-from yarn_jax.evaluation.results import check_settings, write_json_atomic
 from yarn_jax.fingerprint import describe_change, model_identity, short
 from yarn_jax.outputs import atomic_write_text, close_after, lock, writing
+from yarn_jax.rundir import check_settings, write_json_atomic
 from yarn_jax.sharding import distributed
 from yarn_jax.sharding.params import tree_shardings
 from yarn_jax.training.checkpoints import TrainCheckpointer
 from yarn_jax.training.config import TRAJECTORY_FIELDS, TrainConfig
-from yarn_jax.training.data import BatchStream, build_rows
 from yarn_jax.training.step import TrainStep, batch_sharding, learning_rate_schedule, make_optimizer
 
 log = logging.getLogger("yarn_jax.train")

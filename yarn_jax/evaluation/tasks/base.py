@@ -18,9 +18,9 @@ from rich.table import Table
 from yarn_jax.api import PretrainedModel
 from yarn_jax.evaluation.config import EvalConfig
 from yarn_jax.evaluation.methods import Method
-from yarn_jax.evaluation.results import RunStore
 from yarn_jax.model import Llama
 from yarn_jax.rope import RopeConfig
+from yarn_jax.rundir import RunStore
 
 
 @dataclasses.dataclass

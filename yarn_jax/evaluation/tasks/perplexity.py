@@ -13,9 +13,9 @@ import time
 import numpy as np
 from rich.table import Table
 
+from yarn_jax.data.corpus import check_source, load_documents
 from yarn_jax.errors import NumericsError
 from yarn_jax.evaluation import plots
-from yarn_jax.evaluation.data import check_source, load_documents
 from yarn_jax.evaluation.perplexity import PerplexityScorer, aggregate, position_buckets
 from yarn_jax.evaluation.tasks.base import Cell, RunContext, Task
 

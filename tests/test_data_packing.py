@@ -4,8 +4,8 @@ stream whose batch i depends only on (rows, seed, batch size, i)."""
 import numpy as np
 import pytest
 
+from yarn_jax.data.packing import BatchStream, build_rows
 from yarn_jax.errors import ConfigError
-from yarn_jax.training.data import BatchStream, build_rows
 
 DOCS = [np.arange(10, 15, dtype=np.int32), np.arange(20, 27, dtype=np.int32)]
 

@@ -5,8 +5,8 @@ import json
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
+from yarn_jax.data.corpus import load_documents
 from yarn_jax.errors import ConfigError
-from yarn_jax.evaluation.data import load_documents
 
 
 @pytest.fixture()

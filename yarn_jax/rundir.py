@@ -1,4 +1,6 @@
-"""Incremental result storage for an evaluation run directory.
+"""Run directories (eval.py's, train.py's, a sweep's): the settings check, incremental result storage,
+atomic JSON and CSV.
+
 
 `cells.jsonl` gets one line per finished cell (a perplexity cell = one document x length x method; a
 passkey cell = one trial), appended and flushed as soon as it is computed, so an interrupted run keeps
@@ -10,6 +12,8 @@ unless asked to compute new cells for them.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 from pathlib import Path
@@ -129,3 +133,14 @@ def _changed_inputs(old: dict, new: dict) -> list[str]:
     if docs:
         out.append(f"document(s) {', '.join(docs[:4])}{' ...' if len(docs) > 4 else ''}: content changed")
     return out
+
+
+def write_csv_atomic(path, rows: list[dict]) -> None:
+    """Rows as CSV (columns: every key, in first-seen order), written atomically; nothing for no rows."""
+    if not rows:
+        return
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
