@@ -349,3 +349,64 @@ def test_short_form_rope_specs_are_validated_like_dicts():
                  "{rope_type: linear, factor: .nan}"):
         with pytest.raises(ConfigError, match=r"\['factor'\] must be finite"):
             parse_rope_config(parse_rope_spec(spec), head_dim=64, max_position_embeddings=8192, where="--rope")
+
+
+# ---- the method records ------------------------------------------------------------------------------
+
+SAMPLES = {  # one configuration per method record (head_dim 64, max_position_embeddings 8192)
+    "default": {"rope_type": "default"},
+    "linear": {"rope_type": "linear", "factor": 4.0},
+    "ntk": {"rope_type": "ntk", "factor": 4.0},
+    "dynamic": {"rope_type": "dynamic", "factor": 2.0},
+    "ntk_by_parts": {"rope_type": "ntk_by_parts", "factor": 4.0, "original_max_position_embeddings": 2048,
+                     "beta_fast": 16},
+    "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 2048, "truncate": False},
+    "dynamic_yarn": {"rope_type": "dynamic_yarn", "factor": 4.0, "original_max_position_embeddings": 2048,
+                     "finetuned": True},
+    "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 2048},
+    "longrope": {"rope_type": "longrope", "factor": 4.0, "original_max_position_embeddings": 2048,
+                 "short_factor": [1.0 + j / 64 for j in range(32)], "long_factor": [1.0 + j / 8 for j in range(32)]},
+}
+
+
+def test_every_method_record_round_trips_and_its_hf_form_is_exact():
+    """For every record: its dict parses back to the same RopeConfig; where it has an HF form, transformers'
+    own init function (with HF's dynamic update rule for length-dependent ones, at a length past L0)
+    gives our frequencies and attention factor from that form; the derived tables agree with the records."""
+    from yarn_jax.errors import ConfigError
+    from yarn_jax.rope import GGUF_TYPES, HF_ROPE_TYPES, METHODS, NAMED
+
+    assert set(SAMPLES) == set(METHODS)
+    for name, rope in SAMPLES.items():
+        cfg = parse_rope_config(rope, head_dim=64, max_position_embeddings=8192, rope_theta=1e4)
+        assert cfg.rope_type == name
+        assert parse_rope_config(cfg.to_dict(), head_dim=64, max_position_embeddings=8192) == cfg
+        try:
+            hf = cfg.hf_parameters()
+        except ConfigError:
+            assert name == "dynamic_yarn"  # the one method transformers cannot express
+            continue
+        for seq_len in (1000, 20000):
+            module = LlamaRotaryEmbedding(hf_config(hf, 64, 8192, hf["rope_theta"]))
+            module(torch.zeros(1, 1, 64), torch.arange(seq_len)[None])
+            inv, af = rope_frequencies(cfg, seq_len)
+            assert_rel(inv, module.inv_freq.numpy(), what=f"{name} via its HF form at {seq_len}")
+            assert abs(float(af) - module.attention_scaling) <= 1e-6, name
+    assert set(HF_ROPE_TYPES) == (set(ROPE_INIT_FUNCTIONS) | {"default"}) & set(METHODS)  # HF's own types
+    assert NAMED == {"linear": False, "ntk": False, "dynamic": False, "ntk_by_parts": True, "yarn": True,
+                     "dynamic_yarn": True}
+    assert {k: m.name for k, m in GGUF_TYPES.items()} == {"linear": "linear", "yarn": "yarn"}
+    assert {n for n, m in METHODS.items() if m.length_dependent} == {"dynamic", "dynamic_yarn", "longrope"}
+
+
+def test_importing_the_rope_package_loads_no_model_checkpoint_or_transformers():
+    """The package facade is lazy (PEP 562): `import yarn_jax.rope` stays light, `yarn_jax.X` still works."""
+    import subprocess
+    import sys
+
+    code = ("import sys, yarn_jax.rope; heavy = [m for m in ('yarn_jax.model', 'yarn_jax.checkpoint', "
+            "'yarn_jax.api', 'transformers', 'torch', 'orbax') if m in sys.modules]; assert not heavy, heavy; "
+            "import yarn_jax; assert yarn_jax.RopeConfig is yarn_jax.rope.RopeConfig; "
+            "assert callable(yarn_jax.from_pretrained)")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"})

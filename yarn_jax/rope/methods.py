@@ -232,6 +232,7 @@ class DynamicYarn(_Ramp):
 
     name = "dynamic_yarn"
     aliases = ("dynamic-yarn",)
+    in_transformers = False
     length_dependent = True
     finetuned: bool = param(flag(False), False)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from yarn_jax.checkpoint.hf import save_hf_checkpoint
+from yarn_jax.checkpoint import write_hf_directory
 from yarn_jax.config import LlamaConfig
 from yarn_jax.data.corpus import iter_texts
 from yarn_jax.errors import ConfigError
@@ -77,12 +77,9 @@ def init_model(out: Path, arch: dict, tokenizer_dir: Path, seed: int) -> Path:
           "vocab_size": tok.get_vocab_size(), "bos_token_id": boundary, "eos_token_id": boundary}
     cfg = LlamaConfig.from_hf_dict(hf, where="scratch.model")
 
-    def build(tmp: Path) -> None:
+    def build(tmp: Path) -> None:  # (tmp: a staging directory moved into place once complete)
         params = {k: np.asarray(v) for k, v in model_params(Llama(cfg, rngs=nnx.Rngs(seed))).items()}
-        save_hf_checkpoint(tmp / "model", cfg, params, tokenizer_dir=tokenizer_dir)
-        for f in (tmp / "model").iterdir():
-            f.rename(tmp / f.name)
-        (tmp / "model").rmdir()
+        write_hf_directory(tmp, cfg, lambda t: params[t.path], tokenizer_dir=tokenizer_dir)
 
     target = build_once(out, build)
     written = json.loads((target / "config.json").read_text())
