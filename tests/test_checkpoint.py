@@ -125,7 +125,7 @@ def test_bad_tensors_are_named(tmp_path, mutation, message):
 
 @pytest.mark.parametrize("mutation,message", [
     (lambda d: d.update(architectures=["MistralForCausalLM"], model_type="mistral"), "unsupported architecture"),
-    (lambda d: d.update(attention_bias=True), "'attention_bias'"),
+    (lambda d: d.update(mlp_bias=True), "'mlp_bias'"),  # (attention_bias is supported: test_families.py)
     (lambda d: d.pop("hidden_size"), "missing required field 'hidden_size'"),
     (lambda d: d.update(num_key_value_heads=3), "'num_key_value_heads'=3"),
     (lambda d: d["rope_parameters"].update(rope_type="xpos"), r"\['rope_type'\]='xpos' is not supported"),

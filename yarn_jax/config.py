@@ -1,4 +1,5 @@
-"""Model configuration: HF ``config.json`` for LlamaForCausalLM <-> LlamaConfig."""
+"""Model configuration: HF ``config.json`` <-> LlamaConfig, for every family in `yarn_jax.families`
+(LLaMA and the families built from its blocks)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,15 @@ import os
 from typing import Any, Mapping
 
 from yarn_jax.errors import ConfigError
+from yarn_jax.families import FAMILIES, family_of
 from yarn_jax.rope import RopeConfig, parse_rope_config
-
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
 
 
 @dataclasses.dataclass(frozen=True)
 class LlamaConfig:
-    """A LLaMA-family decoder (RMSNorm, SwiGLU, GQA, rotary). Hashable: usable as a static jit argument."""
+    """A LLaMA-family decoder (RMSNorm, SwiGLU, GQA, rotary). Hashable: usable as a static jit argument.
+    `model_type` names its family (`yarn_jax.families`); the feature fields (qkv_bias, o_bias, qk_norm) are
+    what the family turns on."""
 
     vocab_size: int
     hidden_size: int
@@ -32,6 +34,10 @@ class LlamaConfig:
     eos_token_id: int | tuple[int, ...] | None = None
     pad_token_id: int | None = None
     initializer_range: float = 0.02
+    model_type: str = "llama"
+    qkv_bias: bool = False  # a bias on the q, k and v projections (Qwen2; LLaMA/Qwen3 attention_bias)
+    o_bias: bool = False  # a bias on the output projection (LLaMA/Qwen3 attention_bias)
+    qk_norm: bool = False  # RMSNorm over head_dim on each query and key head before the rotary (Qwen3)
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -44,6 +50,8 @@ class LlamaConfig:
                 f"config field 'num_attention_heads'={self.num_attention_heads} must be a multiple of "
                 f"'num_key_value_heads'={self.num_key_value_heads}"
             )
+        if self.model_type not in FAMILIES:
+            raise ConfigError(f"config field 'model_type'={self.model_type!r}: supported {sorted(FAMILIES)}")
         if self.rope.head_dim != self.head_dim:
             raise ConfigError(f"rope head_dim {self.rope.head_dim} != config 'head_dim' {self.head_dim}")
         for name, positive in (("rms_norm_eps", True), ("initializer_range", False)):
@@ -75,24 +83,14 @@ class LlamaConfig:
 
     @classmethod
     def from_hf_dict(cls, d: Mapping[str, Any], where: str = "config.json") -> "LlamaConfig":
-        """Parse an HF LlamaForCausalLM config dict (transformers 4 or 5 field names)."""
+        """Parse an HF config dict of a supported family (transformers 4 or 5 field names)."""
         if not isinstance(d, Mapping):
             raise ConfigError(f"{where}: expected a JSON object of config fields, got {type(d).__name__}")
-        archs = d.get("architectures") or []
-        if not isinstance(archs, list):
-            raise ConfigError(f"{where}['architectures'] must be a list, got {archs!r}")
-        model_type = d.get("model_type")
-        if model_type not in (None, "llama") or (archs and not set(archs) & set(SUPPORTED_ARCHITECTURES)):
-            raise ConfigError(
-                f"{where}: unsupported architecture {archs or model_type!r} (model_type={model_type!r}); "
-                f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
-            )
+        family = family_of(d, where)
+        family.check(d, where)
         act = d.get("hidden_act", "silu")
         if act != "silu":
-            raise ConfigError(f"{where}['hidden_act']={act!r} is not supported (LLaMA uses 'silu')")
-        for flag in ("attention_bias", "mlp_bias"):
-            if d.get(flag):
-                raise ConfigError(f"{where}['{flag}']=true is not supported (LLaMA projections have no bias)")
+            raise ConfigError(f"{where}['hidden_act']={act!r} is not supported (these families use 'silu')")
         for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
             if key not in d:
                 raise ConfigError(f"{where} is missing required field '{key}'")
@@ -130,6 +128,7 @@ class LlamaConfig:
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
             bos_token_id=d.get("bos_token_id"), eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
             pad_token_id=d.get("pad_token_id"), initializer_range=float(d.get("initializer_range", 0.02)),
+            model_type=family.model_type, **family.features(d, where),
         )
 
     @classmethod
@@ -145,21 +144,22 @@ class LlamaConfig:
         return cls.from_hf_dict(d, where=str(path))
 
     def to_hf_dict(self) -> dict[str, Any]:
-        """An HF config.json dict that transformers' LlamaForCausalLM loads, carrying the rope used.
+        """An HF config.json dict that transformers loads as this family's model, carrying the rope used.
 
         The paper-only methods are written as their exact HF equivalents where one exists (each method's
         record says how); others (`dynamic_yarn`) raise ConfigError.
         """
         rope_parameters = self.rope.hf_parameters()
         out = {
-            "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+            "architectures": [FAMILIES[self.model_type].architecture], "model_type": self.model_type,
+            "hidden_act": "silu",
             "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
             "intermediate_size": self.intermediate_size, "num_hidden_layers": self.num_hidden_layers,
             "num_attention_heads": self.num_attention_heads, "num_key_value_heads": self.num_key_value_heads,
             "head_dim": self.head_dim, "max_position_embeddings": self.max_position_embeddings,
             "rms_norm_eps": self.rms_norm_eps, "tie_word_embeddings": self.tie_word_embeddings,
-            "initializer_range": self.initializer_range, "attention_bias": False, "mlp_bias": False,
-            "rope_parameters": rope_parameters, "torch_dtype": "float32",
+            "initializer_range": self.initializer_range, "rope_parameters": rope_parameters,
+            "torch_dtype": "float32", **FAMILIES[self.model_type].feature_fields(self),
         }
         for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
             value = getattr(self, key)

@@ -10,6 +10,8 @@ activations are constrained by their logical names and attention runs per shard 
 Weight layouts (HF's `nn.Linear` [out, in] is transposed on import):
   embed_tokens [V, E]; q_proj [E, H, D]; k_proj, v_proj [E, K, D]; o_proj [H, D, E];
   gate_proj, up_proj [E, F]; down_proj [F, E]; norms [E]; lm_head [E, V] (absent when tied).
+Family features (config flags, see `yarn_jax.families`): q_bias [H, D], k_bias / v_bias [K, D] (qkv_bias);
+  o_bias [E] (o_bias); q_norm / k_norm weights [D] (qk_norm: RMSNorm over head_dim before the rotary).
 """
 
 from __future__ import annotations
@@ -102,8 +104,8 @@ _project.defvjp(_project_fwd, _project_bwd)
 
 
 class RMSNorm(nnx.Module):
-    def __init__(self, dim: int, eps: float, *, param_dtype, rngs: nnx.Rngs):
-        self.weight = _param(rngs, (dim,), ("norm",), param_dtype, None)
+    def __init__(self, dim: int, eps: float, *, param_dtype, rngs: nnx.Rngs, names=("norm",)):
+        self.weight = _param(rngs, (dim,), names, param_dtype, None)
         self.eps = eps
 
     def __call__(self, x):
@@ -128,6 +130,16 @@ class DecoderLayer(nnx.Module):
         self.gate_proj = _param(rngs, (e, f), ("embed", "mlp"), param_dtype, std)
         self.up_proj = _param(rngs, (e, f), ("embed", "mlp"), param_dtype, std)
         self.down_proj = _param(rngs, (f, e), ("mlp", "embed"), param_dtype, std)
+        if cfg.qkv_bias:
+            self.q_bias = _param(rngs, (h, d), ("heads", "head_dim"), param_dtype, std)
+            self.k_bias = _param(rngs, (k, d), ("kv_heads", "head_dim"), param_dtype, std)
+            self.v_bias = _param(rngs, (k, d), ("kv_heads", "head_dim"), param_dtype, std)
+        if cfg.o_bias:
+            self.o_bias = _param(rngs, (e,), ("embed",), param_dtype, std)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(d, cfg.rms_norm_eps, param_dtype=param_dtype, rngs=rngs, names=("head_dim",))
+            self.k_norm = RMSNorm(d, cfg.rms_norm_eps, param_dtype=param_dtype, rngs=rngs, names=("head_dim",))
+        self.qkv_bias, self.o_bias_on, self.qk_norm = cfg.qkv_bias, cfg.o_bias, cfg.qk_norm
         self.dtype = dtype
         self.attention_backend = attention_backend
         self.splash_blocks = splash_blocks
@@ -137,13 +149,19 @@ class DecoderLayer(nnx.Module):
         """x [B, T, E] -> q [B, T, H, D], k [B, T, K, D] (both before the rotation), v [B, T, K, D]."""
         dt = self.dtype
         h = self.input_norm(x)
-        return (_dot(h, self.q_proj[...], 1, dt), _dot(h, self.k_proj[...], 1, dt),
-                _dot(h, self.v_proj[...], 1, dt))
+        q, k, v = (_dot(h, self.q_proj[...], 1, dt), _dot(h, self.k_proj[...], 1, dt),
+                   _dot(h, self.v_proj[...], 1, dt))
+        if self.qkv_bias:  # Qwen2: y = x W + b
+            q, k, v = (q + self.q_bias[...].astype(dt), k + self.k_bias[...].astype(dt), v + self.v_bias[...].astype(dt))
+        if self.qk_norm:  # Qwen3: RMSNorm over head_dim of each head, before the rotary
+            q, k = self.q_norm(q), self.k_norm(k)
+        return q, k, v
 
     def finish(self, x, o):
         """Residual stream after attention output o [B, T, H, D]: o_proj, then the SwiGLU MLP block."""
         dt = self.dtype
-        x = x + _dot(o, self.o_proj[...], 2, dt)  # [B, T, H, D] . [H, D, E]
+        attn = _dot(o, self.o_proj[...], 2, dt)  # [B, T, H, D] . [H, D, E]
+        x = x + (attn + self.o_bias[...].astype(dt) if self.o_bias_on else attn)
         h = self.post_attention_norm(x)
         # SwiGLU [B, T, F]
         gated = jax.nn.silu(_dot(h, self.gate_proj[...], 1, dt)) * _dot(h, self.up_proj[...], 1, dt)

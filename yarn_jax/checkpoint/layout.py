@@ -103,6 +103,15 @@ def tensor_map(cfg: LlamaConfig) -> list[Layout]:
         Layout(("layers", "up_proj"), "model.layers.{i}.mlp.up_proj.weight", (f, e), (f, e), (1, 0)),
         Layout(("layers", "down_proj"), "model.layers.{i}.mlp.down_proj.weight", (e, f), (e, f), (1, 0)),
     ]
+    # the features a family turns on (families/): biases on the projections, per-head q/k norms
+    if cfg.qkv_bias:
+        rows += [Layout(("layers", f"{x}_bias"), f"model.layers.{{i}}.self_attn.{x}_proj.bias", (n * d,), (n, d), (0, 1))
+                 for x, n in (("q", h), ("k", k), ("v", k))]
+    if cfg.o_bias:
+        rows.append(Layout(("layers", "o_bias"), "model.layers.{i}.self_attn.o_proj.bias", (e,), (e,), (0,)))
+    if cfg.qk_norm:
+        rows += [Layout(("layers", f"{x}_norm", "weight"), f"model.layers.{{i}}.self_attn.{x}_norm.weight", (d,), (d,),
+                        (0,)) for x in ("q", "k")]
     if not cfg.tie_word_embeddings:
         rows.append(Layout(("lm_head",), "lm_head.weight", (v, e), (v, e), (1, 0)))
     return rows

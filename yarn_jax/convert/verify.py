@@ -2,9 +2,9 @@
 per-token KL(source || result) against thresholds.
 
 The source runs in yarn_jax (any format), or — for HF sources, with torch installed — in transformers'
-LlamaForCausalLM (an independent implementation), with its weights rounded to the result's dtype and
-float32 compute: a correct conversion then gives the same logits up to float32 rounding whatever the dtype,
-so one tight threshold catches any conversion error. For a 16-bit result the report also gives what the
+model class of its family (`AutoModelForCausalLM`: an independent implementation), with its weights
+rounded to the result's dtype and float32 compute: a correct conversion then gives the same logits up to
+float32 rounding whatever the dtype, so one tight threshold catches any conversion error. For a 16-bit result the report also gives what the
 rounding itself costs (float32 source vs result), for information: on SmolLM2 over 1024 random tokens
 bf16 rounding moves logits by up to 42 and KL by 7.6e-3 (the same in transformers), so no fixed bound on it
 could tell rounding from a mistake.
@@ -53,13 +53,13 @@ def transformers_logits(hf_dir: str, ids: np.ndarray, rope: Mapping[str, Any] | 
     """[T, V] float32 logits of an HF directory in transformers (torch), under `rope` if given, its weights
     rounded to `weights` precision (float32 compute)."""
     import torch
-    from transformers import AutoConfig, LlamaForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(hf_dir)
     if rope is not None:
         theta = (getattr(config, "rope_parameters", None) or {}).get("rope_theta", getattr(config, "rope_theta", None))
         config.rope_parameters = {**dict(rope), "rope_theta": theta}
-    model = LlamaForCausalLM.from_pretrained(hf_dir, config=config, dtype=getattr(torch, weights)).float().eval()
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, config=config, dtype=getattr(torch, weights)).float().eval()
     with torch.no_grad():
         out = model(torch.from_numpy(ids.astype(np.int64))[None]).logits[0].float().numpy()
     del model

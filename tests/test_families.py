@@ -1,0 +1,121 @@
+"""Model families against transformers' own classes: tiny random Qwen2 / Qwen3 / LLaMA-with-bias models built
+by transformers, saved as HF directories, loaded by yarn_jax: logits (default and YaRN rope, below and 2.5x
+past the original context, every CPU attention backend), the HF round trip, sharding, refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import yarn_jax
+from yarn_jax.errors import ConfigError
+
+L0 = 32
+YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": L0}
+COMMON = dict(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, rms_norm_eps=1e-6, tie_word_embeddings=False)
+
+
+def _families():
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    return {
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
+        "qwen3": (Qwen3Config, Qwen3ForCausalLM, {"head_dim": 16}),
+        "qwen3_bias": (Qwen3Config, Qwen3ForCausalLM, {"head_dim": 16, "attention_bias": True}),
+        "llama_bias": (LlamaConfig, LlamaForCausalLM, {"head_dim": 12, "attention_bias": True}),
+    }
+
+
+def hf_model(family: str, rope: dict | None, tmp_path, seed: int = 0):
+    """A transformers model of the family with large random weights (norms around 1), saved to tmp_path."""
+    config_cls, model_cls, extra = _families()[family]
+    rope_parameters = {"rope_type": "default", **(rope or {}), "rope_theta": 10000.0}
+    config = config_cls(**COMMON, **extra, max_position_embeddings=4 * L0 if rope else L0,
+                        rope_parameters=rope_parameters)
+    config._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    model = model_cls(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(1 + 0.2 * torch.randn_like(p) if name.endswith("norm.weight") else 0.2 * torch.randn_like(p))
+    path = tmp_path / family
+    model.save_pretrained(path)
+    return model, path
+
+
+def logits(model, ids):
+    with torch.no_grad():
+        return model(torch.as_tensor(ids)).logits.numpy()
+
+
+@pytest.mark.parametrize("rope", [None, YARN], ids=["default", "yarn"])
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "qwen3_bias", "llama_bias"])
+def test_family_logits_equal_transformers_and_round_trip(family, rope, tmp_path):
+    model, path = hf_model(family, rope, tmp_path)
+    for backend in ("reference", "blockwise"):
+        ours = yarn_jax.from_pretrained(path, attention_backend=backend)
+        assert ours.config.model_type == family.split("_")[0]
+        for length in (20, 80):  # below, and 2.5x past, the original context
+            ids = np.random.default_rng(length).integers(0, 97, (2, length))
+            ref = logits(model, ids)
+            err = np.abs(np.asarray(ours.logits(ids)) - ref).max()
+            assert err <= 1e-4 and np.abs(ref).max() > 1.0, (family, backend, length, err)
+    # the HF round trip: saved by yarn_jax, reloaded by transformers' Auto classes as the same family
+    from transformers import AutoModelForCausalLM
+
+    ours.save_pretrained(tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["architectures"] == \
+        [type(model).__name__]
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
+    assert type(back) is type(model)
+    ids = np.random.default_rng(1).integers(0, 97, (1, 80))
+    np.testing.assert_array_equal(logits(back, ids), logits(model, ids))
+
+
+def test_family_runs_sharded_as_on_one_device(tmp_path):
+    """Qwen3 (q/k norms, biases) on 8 virtual devices (fsdp 2 x sequence 2 x tensor 2) = one device."""
+    from yarn_jax.sharding import MeshConfig, make_mesh, Sharder
+
+    _, path = hf_model("qwen3_bias", YARN, tmp_path)
+    ids = np.random.default_rng(3).integers(0, 97, (2, 64))
+    single = np.asarray(yarn_jax.from_pretrained(path).logits(ids))
+    sharder = Sharder(make_mesh(MeshConfig(axes={"fsdp": 2, "sequence": 2, "tensor": 2})))
+    sharded = yarn_jax.from_pretrained(path, sharder=sharder)
+    assert sharded.module.layers.q_bias[...].sharding.spec[1] == "tensor"  # biases split with their heads
+    np.testing.assert_allclose(np.asarray(sharded.logits(ids)), single, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"model_type": "gemma3", "architectures": ["Gemma3ForCausalLM"]},
+     r"unsupported architecture .*supported: LlamaForCausalLM \(llama\), Qwen2ForCausalLM \(qwen2\)"),
+    ({"use_sliding_window": True, "sliding_window": 16}, "sliding-window attention"),
+    ({"num_experts": 8}, r"\['num_experts'\]: mixture of experts is not supported"),
+    ({"mlp_bias": True}, r"\['mlp_bias'\]=true is not supported"),
+])
+def test_unsupported_architectures_and_features_are_refused_by_name(change, message):
+    from transformers import Qwen2Config
+
+    d = {**Qwen2Config(**COMMON).to_dict(), "architectures": ["Qwen2ForCausalLM"], **change}
+    with pytest.raises(ConfigError, match=message):
+        yarn_jax.LlamaConfig.from_hf_dict(d)
+
+
+def test_family_converts_to_orbax_and_back_verified_by_transformers(tmp_path):
+    """HF Qwen2 -> yarn_jax checkpoint (logit check against transformers' Qwen2ForCausalLM) -> HF, which
+    transformers reloads as Qwen2 with the source's logits."""
+    from transformers import AutoModelForCausalLM
+
+    from yarn_jax.convert import convert
+
+    model, path = hf_model("qwen2", YARN, tmp_path)
+    report = convert(path, tmp_path / "ckpt", reference="transformers", verify_tokens=96, progress=False)
+    assert report["verify"]["passed"] and report["format"] == "orbax"
+    convert(tmp_path / "ckpt", tmp_path / "back", progress=False)
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "back", attn_implementation="eager").eval()
+    ids = np.random.default_rng(5).integers(0, 97, (1, 80))
+    assert type(back) is type(model)
+    np.testing.assert_array_equal(logits(back, ids), logits(model, ids))

@@ -1,0 +1,21 @@
+"""LLaMA (`LlamaForCausalLM`): the base family — RMSNorm, SwiGLU, GQA, rotary; `attention_bias` puts a bias
+on all four attention projections."""
+
+from __future__ import annotations
+
+from yarn_jax.families.base import Family, flag
+
+
+class Llama(Family):
+    model_type = "llama"
+    architecture = "LlamaForCausalLM"
+
+    def features(self, d, where):
+        bias = flag(d, "attention_bias", where)
+        return {"qkv_bias": bias, "o_bias": bias}
+
+    def feature_fields(self, cfg):
+        return {"attention_bias": cfg.qkv_bias, "mlp_bias": False}
+
+
+LLAMA = Llama()

@@ -1,0 +1,23 @@
+"""Qwen2 / Qwen2.5 (`Qwen2ForCausalLM`): LLaMA with a bias on the q, k and v projections (not on o)."""
+
+from __future__ import annotations
+
+from yarn_jax.families.base import Family, refuse_sliding_window
+
+
+class Qwen2(Family):
+    model_type = "qwen2"
+    architecture = "Qwen2ForCausalLM"
+
+    def check(self, d, where):
+        super().check(d, where)
+        refuse_sliding_window(d, where)
+
+    def features(self, d, where):
+        return {"qkv_bias": True, "o_bias": False}
+
+    def feature_fields(self, cfg):
+        return {"use_sliding_window": False}
+
+
+QWEN2 = Qwen2()

@@ -1,0 +1,25 @@
+"""Qwen3 (`Qwen3ForCausalLM`): LLaMA with an RMSNorm over head_dim on every query and key head before the
+rotary, an explicit head_dim, and `attention_bias` on all four projections."""
+
+from __future__ import annotations
+
+from yarn_jax.families.base import Family, flag, refuse_sliding_window
+
+
+class Qwen3(Family):
+    model_type = "qwen3"
+    architecture = "Qwen3ForCausalLM"
+
+    def check(self, d, where):
+        super().check(d, where)
+        refuse_sliding_window(d, where)
+
+    def features(self, d, where):
+        bias = flag(d, "attention_bias", where)
+        return {"qkv_bias": bias, "o_bias": bias, "qk_norm": True}
+
+    def feature_fields(self, cfg):
+        return {"attention_bias": cfg.qkv_bias, "use_sliding_window": False}
+
+
+QWEN3 = Qwen3()
