@@ -20,13 +20,16 @@ COMMON = dict(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_la
 
 
 def _families():
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+    from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
+                              Qwen3ForCausalLM, SmolLM3Config, SmolLM3ForCausalLM)
 
     return {
         "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
         "qwen3": (Qwen3Config, Qwen3ForCausalLM, {"head_dim": 16}),
         "qwen3_bias": (Qwen3Config, Qwen3ForCausalLM, {"head_dim": 16, "attention_bias": True}),
         "llama_bias": (LlamaConfig, LlamaForCausalLM, {"head_dim": 12, "attention_bias": True}),
+        "smollm3": (SmolLM3Config, SmolLM3ForCausalLM, {"no_rope_layers": [1, 0], "tie_word_embeddings": True,
+                                                         "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}),
     }
 
 
@@ -34,7 +37,7 @@ def hf_model(family: str, rope: dict | None, tmp_path, seed: int = 0):
     """A transformers model of the family with large random weights (norms around 1), saved to tmp_path."""
     config_cls, model_cls, extra = _families()[family]
     rope_parameters = {"rope_type": "default", **(rope or {}), "rope_theta": 10000.0}
-    config = config_cls(**COMMON, **extra, max_position_embeddings=4 * L0 if rope else L0,
+    config = config_cls(**{**COMMON, **extra}, max_position_embeddings=4 * L0 if rope else L0,
                         rope_parameters=rope_parameters)
     config._attn_implementation = "eager"
     torch.manual_seed(seed)
@@ -53,7 +56,7 @@ def logits(model, ids):
 
 
 @pytest.mark.parametrize("rope", [None, YARN], ids=["default", "yarn"])
-@pytest.mark.parametrize("family", ["qwen2", "qwen3", "qwen3_bias", "llama_bias"])
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "qwen3_bias", "llama_bias", "smollm3"])
 def test_family_logits_equal_transformers_and_round_trip(family, rope, tmp_path):
     model, path = hf_model(family, rope, tmp_path)
     for backend in ("reference", "blockwise"):
@@ -119,3 +122,19 @@ def test_family_converts_to_orbax_and_back_verified_by_transformers(tmp_path):
     ids = np.random.default_rng(5).integers(0, 97, (1, 80))
     assert type(back) is type(model)
     np.testing.assert_array_equal(logits(back, ids), logits(model, ids))
+
+
+def test_nope_layers_decode_from_the_cache_as_a_full_recompute(tmp_path):
+    """SmolLM3 with YaRN: the cached decode path keeps its NoPE layer unrotated (greedy tokens = recompute),
+    and the NoPE layer really differs from a rotated one (the check can fail)."""
+    import dataclasses
+
+    from yarn_jax.generate import greedy_generate, greedy_generate_recompute
+
+    _, path = hf_model("smollm3", YARN, tmp_path)
+    model = yarn_jax.from_pretrained(path).module
+    assert model.config.rope_layers == (True, False)
+    prompt = np.random.default_rng(7).integers(0, 97, (2, 70))
+    np.testing.assert_array_equal(greedy_generate(model, prompt, 8), greedy_generate_recompute(model, prompt, 8))
+    rotated = model.replace(config=dataclasses.replace(model.config, rope_layers=None))
+    assert np.abs(np.asarray(rotated(prompt)) - np.asarray(model(prompt))).max() > 1e-2

@@ -38,6 +38,7 @@ class LlamaConfig:
     qkv_bias: bool = False  # a bias on the q, k and v projections (Qwen2; LLaMA/Qwen3 attention_bias)
     o_bias: bool = False  # a bias on the output projection (LLaMA/Qwen3 attention_bias)
     qk_norm: bool = False  # RMSNorm over head_dim on each query and key head before the rotary (Qwen3)
+    rope_layers: tuple[bool, ...] | None = None  # per layer: rotary or not (SmolLM3's NoPE layers); None = all
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -50,6 +51,10 @@ class LlamaConfig:
                 f"config field 'num_attention_heads'={self.num_attention_heads} must be a multiple of "
                 f"'num_key_value_heads'={self.num_key_value_heads}"
             )
+        if self.rope_layers is not None and (len(self.rope_layers) != self.num_hidden_layers
+                                             or not all(isinstance(b, bool) for b in self.rope_layers)):
+            raise ConfigError(f"config field 'rope_layers' must hold one true/false per layer "
+                              f"({self.num_hidden_layers}), got {self.rope_layers!r}")
         if self.model_type not in FAMILIES:
             raise ConfigError(f"config field 'model_type'={self.model_type!r}: supported {sorted(FAMILIES)}")
         if self.rope.head_dim != self.head_dim:

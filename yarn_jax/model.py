@@ -270,6 +270,11 @@ class Llama(nnx.Module):
             body = jax.checkpoint(body, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
         return jax.lax.scan(body, x, (layer_state, xs))
 
+    def _rope_layers(self):
+        """[L] bool: which layers rotate (None: all). SmolLM3's NoPE layers do not."""
+        rope_layers = self.config.rope_layers
+        return None if rope_layers is None else jnp.asarray(rope_layers, bool)
+
     def embed(self, input_ids):
         # under FSDP the table is all-gathered along embed first (as every layer's weights are): a lookup
         # into an embed-sharded table would give an embed-sharded result XLA can only reshard by a full copy
@@ -284,11 +289,11 @@ class Llama(nnx.Module):
             positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         cos, sin = self.rotary(positions, frequencies)
 
-        def layer(mod, h, _):
-            h, kv = mod(h, cos, sin, segment_ids)
+        def layer(mod, h, use_rope):
+            h, kv = mod(h, *_layer_rotary(use_rope, cos, sin), segment_ids)
             return h, (kv if return_kv else None)
 
-        x, kv = self._scan_layers(layer, self.constrain(self.embed(input_ids), ACTIVATIONS))
+        x, kv = self._scan_layers(layer, self.constrain(self.embed(input_ids), ACTIVATIONS), self._rope_layers())
         return (self.final_norm(x), kv) if return_kv else self.final_norm(x)
 
     def decode_step(self, token, pos, k_cache, v_cache, frequencies=None):
@@ -302,12 +307,14 @@ class Llama(nnx.Module):
         cos_q, sin_q = rotary_cos_sin(jnp.full((b, 1), pos, jnp.int32), inv_freq, attention_factor)
         valid = (key_pos <= pos).astype(jnp.int32)
 
-        def layer(mod, h, caches):
-            h, kc, vc = mod.decode(h, cos_q, sin_q, cos_k, sin_k, *caches, pos, valid)
+        def layer(mod, h, per_layer):
+            kc, vc, use_rope = per_layer
+            h, kc, vc = mod.decode(h, *_layer_rotary(use_rope, cos_q, sin_q), *_layer_rotary(use_rope, cos_k, sin_k),
+                                   kc, vc, pos, valid)
             return h, (kc, vc)
 
         x, (k_cache, v_cache) = self._scan_layers(layer, self.constrain(self.embed(token[:, None]), DECODING),
-                                                  (k_cache, v_cache))
+                                                  (k_cache, v_cache, self._rope_layers()))
         return self.logits_from_hidden(self.final_norm(x))[:, 0], k_cache, v_cache
 
     def lm_head_weight(self):
@@ -321,6 +328,14 @@ class Llama(nnx.Module):
 
     def __call__(self, input_ids, positions=None, segment_ids=None, *, frequencies=None):
         return self.logits_from_hidden(self.hidden_states(input_ids, positions, segment_ids, frequencies=frequencies))
+
+
+def _layer_rotary(use_rope, cos, sin):
+    """One layer's cos/sin: on a NoPE layer (use_rope False) the identity rotation, which also leaves out the
+    rope's attention factor, as HF skips the rotary there altogether."""
+    if use_rope is None:
+        return cos, sin
+    return jnp.where(use_rope, cos, 1.0).astype(cos.dtype), jnp.where(use_rope, sin, 0.0).astype(sin.dtype)
 
 
 def abstract_model(cfg: LlamaConfig, **settings) -> Llama:

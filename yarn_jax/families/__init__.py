@@ -10,8 +10,9 @@ from yarn_jax.families.base import Family
 from yarn_jax.families.llama import LLAMA
 from yarn_jax.families.qwen2 import QWEN2
 from yarn_jax.families.qwen3 import QWEN3
+from yarn_jax.families.smollm3 import SMOLLM3
 
-FAMILIES: dict[str, Family] = {f.model_type: f for f in (LLAMA, QWEN2, QWEN3)}
+FAMILIES: dict[str, Family] = {f.model_type: f for f in (LLAMA, QWEN2, QWEN3, SMOLLM3)}
 
 
 def family_of(d: Mapping[str, Any], where: str) -> Family:
