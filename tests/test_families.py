@@ -138,3 +138,56 @@ def test_nope_layers_decode_from_the_cache_as_a_full_recompute(tmp_path):
     np.testing.assert_array_equal(greedy_generate(model, prompt, 8), greedy_generate_recompute(model, prompt, 8))
     rotated = model.replace(config=dataclasses.replace(model.config, rope_layers=None))
     assert np.abs(np.asarray(rotated(prompt)) - np.asarray(model(prompt))).max() > 1e-2
+
+
+GGUF_NAMES = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
+              "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+              "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+              "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"}
+
+
+def write_gguf(model, path, arch: str) -> None:
+    """The model as llama.cpp's convert script lays out a Qwen2/Qwen3 file (NEOX rope: q/k rows unpermuted),
+    float32, written with the `gguf` package."""
+    import gguf
+
+    c = model.config
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_key_length(c.head_dim if getattr(c, "head_dim", None) else c.hidden_size // c.num_attention_heads)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_rope_freq_base(c.rope_parameters["rope_theta"])
+    for name, value in model.state_dict().items():
+        parts = name.split(".")
+        if name.startswith("model.layers."):
+            layer, rest = parts[2], ".".join(parts[3:-1])
+            out = f"blk.{layer}.{GGUF_NAMES[rest]}.{parts[-1]}"
+        else:
+            out = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+                   "lm_head.weight": "output.weight"}[name]
+        w.add_tensor(out, value.numpy().astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen3_bias"])
+def test_gguf_files_of_the_qwen_archs_load_as_their_hf_weights(family, tmp_path):
+    from yarn_jax.checkpoint import load_checkpoint
+
+    model, path = hf_model(family, None, tmp_path)
+    arch = family.split("_")[0]
+    write_gguf(model, tmp_path / "m.gguf", arch)
+    cfg_gguf, from_gguf = load_checkpoint(tmp_path / "m.gguf")
+    cfg_hf, from_hf = load_checkpoint(path)
+    assert cfg_gguf.model_type == arch and (cfg_gguf.qkv_bias, cfg_gguf.o_bias, cfg_gguf.qk_norm) == (
+        cfg_hf.qkv_bias, cfg_hf.o_bias, cfg_hf.qk_norm)
+    assert from_gguf.keys() == from_hf.keys()
+    for k in from_hf:
+        np.testing.assert_array_equal(from_gguf[k], from_hf[k], err_msg=str(k))

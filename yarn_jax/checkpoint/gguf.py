@@ -1,7 +1,9 @@
-"""GGUF (llama.cpp) LLaMA files -> config + HF-named float32 tensors, torch-free.
+"""GGUF (llama.cpp) files of the families llama.cpp names (`llama`, `qwen2`, `qwen3`; `families.GGUF_ARCHS`)
+-> config + HF-named float32 tensors, torch-free.
 
-Quantized tensors are dequantized with the `gguf` package. llama.cpp stores the q/k projection rows in the
-interleaved rotary layout; they are permuted back to HF's half-split layout here, once, at the boundary.
+Quantized tensors are dequantized with the `gguf` package. For `llama` llama.cpp stores the q/k projection
+rows in the interleaved rotary layout; they are permuted back to HF's half-split layout here, once, at the
+boundary (the Qwen archs use llama.cpp's NEOX rope and keep HF's order).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import gguf
 import numpy as np
 
 from yarn_jax.errors import CheckpointError
+from yarn_jax.families import GGUF_ARCHS
 from yarn_jax.rope import GGUF_TYPES
 
 _LAYER_NAMES = {
@@ -26,6 +29,8 @@ _LAYER_NAMES = {
     "ffn_gate": "mlp.gate_proj",
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
 }
 _GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 
@@ -60,13 +65,15 @@ def open_gguf(path: str | os.PathLike):
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable GGUF file ({e})") from None
     arch = _field(reader, "general.architecture")
-    if arch != "llama":
-        raise CheckpointError(f"{path}: general.architecture={arch!r} is not supported (only 'llama')")
+    if arch not in GGUF_ARCHS:
+        raise CheckpointError(f"{path}: general.architecture={arch!r} is not supported (supported: "
+                              f"{', '.join(GGUF_ARCHS)})")
+    family = GGUF_ARCHS[arch]
 
     def meta(key: str, default: Any = None, required: bool = True) -> Any:
-        value = _field(reader, f"llama.{key}", default)
+        value = _field(reader, f"{arch}.{key}", default)
         if value is None and required:
-            raise CheckpointError(f"{path}: GGUF metadata 'llama.{key}' is missing")
+            raise CheckpointError(f"{path}: GGUF metadata '{arch}.{key}' is missing")
         return value
 
     heads = meta("attention.head_count")
@@ -94,15 +101,16 @@ def open_gguf(path: str | os.PathLike):
             raise CheckpointError(f"{path}: tensor 'rope_freqs.weight' (llama3 frequency factors) is not supported")
         else:
             raise CheckpointError(f"{path}: unexpected GGUF tensor '{t.name}'")
-        rotary = {"attn_q": heads, "attn_k": kv_heads}.get(parts[2]) if parts[-1] == "weight" and len(parts) == 4 \
-            else None
+        rotary = ({"attn_q": heads, "attn_k": kv_heads}.get(parts[2])
+                  if family.gguf_interleaved and parts[-1] == "weight" and len(parts) == 4 else None)
         tensors[name] = loader(t, rotary)
         shapes[name] = tuple(int(s) for s in reversed(t.shape))
 
     if "model.embed_tokens.weight" not in tensors:
         raise CheckpointError(f"{path}: GGUF tensor 'token_embd.weight' is missing")
     config: dict[str, Any] = {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+        "architectures": [family.architecture], "model_type": family.model_type, "hidden_act": "silu",
+        "attention_bias": "model.layers.0.self_attn.o_proj.bias" in tensors,
         "vocab_size": int(shapes["model.embed_tokens.weight"][0]),
         "hidden_size": hidden, "intermediate_size": meta("feed_forward_length"),
         "num_hidden_layers": meta("block_count"), "num_attention_heads": heads, "num_key_value_heads": kv_heads,
@@ -119,7 +127,7 @@ def open_gguf(path: str | os.PathLike):
     scaling = meta("rope.scaling.type", None, required=False)
     if scaling not in (None, "none"):
         if scaling not in GGUF_TYPES:
-            raise CheckpointError(f"{path}: GGUF 'llama.rope.scaling.type'={scaling!r} is not supported "
+            raise CheckpointError(f"{path}: GGUF '{arch}.rope.scaling.type'={scaling!r} is not supported "
                                   f"(supported: {', '.join(GGUF_TYPES)})")
         method = GGUF_TYPES[scaling]
         rope = {"rope_type": method.name, "factor": meta("rope.scaling.factor")}

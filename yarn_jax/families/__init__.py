@@ -13,6 +13,7 @@ from yarn_jax.families.qwen3 import QWEN3
 from yarn_jax.families.smollm3 import SMOLLM3
 
 FAMILIES: dict[str, Family] = {f.model_type: f for f in (LLAMA, QWEN2, QWEN3, SMOLLM3)}
+GGUF_ARCHS: dict[str, Family] = {f.gguf_arch: f for f in FAMILIES.values() if f.gguf_arch}
 
 
 def family_of(d: Mapping[str, Any], where: str) -> Family:
@@ -31,4 +32,4 @@ def family_of(d: Mapping[str, Any], where: str) -> Family:
     return family
 
 
-__all__ = ["FAMILIES", "Family", "family_of"]
+__all__ = ["FAMILIES", "GGUF_ARCHS", "Family", "family_of"]

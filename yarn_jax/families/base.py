@@ -45,6 +45,8 @@ class Family:
 
     model_type: str
     architecture: str
+    gguf_arch: str | None = None  # llama.cpp's `general.architecture` for it, if GGUF files are read
+    gguf_interleaved: bool = False  # whether llama.cpp stores its q/k rows in the interleaved rotary order
 
     def check(self, d: Mapping[str, Any], where: str) -> None:
         """Refuse config keys this family does not implement (by name)."""

@@ -9,6 +9,8 @@ from yarn_jax.families.base import Family, flag
 class Llama(Family):
     model_type = "llama"
     architecture = "LlamaForCausalLM"
+    gguf_arch = "llama"
+    gguf_interleaved = True  # llama.cpp's convert script permutes q/k rows for its rope kernel
 
     def features(self, d, where):
         bias = flag(d, "attention_bias", where)

@@ -8,6 +8,7 @@ from yarn_jax.families.base import Family, refuse_sliding_window
 class Qwen2(Family):
     model_type = "qwen2"
     architecture = "Qwen2ForCausalLM"
+    gguf_arch = "qwen2"  # (NEOX rope in llama.cpp: q/k rows kept in HF's order)
 
     def check(self, d, where):
         super().check(d, where)

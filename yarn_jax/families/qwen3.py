@@ -9,6 +9,7 @@ from yarn_jax.families.base import Family, flag, refuse_sliding_window
 class Qwen3(Family):
     model_type = "qwen3"
     architecture = "Qwen3ForCausalLM"
+    gguf_arch = "qwen3"
 
     def check(self, d, where):
         super().check(d, where)
