@@ -32,6 +32,7 @@ HF_ROPES = {
                "original_max_position_embeddings": L0},
     "longrope": {"rope_type": "longrope", "factor": 4.0, "original_max_position_embeddings": L0,
                  "short_factor": SHORT, "long_factor": LONG},
+    "proportional": {"rope_type": "proportional", "factor": 2.0, "partial_rotary_factor": 0.5},
 }
 
 

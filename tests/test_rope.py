@@ -367,6 +367,7 @@ SAMPLES = {  # one configuration per method record (head_dim 64, max_position_em
                "original_max_position_embeddings": 2048},
     "longrope": {"rope_type": "longrope", "factor": 4.0, "original_max_position_embeddings": 2048,
                  "short_factor": [1.0 + j / 64 for j in range(32)], "long_factor": [1.0 + j / 8 for j in range(32)]},
+    "proportional": {"rope_type": "proportional", "factor": 2.0, "partial_rotary_factor": 0.25},
 }
 
 
@@ -391,11 +392,12 @@ def test_every_method_record_round_trips_and_its_hf_form_is_exact():
             module = LlamaRotaryEmbedding(hf_config(hf, 64, 8192, hf["rope_theta"]))
             module(torch.zeros(1, 1, 64), torch.arange(seq_len)[None])
             inv, af = rope_frequencies(cfg, seq_len)
-            assert_rel(inv, module.inv_freq.numpy(), what=f"{name} via its HF form at {seq_len}")
+            np.testing.assert_allclose(inv, module.inv_freq.numpy(), rtol=RTOL, atol=0,  # (zeros: proportional)
+                                       err_msg=f"{name} via its HF form at {seq_len}")
             assert abs(float(af) - module.attention_scaling) <= 1e-6, name
     assert set(HF_ROPE_TYPES) == (set(ROPE_INIT_FUNCTIONS) | {"default"}) & set(METHODS)  # HF's own types
     assert NAMED == {"linear": False, "ntk": False, "dynamic": False, "ntk_by_parts": True, "yarn": True,
-                     "dynamic_yarn": True}
+                     "dynamic_yarn": True, "proportional": False}
     assert {k: m.name for k, m in GGUF_TYPES.items()} == {"linear": "linear", "yarn": "yarn"}
     assert {n for n, m in METHODS.items() if m.length_dependent} == {"dynamic", "dynamic_yarn", "longrope"}
 

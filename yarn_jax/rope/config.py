@@ -197,10 +197,11 @@ def number(d: Mapping[str, Any], key: str, where: str, default: Any = None) -> A
     return value
 
 
-def scale_factor(implicit: bool = False) -> Reader:
-    """The scale factor s >= 1; `implicit`: absent means max_position_embeddings / L0 (HF's yarn/longrope)."""
+def scale_factor(implicit: bool = False, default: float | None = None) -> Reader:
+    """The scale factor s >= 1; `implicit`: absent means max_position_embeddings / L0 (HF's yarn/longrope);
+    else absent means `default` (an error when there is none)."""
     def read(d, key, ctx, got):
-        factor = number(d, key, ctx.where)
+        factor = number(d, key, ctx.where, default)
         if factor is None and implicit:
             factor = ctx.max_position_embeddings / got[L0]
         if factor is None:

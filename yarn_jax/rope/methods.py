@@ -299,8 +299,26 @@ class LongRope(RopeMethod):
         return jnp.where(jnp.asarray(seq_len) > l0, long, short), af
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Proportional(RopeMethod):
+    """Proportional RoPE (Gemma 4; HF `_compute_proportional_rope_parameters`): the first
+    int(partial_rotary_factor * head_dim / 2) pairs rotate at b^(-2j/head_dim) — exponents over the whole
+    head, not the rotary part — the remaining pairs at frequency 0, all divided by `factor`; the frequencies
+    span the whole head (head_dim/2 of them), so the rotation pairs j with j + head_dim/2."""
+
+    name = "proportional"
+    factor: float = param(scale_factor(default=1.0), 1.0)
+
+    def frequencies(self, rope, seq_len):
+        half = rope.head_dim // 2
+        angles = int(rope.partial_rotary_factor * rope.head_dim // 2)
+        inv = np.zeros(half, np.float32)
+        inv[:angles] = (np.float32(1.0) / theta_powers(rope.theta, rope.head_dim))[:angles]
+        return inv / np.float32(self.factor), 1.0
+
+
 METHODS: dict[str, type[RopeMethod]] = {m.name: m for m in (Default, Linear, NTK, DynamicNTK, ByParts, Yarn,
-                                                              DynamicYarn, Llama3, LongRope)}
+                                                              DynamicYarn, Llama3, LongRope, Proportional)}
 ROPE_TYPES = tuple(METHODS)
 HF_ROPE_TYPES = tuple(name for name, m in METHODS.items() if m.in_transformers)  # what transformers implements
 # name -> whether it takes L0: the methods a name and a scale factor configure (the eval CLI's named methods)
