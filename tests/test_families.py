@@ -20,8 +20,8 @@ COMMON = dict(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_la
 
 
 def _families():
-    from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
-                              Qwen3ForCausalLM, SmolLM3Config, SmolLM3ForCausalLM)
+    from transformers import (LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen2Config,
+                              Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM, SmolLM3Config, SmolLM3ForCausalLM)
 
     return {
         "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
@@ -30,13 +30,20 @@ def _families():
         "llama_bias": (LlamaConfig, LlamaForCausalLM, {"head_dim": 12, "attention_bias": True}),
         "smollm3": (SmolLM3Config, SmolLM3ForCausalLM, {"no_rope_layers": [1, 0], "tie_word_embeddings": True,
                                                          "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}),
+        "phi3": (Phi3Config, Phi3ForCausalLM, {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
+                                               "original_max_position_embeddings": L0, "partial_rotary_factor": 0.5}),
     }
 
 
 def hf_model(family: str, rope: dict | None, tmp_path, seed: int = 0):
     """A transformers model of the family with large random weights (norms around 1), saved to tmp_path."""
     config_cls, model_cls, extra = _families()[family]
-    rope_parameters = {"rope_type": "default", **(rope or {}), "rope_theta": 10000.0}
+    if family == "phi3" and rope:  # transformers' Phi-3 takes longrope (its own scaling) where others take yarn
+        rope = {"rope_type": "longrope", "factor": 4.0, "short_factor": [1.0, 1.1, 1.3],
+                "long_factor": [1.0, 2.0, 5.0]}  # partial rotary 0.5 of head_dim 12: 3 pairs
+    rope_parameters = {"rope_type": "default", **(rope or {}), "rope_theta": 10000.0,
+                       **({"partial_rotary_factor": extra["partial_rotary_factor"]} if "partial_rotary_factor" in extra
+                          else {})}
     config = config_cls(**{**COMMON, **extra}, max_position_embeddings=4 * L0 if rope else L0,
                         rope_parameters=rope_parameters)
     config._attn_implementation = "eager"
@@ -56,7 +63,7 @@ def logits(model, ids):
 
 
 @pytest.mark.parametrize("rope", [None, YARN], ids=["default", "yarn"])
-@pytest.mark.parametrize("family", ["qwen2", "qwen3", "qwen3_bias", "llama_bias", "smollm3"])
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "qwen3_bias", "llama_bias", "smollm3", "phi3"])
 def test_family_logits_equal_transformers_and_round_trip(family, rope, tmp_path):
     model, path = hf_model(family, rope, tmp_path)
     for backend in ("reference", "blockwise"):
@@ -79,16 +86,19 @@ def test_family_logits_equal_transformers_and_round_trip(family, rope, tmp_path)
     np.testing.assert_array_equal(logits(back, ids), logits(model, ids))
 
 
-def test_family_runs_sharded_as_on_one_device(tmp_path):
-    """Qwen3 (q/k norms, biases) on 8 virtual devices (fsdp 2 x sequence 2 x tensor 2) = one device."""
+@pytest.mark.parametrize("family", ["qwen3_bias", "phi3"])
+def test_family_runs_sharded_as_on_one_device(family, tmp_path):
+    """Qwen3 (q/k norms, biases) and Phi-3 (fused tensors read block by block) on 8 virtual devices
+    (fsdp 2 x sequence 2 x tensor 2) = one device."""
     from yarn_jax.sharding import MeshConfig, make_mesh, Sharder
 
-    _, path = hf_model("qwen3_bias", YARN, tmp_path)
+    _, path = hf_model(family, YARN, tmp_path)
     ids = np.random.default_rng(3).integers(0, 97, (2, 64))
     single = np.asarray(yarn_jax.from_pretrained(path).logits(ids))
     sharder = Sharder(make_mesh(MeshConfig(axes={"fsdp": 2, "sequence": 2, "tensor": 2})))
     sharded = yarn_jax.from_pretrained(path, sharder=sharder)
-    assert sharded.module.layers.q_bias[...].sharding.spec[1] == "tensor"  # biases split with their heads
+    if family == "qwen3_bias":
+        assert sharded.module.layers.q_bias[...].sharding.spec[1] == "tensor"  # biases split with their heads
     np.testing.assert_allclose(np.asarray(sharded.logits(ids)), single, atol=1e-5, rtol=0)
 
 

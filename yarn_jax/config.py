@@ -39,6 +39,7 @@ class LlamaConfig:
     o_bias: bool = False  # a bias on the output projection (LLaMA/Qwen3 attention_bias)
     qk_norm: bool = False  # RMSNorm over head_dim on each query and key head before the rotary (Qwen3)
     rope_layers: tuple[bool, ...] | None = None  # per layer: rotary or not (SmolLM3's NoPE layers); None = all
+    fused_projections: bool = False  # checkpoint layout: one qkv_proj and one gate_up_proj tensor (Phi-3)
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",

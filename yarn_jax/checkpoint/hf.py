@@ -17,8 +17,8 @@ import ml_dtypes
 import numpy as np
 from etils import epath
 
-from yarn_jax.checkpoint.layout import (SAFETENSORS_DTYPES, Layout, Path_, check_replaceable, check_tensor_names,
-                                        copy_tokenizer_files, np_dtype, read_checked, tensor_map)
+from yarn_jax.checkpoint.layout import (SAFETENSORS_DTYPES, HFTensors, Layout, Path_, check_replaceable,
+                                        check_tensor_names, copy_tokenizer_files, np_dtype, read_checked, tensor_map)
 from yarn_jax.checkpoint.memory import aligned_empty, release_host_memory
 from yarn_jax.config import LlamaConfig
 from yarn_jax.errors import CheckpointError
@@ -164,9 +164,9 @@ def open_hf(path: str | os.PathLike) -> tuple[LlamaConfig, dict[str, TensorFile]
 
 def _plan_shards(cfg: LlamaConfig, dtype: str, max_shard_bytes: int):
     """[(file name, [(hf name, shape, nbytes)])] in parameter order (each parameter's layers in a row)."""
-    item = np_dtype(dtype).itemsize
-    entries = [(name, t.hf_shape, int(np.prod(t.hf_shape)) * item)
-               for t in tensor_map(cfg) for _, name in t.hf_names(cfg.num_hidden_layers)]
+    item = np.dtype(np_dtype(dtype)).itemsize
+    shapes = {name: t.hf_shape for t in tensor_map(cfg) for _, name in t.hf_names(cfg.num_hidden_layers)}
+    entries = [(name, shape, int(np.prod(shape)) * item) for name, shape in shapes.items()]  # a fused name once
     shards, current, size = [], [], 0
     for e in entries:
         if current and size + e[2] > max_shard_bytes:
@@ -209,16 +209,17 @@ def write_hf_directory(directory, cfg: LlamaConfig, read: Callable[[Layout], np.
     entries_of, written, out = dict(plan), {}, None  # out: (shard name, open file)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    tensors = HFTensors(cfg)  # (a fused tensor is written once its last part has been read)
     try:
         for t in progress(tensor_map(cfg)):
             value = read_checked(t, cfg, read, source)
-            for i, name in t.hf_names(cfg.num_hidden_layers):
+            for name, hf_value in tensors.add(t, value):
                 if out is None or out[0] != shard_of[name]:  # shards are filled in plan order, start to end
                     if out is not None:
                         out[1].close()
                     out = (shard_of[name], (directory / shard_of[name]).open("wb"))
                     out[1].write(_safetensors_header(entries_of[shard_of[name]], code))
-                tensor = np.ascontiguousarray(t.to_hf(value if i is None else value[i]).astype(target, copy=False))
+                tensor = np.ascontiguousarray(hf_value.astype(target, copy=False))
                 out[1].write(tensor.reshape(-1).view(np.uint8).data)  # the buffer itself, no bytes copy
                 written[name] = shard_of[name]
             del value

@@ -33,13 +33,21 @@ _ORBAX_EXTRA = {"conversion.json"}
 
 class Layout(NamedTuple):
     """One tensor: our param path, HF name (`{i}` = layer index), HF shape, and how ours derives from it:
-    ours = hf.reshape(view).transpose(perm) (HF's nn.Linear [out, in] transposed, heads split out)."""
+    ours = hf.reshape(view).transpose(perm) (HF's nn.Linear [out, in] transposed, heads split out).
+    `part` = (start, stop): the parameter is those rows of a fused HF tensor (Phi-3's qkv_proj, gate_up_proj);
+    `hf_shape` is then the whole fused tensor's."""
 
     path: Path_
     name: str
     hf_shape: tuple[int, ...]
     view: tuple[int, ...]
     perm: tuple[int, ...]
+    part: tuple[int, int] | None = None
+
+    @property
+    def part_shape(self) -> tuple[int, ...]:
+        """The shape of this parameter's rows of the HF tensor (the whole tensor's when not fused)."""
+        return self.hf_shape if self.part is None else (self.part[1] - self.part[0],) + self.hf_shape[1:]
 
     @property
     def per_layer(self) -> bool:
@@ -57,10 +65,14 @@ class Layout(NamedTuple):
         return (num_layers,) + shape if self.per_layer else shape
 
     def to_ours(self, w: np.ndarray) -> np.ndarray:
+        """The whole HF tensor -> our parameter (of one layer)."""
+        if self.part is not None:
+            w = w[self.part[0]:self.part[1]]
         return w.reshape(self.view).transpose(self.perm)
 
     def to_hf(self, a: np.ndarray) -> np.ndarray:
-        return a.transpose(np.argsort(self.perm)).reshape(self.hf_shape)
+        """Our parameter (of one layer) -> its rows of the HF tensor (the whole tensor when not fused)."""
+        return a.transpose(np.argsort(self.perm)).reshape(self.part_shape)
 
     def read(self, tensor, index: tuple[slice, ...]) -> np.ndarray:
         """ours[index] reading only the HF rows/columns it needs from `tensor` (anything sliceable like a
@@ -70,7 +82,7 @@ class Layout(NamedTuple):
         for i, p in enumerate(self.perm):
             view_index[p] = index[i]
         hf_index, fine, local_view, v = [], [], [], 0
-        for size in self.hf_shape:
+        for size in self.part_shape:
             group = [v]
             while np.prod([self.view[g] for g in group]) < size:
                 group.append(group[-1] + 1)
@@ -80,6 +92,8 @@ class Layout(NamedTuple):
             hf_index.append(slice(start * rest, stop * rest))
             local_view += [stop - start] + [self.view[g] for g in group[1:]]
             fine += [slice(None)] + [view_index[g] for g in group[1:]]
+        if self.part is not None:  # rows of a fused tensor
+            hf_index[0] = slice(hf_index[0].start + self.part[0], hf_index[0].stop + self.part[0])
         block = np.asarray(tensor[tuple(hf_index)]).reshape(local_view)
         return block[tuple(fine)].transpose(self.perm)
 
@@ -88,6 +102,17 @@ def tensor_map(cfg: LlamaConfig) -> list[Layout]:
     """The layout of every tensor of a config's checkpoint."""
     e, h, k, d, f, v = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
                         cfg.intermediate_size, cfg.vocab_size)
+    qkv = {"q": ("model.layers.{i}.self_attn.q_proj.weight", (h * d, e), None),
+           "k": ("model.layers.{i}.self_attn.k_proj.weight", (k * d, e), None),
+           "v": ("model.layers.{i}.self_attn.v_proj.weight", (k * d, e), None)}
+    mlp = {"gate": ("model.layers.{i}.mlp.gate_proj.weight", (f, e), None),
+           "up": ("model.layers.{i}.mlp.up_proj.weight", (f, e), None)}
+    if cfg.fused_projections:  # Phi-3: one qkv_proj [(H + 2K) D, E] and one gate_up_proj [2F, E]
+        fused, full = "model.layers.{i}.self_attn.qkv_proj.weight", ((h + 2 * k) * d, e)
+        qkv = {"q": (fused, full, (0, h * d)), "k": (fused, full, (h * d, (h + k) * d)),
+               "v": (fused, full, ((h + k) * d, (h + 2 * k) * d))}
+        fused, full = "model.layers.{i}.mlp.gate_up_proj.weight", (2 * f, e)
+        mlp = {"gate": (fused, full, (0, f)), "up": (fused, full, (f, 2 * f))}
     rows = [
         Layout(("embed_tokens",), "model.embed_tokens.weight", (v, e), (v, e), (0, 1)),
         Layout(("final_norm", "weight"), "model.norm.weight", (e,), (e,), (0,)),
@@ -95,12 +120,12 @@ def tensor_map(cfg: LlamaConfig) -> list[Layout]:
         Layout(("layers", "post_attention_norm", "weight"), "model.layers.{i}.post_attention_layernorm.weight",
                (e,), (e,), (0,)),
         # q [H*D, E] -> [E, H, D]; o [E, H*D] -> [H, D, E]; MLP [out, in] -> [in, out]
-        Layout(("layers", "q_proj"), "model.layers.{i}.self_attn.q_proj.weight", (h * d, e), (h, d, e), (2, 0, 1)),
-        Layout(("layers", "k_proj"), "model.layers.{i}.self_attn.k_proj.weight", (k * d, e), (k, d, e), (2, 0, 1)),
-        Layout(("layers", "v_proj"), "model.layers.{i}.self_attn.v_proj.weight", (k * d, e), (k, d, e), (2, 0, 1)),
+        Layout(("layers", "q_proj"), qkv["q"][0], qkv["q"][1], (h, d, e), (2, 0, 1), qkv["q"][2]),
+        Layout(("layers", "k_proj"), qkv["k"][0], qkv["k"][1], (k, d, e), (2, 0, 1), qkv["k"][2]),
+        Layout(("layers", "v_proj"), qkv["v"][0], qkv["v"][1], (k, d, e), (2, 0, 1), qkv["v"][2]),
         Layout(("layers", "o_proj"), "model.layers.{i}.self_attn.o_proj.weight", (e, h * d), (e, h, d), (1, 2, 0)),
-        Layout(("layers", "gate_proj"), "model.layers.{i}.mlp.gate_proj.weight", (f, e), (f, e), (1, 0)),
-        Layout(("layers", "up_proj"), "model.layers.{i}.mlp.up_proj.weight", (f, e), (f, e), (1, 0)),
+        Layout(("layers", "gate_proj"), mlp["gate"][0], mlp["gate"][1], (f, e), (1, 0), mlp["gate"][2]),
+        Layout(("layers", "up_proj"), mlp["up"][0], mlp["up"][1], (f, e), (1, 0), mlp["up"][2]),
         Layout(("layers", "down_proj"), "model.layers.{i}.mlp.down_proj.weight", (e, f), (e, f), (1, 0)),
     ]
     # the features a family turns on (families/): biases on the projections, per-head q/k norms
@@ -141,17 +166,40 @@ def check_tensor_names(cfg: LlamaConfig, shapes: Mapping[str, tuple[int, ...]], 
                                   f"expected {tuple(shape)} from the config")
 
 
+class HFTensors:
+    """Collects each parameter's HF pieces and hands out whole HF tensors: a plain tensor at once, a fused
+    one (Phi-3's qkv_proj, gate_up_proj) when its last part arrives, its parts in row order. The parts of a
+    fused tensor are consecutive in `tensor_map`, so tensors come out in the map's order of names."""
+
+    def __init__(self, cfg: LlamaConfig):
+        self.cfg = cfg
+        self.parts = {}
+        for t in tensor_map(cfg):
+            if t.part is not None:
+                self.parts[t.name] = self.parts.get(t.name, 0) + 1
+        self.pending: dict[str, list] = {}
+
+    def add(self, t: Layout, value: np.ndarray) -> list[tuple[str, np.ndarray]]:
+        """Our parameter `value` (stacked over layers when per-layer) -> the HF tensors it completes."""
+        out = []
+        for i, name in t.hf_names(self.cfg.num_hidden_layers):
+            piece = t.to_hf(value if i is None else value[i])
+            if t.part is None:
+                out.append((name, piece))
+                continue
+            got = self.pending.setdefault(name, [])
+            got.append((t.part[0], piece))
+            if len(got) == self.parts[t.name]:
+                del self.pending[name]
+                out.append((name, np.concatenate([p for _, p in sorted(got, key=lambda x: x[0])])))
+        return out
+
+
 def params_to_hf(cfg: LlamaConfig, params: Mapping[Path_, np.ndarray]) -> dict[str, np.ndarray]:
     """Our params -> HF-named tensors (contiguous numpy arrays)."""
-    out = {}
-    for t in tensor_map(cfg):
-        value = np.asarray(params[t.path])
-        if t.per_layer:
-            for i in range(cfg.num_hidden_layers):
-                out[t.name.format(i=i)] = np.ascontiguousarray(t.to_hf(value[i]))
-        else:
-            out[t.name] = np.ascontiguousarray(t.to_hf(value))
-    return out
+    tensors = HFTensors(cfg)
+    return {name: np.ascontiguousarray(x) for t in tensor_map(cfg)
+            for name, x in tensors.add(t, np.asarray(params[t.path]))}
 
 
 SAFETENSORS_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
