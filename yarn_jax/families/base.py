@@ -55,6 +55,7 @@ class Family:
                 raise ConfigError(f"{where}['{key}']: {what} is not supported")
         if d.get("mlp_bias"):
             raise ConfigError(f"{where}['mlp_bias']=true is not supported (the MLP projections have no bias)")
+        refuse_sliding_window(d, where)
 
     def features(self, d: Mapping[str, Any], where: str) -> dict[str, Any]:
         """The model features this config turns on: LlamaConfig fields (qkv_bias, o_bias, qk_norm)."""

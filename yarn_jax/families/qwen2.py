@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from yarn_jax.families.base import Family, refuse_sliding_window
+from yarn_jax.families.base import Family
 
 
 class Qwen2(Family):
     model_type = "qwen2"
     architecture = "Qwen2ForCausalLM"
     gguf_arch = "qwen2"  # (NEOX rope in llama.cpp: q/k rows kept in HF's order)
-
-    def check(self, d, where):
-        super().check(d, where)
-        refuse_sliding_window(d, where)
 
     def features(self, d, where):
         return {"qkv_bias": True, "o_bias": False}

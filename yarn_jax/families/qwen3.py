@@ -3,17 +3,13 @@ rotary, an explicit head_dim, and `attention_bias` on all four projections."""
 
 from __future__ import annotations
 
-from yarn_jax.families.base import Family, flag, refuse_sliding_window
+from yarn_jax.families.base import Family, flag
 
 
 class Qwen3(Family):
     model_type = "qwen3"
     architecture = "Qwen3ForCausalLM"
     gguf_arch = "qwen3"
-
-    def check(self, d, where):
-        super().check(d, where)
-        refuse_sliding_window(d, where)
 
     def features(self, d, where):
         bias = flag(d, "attention_bias", where)

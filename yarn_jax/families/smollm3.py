@@ -4,16 +4,12 @@ every `no_rope_layer_interval`-th, i.e. every 4th) use no rotary at all — and 
 from __future__ import annotations
 
 from yarn_jax.errors import ConfigError
-from yarn_jax.families.base import Family, flag, refuse_sliding_window
+from yarn_jax.families.base import Family, flag
 
 
 class SmolLM3(Family):
     model_type = "smollm3"
     architecture = "SmolLM3ForCausalLM"
-
-    def check(self, d, where):
-        super().check(d, where)
-        refuse_sliding_window(d, where)
 
     def features(self, d, where):
         n = d.get("num_hidden_layers")
