@@ -63,13 +63,13 @@ def logits(model, ids):
 
 
 @pytest.mark.parametrize("rope", [None, YARN], ids=["default", "yarn"])
-@pytest.mark.parametrize("family", ["qwen2", "qwen3", "qwen3_bias", "llama_bias", "smollm3", "phi3"])
-def test_family_logits_equal_transformers_and_round_trip(family, rope, tmp_path):
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "llama_bias", "smollm3", "phi3"])  # (Qwen3 with bias:
+def test_family_logits_equal_transformers_and_round_trip(family, rope, tmp_path):  # the sharded and GGUF tests)
     model, path = hf_model(family, rope, tmp_path)
-    for backend in ("reference", "blockwise"):
+    for backend, lengths in (("blockwise", (20, 80)), ("reference", (80,))):  # below, and 2.5x past, L0
         ours = yarn_jax.from_pretrained(path, attention_backend=backend)
         assert ours.config.model_type == family.split("_")[0]
-        for length in (20, 80):  # below, and 2.5x past, the original context
+        for length in lengths:
             ids = np.random.default_rng(length).integers(0, 97, (2, length))
             ref = logits(model, ids)
             err = np.abs(np.asarray(ours.logits(ids)) - ref).max()
@@ -125,7 +125,7 @@ def test_family_converts_to_orbax_and_back_verified_by_transformers(tmp_path):
     from yarn_jax.convert import convert
 
     model, path = hf_model("qwen2", YARN, tmp_path)
-    report = convert(path, tmp_path / "ckpt", reference="transformers", verify_tokens=96, progress=False)
+    report = convert(path, tmp_path / "ckpt", reference="transformers", verify_tokens=48, progress=False)
     assert report["verify"]["passed"] and report["format"] == "orbax"
     convert(tmp_path / "ckpt", tmp_path / "back", progress=False)
     back = AutoModelForCausalLM.from_pretrained(tmp_path / "back", attn_implementation="eager").eval()
