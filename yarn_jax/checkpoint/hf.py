@@ -222,8 +222,9 @@ def write_hf_directory(directory, cfg: LlamaConfig, read: Callable[[Layout], np.
                 tensor = np.ascontiguousarray(hf_value.astype(target, copy=False))
                 out[1].write(tensor.reshape(-1).view(np.uint8).data)  # the buffer itself, no bytes copy
                 written[name] = shard_of[name]
+            nbytes = value.nbytes
             del value
-            release_host_memory()
+            release_host_memory(nbytes)
     finally:
         if out is not None:
             out[1].close()

@@ -21,12 +21,17 @@ def aligned_empty(shape, dtype, alignment: int = 64) -> np.ndarray:
     return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
-def release_host_memory() -> None:
-    """Return freed heap memory to the OS (glibc's malloc_trim; a no-op elsewhere). Between tensors of a
-    stream, without it the many threads' malloc arenas keep the freed buffers and the resident size creeps
-    up by about one tensor per few tensors."""
+GC_BYTES = 16 << 20  # a full garbage collection costs 0.1-0.5 s in a large heap: worth it only past this
+
+
+def release_host_memory(nbytes: int) -> None:
+    """After streaming a tensor of `nbytes`: return freed heap memory to the OS (glibc's malloc_trim; a no-op
+    elsewhere). Between tensors of a stream, without it the many threads' malloc arenas keep the freed
+    buffers and the resident size creeps up by about one tensor per few tensors. Large tensors also get a
+    garbage collection (for buffers held by reference cycles); small ones skip its fixed cost."""
     global _libc
-    gc.collect()
+    if nbytes >= GC_BYTES:
+        gc.collect()
     if _libc is None:
         name = ctypes.util.find_library("c")
         _libc = ctypes.CDLL(name) if name else False

@@ -116,8 +116,9 @@ def write_orbax_streamed(root, cfg: LlamaConfig, read, *, step: int = 0, dtype: 
         # copy, where a numpy leaf costs two
         value = jax.device_put(read_checked(t, cfg, read, source).astype(target, copy=False))
         partial.save(os.fspath(pending), nest({t.path: value}))
+        nbytes = value.nbytes
         del value
-        release_host_memory()
+        release_host_memory(nbytes)
     partial.finalize(os.fspath(pending))
     (pending / "state").rename(root / str(step) / PARAMS)
     pending.rmtree()
