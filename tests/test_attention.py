@@ -1,6 +1,7 @@
 """Every attention backend against the dense reference: outputs and gradients (dq, dk, dv), GQA, segment
-ids, causal and not, lengths that do not divide the blocks, float32 and bfloat16. The TPU splash and GPU
-flash kernels run in Pallas interpret mode on this CPU."""
+ids, causal and not, sliding windows smaller and larger than the blocks, chunks, query offsets, lengths
+that do not divide the blocks, float32 and bfloat16. The TPU splash and GPU flash kernels run in Pallas
+interpret mode on this CPU. The masks themselves are checked against transformers' own mask functions."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from yarn_jax.attention import attention, blockwise_attention, reference_attention, resolve_backend
+from yarn_jax.attention import CAUSAL, FULL, Mask, attention, blockwise_attention, reference_attention, resolve_backend
 from yarn_jax.attention.blockwise import _Dims
 from yarn_jax.attention.kernels import SplashBlocks, gpu_flash_attention, splash_attention
 from yarn_jax.errors import ConfigError
@@ -22,21 +23,27 @@ KERNELS = {
     "splash": functools.partial(splash_attention, blocks=SplashBlocks(*[128] * 8)),
     "gpu_flash": functools.partial(gpu_flash_attention, block_q=16, block_k=16),
 }
-# (batch, T, S, heads, kv heads, head dim, causal, segments)
+# (batch, T, S, heads, kv heads, head dim, mask, segments); blockwise tiles are 16 x 8 here, splash's 128
 CASES = {
-    "gqa_causal_odd": (2, 45, 45, 6, 2, 16, True, False),
-    "mha_segments": (1, 50, 50, 4, 4, 32, True, True),
-    "mqa_noncausal_segments": (2, 33, 33, 4, 1, 16, False, True),
-    "cache_t_lt_s": (1, 20, 47, 4, 2, 16, True, False),
-    "cache_keys_need_no_padding": (1, 20, 128, 4, 2, 16, True, True),
-    "long_multi_block": (1, 300, 300, 3, 1, 64, True, True),
+    "gqa_causal_odd": (2, 45, 45, 6, 2, 16, CAUSAL, False),
+    "mha_segments": (1, 50, 50, 4, 4, 32, CAUSAL, True),
+    "mqa_noncausal_segments": (2, 33, 33, 4, 1, 16, FULL, True),
+    "cache_t_lt_s": (1, 20, 47, 4, 2, 16, CAUSAL, False),
+    "cache_keys_need_no_padding": (1, 20, 128, 4, 2, 16, CAUSAL, True),
+    "long_multi_block": (1, 300, 300, 3, 1, 64, CAUSAL, True),
+    "window_below_blocks_segments": (2, 70, 70, 4, 2, 16, Mask(window=5), True),
+    "window_above_blocks": (1, 90, 90, 6, 2, 16, Mask(window=37), False),
+    "window_cache_t_lt_s": (1, 20, 128, 4, 2, 16, Mask(window=24), True),
+    "window_above_splash_block": (1, 300, 300, 3, 1, 64, Mask(window=150), True),
+    "chunks_segments": (1, 64, 64, 4, 2, 16, Mask(chunk=12), True),
+    "chunks_cache_t_lt_s": (1, 20, 47, 4, 2, 16, Mask(chunk=16), False),
 }
 # (output, gradient) absolute tolerances for values of order one
 TOLS = {"float32": (2e-5, 1e-4), "bfloat16": (3e-2, 8e-2)}
 
 
 def make_inputs(case, dtype, seed=0):
-    b, t, s, h, kh, d, causal, seg = case
+    b, t, s, h, kh, d, mask, seg = case
     ks = jax.random.split(jax.random.PRNGKey(seed), 4)
     q = jax.random.normal(ks[0], (b, t, h, d)).astype(dtype)
     k = jax.random.normal(ks[1], (b, s, kh, d)).astype(dtype)
@@ -45,7 +52,7 @@ def make_inputs(case, dtype, seed=0):
     if seg:
         kv_seg = jnp.asarray(np.sort(np.random.default_rng(seed).integers(0, 3, (b, s)), axis=1), jnp.int32)
         q_seg = kv_seg[:, s - t:]
-    return q, k, v, dict(causal=causal, q_segment_ids=q_seg, kv_segment_ids=kv_seg)
+    return q, k, v, dict(mask=mask, q_segment_ids=q_seg, kv_segment_ids=kv_seg)
 
 
 def value_and_grads(fn, q, k, v, kw):
@@ -86,14 +93,57 @@ def test_backend_matches_reference_bfloat16(backend, case):
         np.testing.assert_allclose(up(g), rg, atol=grad_tol, err_msg=f"{backend} {case} {name}")
 
 
-def test_causal_blockwise_skips_fully_masked_tiles():
-    dims = _Dims(2048, 2048, 512, 512, causal=True)
-    assert [int(dims.k_blocks_for(i)) for i in range(4)] == [1, 2, 3, 4]  # 10 of 16 tiles
-    assert [int(dims.first_q_block_for(j)) for j in range(4)] == [0, 1, 2, 3]
-    cache = _Dims(100, 1124, 64, 512, causal=True)  # queries at positions 1024..1123
-    assert int(cache.k_blocks_for(0)) == 3 and int(cache.first_q_block_for(2)) == 0
-    full = _Dims(2048, 2048, 512, 512, causal=False)
-    assert full.k_blocks_for(0) == 4
+@pytest.mark.parametrize("backend", list(KERNELS))
+@pytest.mark.parametrize("mask", [CAUSAL, Mask(window=9), Mask(chunk=16)], ids=["causal", "window", "chunks"])
+def test_query_offset_places_the_queries(backend, mask):
+    """A sequence-sharded query block: 20 queries at key positions 10..29 of 47 keys (q_offset given)."""
+    q, k, v, kw = make_inputs((1, 20, 47, 4, 2, 16, mask, True), jnp.float32)
+    kw["q_segment_ids"] = kw["kv_segment_ids"][:, 10:30]
+    fn = functools.partial(KERNELS[backend], q_offset=10)
+    ref_out, ref_grads = value_and_grads(functools.partial(reference_attention, q_offset=10), q, k, v, kw)
+    out, grads = value_and_grads(fn, q, k, v, kw)
+    np.testing.assert_allclose(out, ref_out, atol=TOLS["float32"][0])
+    for name, g, rg in zip(("dq", "dk", "dv"), grads, ref_grads):
+        np.testing.assert_allclose(g, rg, atol=TOLS["float32"][1], err_msg=f"{backend} {name}")
+
+
+@pytest.mark.parametrize("mask", [Mask(window=7), Mask(chunk=5)], ids=["window", "chunks"])
+def test_masks_equal_transformers_mask_functions(mask):
+    """The dense mask of each description equals transformers' masking_utils: causal AND the sliding-window
+    (or chunked) overlay, evaluated at every (query, key) pair — including queries placed by an offset."""
+    import torch
+    from transformers import masking_utils as mu
+
+    overlay = (mu.sliding_window_overlay(mask.window) if mask.window else
+               mu.chunked_overlay(mask.chunk, torch.zeros(1, dtype=torch.long)))
+    hf = mu.and_masks(mu.causal_mask_function, overlay)
+    for t, s, offset in [(23, 23, 0), (6, 23, 17), (8, 30, 9)]:
+        want = np.array([[bool(hf(0, 0, torch.tensor(i + offset), torch.tensor(j))) for j in range(s)]
+                         for i in range(t)])
+        got = np.asarray(mask.allowed(jnp.arange(t) + offset, jnp.arange(s)))
+        np.testing.assert_array_equal(got, want, err_msg=f"{mask.describe()} t={t} s={s} offset={offset}")
+
+
+def test_blockwise_skips_tiles_outside_the_mask():
+    dims = _Dims(2048, 2048, 512, 512, CAUSAL)
+    assert [tuple(map(int, dims.k_block_range(i))) for i in range(4)] == [(0, 1), (0, 2), (0, 3), (0, 4)]  # 10 of 16
+    assert [tuple(map(int, dims.q_block_range(j))) for j in range(4)] == [(0, 4), (1, 4), (2, 4), (3, 4)]
+    cache = _Dims(100, 1124, 64, 512, CAUSAL)  # queries at positions 1024..1123
+    assert tuple(map(int, cache.k_block_range(0))) == (0, 3) and int(cache.q_block_range(2)[0]) == 0
+    full = _Dims(2048, 2048, 512, 512, FULL)
+    assert full.k_block_range(0) == (0, 4)
+    # a 600-key window: query block 2 (rows 1024..1535) needs keys 425..1535 -> key blocks 0..2; block 3 1..3
+    window = _Dims(2048, 2048, 512, 512, Mask(window=600))
+    assert [tuple(map(int, window.k_block_range(i))) for i in range(4)] == [(0, 1), (0, 2), (0, 3), (1, 4)]
+    # key block 0 (keys 0..511) is seen up to query 1110 -> query blocks 0..2; 9 of 16 tiles in all
+    assert [tuple(map(int, window.q_block_range(j))) for j in range(4)] == [(0, 3), (1, 4), (2, 4), (3, 4)]
+    # tile (2, 1): query 1535 sees keys from 936 — masked under a 600 window, whole under a 1200 one
+    assert bool(window.needs_mask(2, 1)) and bool(window.needs_mask(2, 2))
+    wide = _Dims(2048, 2048, 512, 512, Mask(window=1200))
+    assert not bool(wide.needs_mask(2, 1)) and bool(wide.needs_mask(2, 0))
+    chunks = _Dims(2048, 2048, 512, 512, Mask(chunk=1024))  # two chunks: 6 of 16 tiles
+    assert [tuple(map(int, chunks.k_block_range(i))) for i in range(4)] == [(0, 1), (0, 2), (2, 3), (2, 4)]
+    assert [tuple(map(int, chunks.q_block_range(j))) for j in range(4)] == [(0, 2), (1, 2), (2, 4), (3, 4)]
 
 
 def test_blockwise_memory_is_linear_in_length():

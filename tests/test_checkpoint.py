@@ -124,7 +124,7 @@ def test_bad_tensors_are_named(tmp_path, mutation, message):
 
 
 @pytest.mark.parametrize("mutation,message", [
-    (lambda d: d.update(architectures=["MistralForCausalLM"], model_type="mistral"), "unsupported architecture"),
+    (lambda d: d.update(architectures=["Gemma3ForCausalLM"], model_type="gemma3_text"), "unsupported architecture"),
     (lambda d: d.update(mlp_bias=True), "'mlp_bias'"),  # (attention_bias is supported: test_families.py)
     (lambda d: d.pop("hidden_size"), "missing required field 'hidden_size'"),
     (lambda d: d.update(num_key_value_heads=3), "'num_key_value_heads'=3"),

@@ -1,6 +1,8 @@
-"""Model families against transformers' own classes: tiny random Qwen2 / Qwen3 / LLaMA-with-bias models built
-by transformers, saved as HF directories, loaded by yarn_jax: logits (default and YaRN rope, below and 2.5x
-past the original context, every CPU attention backend), the HF round trip, sharding, refusals."""
+"""Model families against transformers' own classes: tiny random Qwen2 / Qwen3 / LLaMA-with-bias / Mistral /
+SmolLM3 / OLMo 3 / Phi-3 models built by transformers (sliding windows shorter than the sequence, full and
+sliding layers mixed, a rope per layer type), saved as HF directories, loaded by yarn_jax: logits (default
+and YaRN rope, below and 2.5x past the original context, the attention backends), the HF round trip,
+sharding, decoding, refusals."""
 
 from __future__ import annotations
 
@@ -19,15 +21,34 @@ COMMON = dict(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_la
               num_key_value_heads=2, rms_norm_eps=1e-6, tie_word_embeddings=False)
 
 
+WINDOW = 24  # sliding windows: shorter than the original context and than the sequences
+
+
 def _families():
-    from transformers import (LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen2Config,
-                              Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM, SmolLM3Config, SmolLM3ForCausalLM)
+    from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Olmo3Config,
+                              Olmo3ForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM,
+                              Qwen3Config, Qwen3ForCausalLM, SmolLM3Config, SmolLM3ForCausalLM)
 
     return {
+        # full layer 0, sliding layer 1 (max_window_layers)
+        "qwen2_window": (Qwen2Config, Qwen2ForCausalLM, {"use_sliding_window": True, "sliding_window": WINDOW,
+                                                         "max_window_layers": 1}),
+        "mistral": (MistralConfig, MistralForCausalLM, {"sliding_window": WINDOW}),
+        # the NoPE layer slides (SmolLM3's default layer types)
+        "smollm3_window": (SmolLM3Config, SmolLM3ForCausalLM, {"no_rope_layers": [1, 0], "use_sliding_window": True,
+                                                               "sliding_window": WINDOW, "bos_token_id": 1,
+                                                               "eos_token_id": 2, "pad_token_id": 0}),
+        "olmo3": (Olmo3Config, Olmo3ForCausalLM, {"sliding_window": WINDOW,
+                                                  "layer_types": ["sliding_attention", "full_attention"],
+                                                  "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}),
+        "phi3_window": (Phi3Config, Phi3ForCausalLM, {"sliding_window": WINDOW, "bos_token_id": 1, "eos_token_id": 2,
+                                                      "pad_token_id": 0, "original_max_position_embeddings": L0,
+                                                      "partial_rotary_factor": 0.5}),
         "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
         "qwen3": (Qwen3Config, Qwen3ForCausalLM, {"head_dim": 16}),
         "qwen3_bias": (Qwen3Config, Qwen3ForCausalLM, {"head_dim": 16, "attention_bias": True}),
         "llama_bias": (LlamaConfig, LlamaForCausalLM, {"head_dim": 12, "attention_bias": True}),
+        "llama": (LlamaConfig, LlamaForCausalLM, {}),
         "smollm3": (SmolLM3Config, SmolLM3ForCausalLM, {"no_rope_layers": [1, 0], "tie_word_embeddings": True,
                                                          "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}),
         "phi3": (Phi3Config, Phi3ForCausalLM, {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
@@ -35,16 +56,20 @@ def _families():
     }
 
 
-def hf_model(family: str, rope: dict | None, tmp_path, seed: int = 0):
-    """A transformers model of the family with large random weights (norms around 1), saved to tmp_path."""
+def hf_model(family: str, rope: dict | None, tmp_path, seed: int = 0, **overrides):
+    """A transformers model of the family with large random weights (norms around 1), saved to tmp_path;
+    `overrides`: config fields replacing the tiny defaults."""
     config_cls, model_cls, extra = _families()[family]
-    if family == "phi3" and rope:  # transformers' Phi-3 takes longrope (its own scaling) where others take yarn
+    if family.startswith("phi3") and rope:  # transformers' Phi-3 takes longrope (its own scaling) where others take yarn
         rope = {"rope_type": "longrope", "factor": 4.0, "short_factor": [1.0, 1.1, 1.3],
                 "long_factor": [1.0, 2.0, 5.0]}  # partial rotary 0.5 of head_dim 12: 3 pairs
     rope_parameters = {"rope_type": "default", **(rope or {}), "rope_theta": 10000.0,
                        **({"partial_rotary_factor": extra["partial_rotary_factor"]} if "partial_rotary_factor" in extra
                           else {})}
-    config = config_cls(**{**COMMON, **extra}, max_position_embeddings=4 * L0 if rope else L0,
+    if family == "olmo3":  # a rope per layer type: the method on the full layers, another theta on the sliding
+        rope_parameters = {"full_attention": rope_parameters,
+                           "sliding_attention": {"rope_type": "default", "rope_theta": 5000.0}}
+    config = config_cls(**{**COMMON, **extra, **overrides}, max_position_embeddings=4 * L0 if rope else L0,
                         rope_parameters=rope_parameters)
     config._attn_implementation = "eager"
     torch.manual_seed(seed)
@@ -62,9 +87,13 @@ def logits(model, ids):
         return model(torch.as_tensor(ids)).logits.numpy()
 
 
+FAMILY_CASES = ["qwen2", "qwen3", "llama_bias", "smollm3", "phi3", "mistral", "olmo3", "qwen2_window",
+                "smollm3_window", "phi3_window"]  # (Qwen3 with bias: the sharded and GGUF tests)
+
+
 @pytest.mark.parametrize("rope", [None, YARN], ids=["default", "yarn"])
-@pytest.mark.parametrize("family", ["qwen2", "qwen3", "llama_bias", "smollm3", "phi3"])  # (Qwen3 with bias:
-def test_family_logits_equal_transformers_and_round_trip(family, rope, tmp_path):  # the sharded and GGUF tests)
+@pytest.mark.parametrize("family", FAMILY_CASES)
+def test_family_logits_equal_transformers_and_round_trip(family, rope, tmp_path):
     model, path = hf_model(family, rope, tmp_path)
     for backend, lengths in (("blockwise", (20, 80)), ("reference", (80,))):  # below, and 2.5x past, L0
         ours = yarn_jax.from_pretrained(path, attention_backend=backend)
@@ -86,10 +115,11 @@ def test_family_logits_equal_transformers_and_round_trip(family, rope, tmp_path)
     np.testing.assert_array_equal(logits(back, ids), logits(model, ids))
 
 
-@pytest.mark.parametrize("family", ["qwen3_bias", "phi3"])
+@pytest.mark.parametrize("family", ["qwen3_bias", "phi3", "olmo3"])
 def test_family_runs_sharded_as_on_one_device(family, tmp_path):
-    """Qwen3 (q/k norms, biases) and Phi-3 (fused tensors read block by block) on 8 virtual devices
-    (fsdp 2 x sequence 2 x tensor 2) = one device."""
+    """Qwen3 (q/k norms, biases), Phi-3 (fused tensors read block by block) and OLMo 3 (post-norm, q/k norms
+    over the whole projection, sliding and full layers) on 8 virtual devices (fsdp 2 x sequence 2 x
+    tensor 2) = one device."""
     from yarn_jax.sharding import MeshConfig, make_mesh, Sharder
 
     _, path = hf_model(family, YARN, tmp_path)
@@ -105,7 +135,15 @@ def test_family_runs_sharded_as_on_one_device(family, tmp_path):
 @pytest.mark.parametrize("change, message", [
     ({"model_type": "gemma3", "architectures": ["Gemma3ForCausalLM"]},
      r"unsupported architecture .*supported: LlamaForCausalLM \(llama\), Qwen2ForCausalLM \(qwen2\)"),
-    ({"use_sliding_window": True, "sliding_window": 16}, "sliding-window attention"),
+    ({"model_type": "llama", "architectures": ["LlamaForCausalLM"], "use_sliding_window": True,
+      "sliding_window": 16}, "LlamaForCausalLM has no sliding-window attention"),
+    ({"model_type": "mistral", "architectures": ["MistralForCausalLM"], "sliding_window": 16,
+      "layer_types": ["sliding_attention", "full_attention"]}, "per-layer types are Ministral's"),
+    ({"model_type": "olmo3", "architectures": ["Olmo3ForCausalLM"], "rope_parameters": {
+        "rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}}, r"one rope per layer type"),
+    ({"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 1e4}}},
+     "a rope per layer type is not supported for Qwen2ForCausalLM"),
+    ({"use_sliding_window": True, "sliding_window": 0}, r"\['sliding_window'\] must be a positive integer"),
     ({"num_experts": 8}, r"\['num_experts'\]: mixture of experts is not supported"),
     ({"mlp_bias": True}, r"\['mlp_bias'\]=true is not supported"),
 ])
@@ -134,20 +172,54 @@ def test_family_converts_to_orbax_and_back_verified_by_transformers(tmp_path):
     np.testing.assert_array_equal(logits(back, ids), logits(model, ids))
 
 
-def test_nope_layers_decode_from_the_cache_as_a_full_recompute(tmp_path):
-    """SmolLM3 with YaRN: the cached decode path keeps its NoPE layer unrotated (greedy tokens = recompute),
-    and the NoPE layer really differs from a rotated one (the check can fail)."""
-    import dataclasses
+@pytest.mark.parametrize("family", ["smollm3", "olmo3", "mistral"])
+def test_decode_from_the_cache_equals_a_full_recompute(family, tmp_path):
+    """YaRN models whose layers differ — SmolLM3's NoPE layer, OLMo 3's sliding and full layers with a rope
+    each, Mistral's window on every layer — decoded from the cache past the window: the last prompt
+    token's next-token logits equal a full forward's, and greedy tokens equal a recompute's."""
+    import jax.numpy as jnp
 
     from yarn_jax.generate import greedy_generate, greedy_generate_recompute
 
+    _, path = hf_model(family, YARN, tmp_path)
+    model = yarn_jax.from_pretrained(path).module
+    prompt = np.random.default_rng(7).integers(0, 97, (2, 70))
+    _, (k, v) = model.hidden_states(prompt[:, :69], return_kv=True)
+    pad = [(0, 0), (0, 0), (0, 11), (0, 0), (0, 0)]
+    step, _, _ = model.decode_step(jnp.asarray(prompt[:, 69]), 69, jnp.pad(k, pad), jnp.pad(v, pad))
+    np.testing.assert_allclose(np.asarray(step), np.asarray(model(prompt))[:, -1], atol=1e-4, rtol=0)
+    np.testing.assert_array_equal(greedy_generate(model, prompt, 8), greedy_generate_recompute(model, prompt, 8))
+
+
+def test_the_layer_differences_matter(tmp_path):
+    """The checks above can fail: rotating SmolLM3's NoPE layer, or dropping Mistral's window, changes the
+    logits."""
+    import dataclasses
+
+    prompt = np.random.default_rng(7).integers(0, 97, (2, 70))
     _, path = hf_model("smollm3", YARN, tmp_path)
     model = yarn_jax.from_pretrained(path).module
     assert model.config.rope_layers == (True, False)
-    prompt = np.random.default_rng(7).integers(0, 97, (2, 70))
-    np.testing.assert_array_equal(greedy_generate(model, prompt, 8), greedy_generate_recompute(model, prompt, 8))
     rotated = model.replace(config=dataclasses.replace(model.config, rope_layers=None))
     assert np.abs(np.asarray(rotated(prompt)) - np.asarray(model(prompt))).max() > 1e-2
+    _, path = hf_model("mistral", YARN, tmp_path)
+    model = yarn_jax.from_pretrained(path).module
+    assert model.config.layer_types == ("sliding_attention",) * 2 and model.config.sliding_window == WINDOW
+    unwindowed = model.replace(config=dataclasses.replace(model.config, layer_types=None))
+    assert np.abs(np.asarray(unwindowed(prompt)) - np.asarray(model(prompt))).max() > 1e-2
+
+
+@pytest.mark.parametrize("backend", ["splash", "gpu_flash"])
+def test_windowed_families_through_the_kernels(backend, tmp_path):
+    """OLMo 3 (sliding and full layers) and Mistral through the TPU splash kernel (LocalMask) and the GPU
+    flash path (its kernel for the full layers, blockwise for the windows), in Pallas interpret mode
+    (head_dim 16: the GPU kernel's power of two)."""
+    for family in ("olmo3", "mistral"):
+        model, path = hf_model(family, YARN, tmp_path, hidden_size=64)
+        ours = yarn_jax.from_pretrained(path, attention_backend=backend)
+        ids = np.random.default_rng(2).integers(0, 97, (1, 80))
+        err = np.abs(np.asarray(ours.logits(ids)) - logits(model, ids)).max()
+        assert err <= 1e-4, (family, backend, err)
 
 
 GGUF_NAMES = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",

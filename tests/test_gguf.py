@@ -54,3 +54,94 @@ def test_smollm2_gguf_and_converted_directory_give_the_same_logits(assets):
     a = yarn_jax.from_pretrained(assets["smollm2_gguf"]).logits(ids)
     b = yarn_jax.from_pretrained(assets["smollm2"]).logits(ids)
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+# --- export ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])  # (biased LLaMA: read back by yarn_jax below)
+def test_gguf_export_is_read_by_transformers_gguf_loader_as_the_source_model(family, tmp_path):
+    """HF -> GGUF by `convert` (its logit check reads the file back through yarn_jax), then transformers' own
+    GGUF loader (an independent reader: llama.cpp's names, q/k row order, metadata) builds the same model:
+    identical weights and logits."""
+    from transformers import AutoModelForCausalLM
+
+    from test_families import hf_model, logits
+    from yarn_jax.convert import convert
+
+    # (transformers' GGUF reader takes Qwen3's head_dim from its config default, 128, not the file's key_length)
+    model, path = hf_model(family, None, tmp_path, **({"head_dim": 128} if family == "qwen3" else {}))
+    report = convert(path, tmp_path / "m.gguf", verify_tokens=48, progress=False)
+    assert report["format"] == "gguf" and report["verify"]["passed"] and report["verify"]["max_abs_logit_diff"] == 0
+    back = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf", dtype=torch.float32).eval()
+    assert type(back) is type(model)
+    state = back.state_dict()
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(state[name].numpy(), value.numpy(), err_msg=name)
+    ids = np.random.default_rng(4).integers(0, 97, (1, 40))
+    # GGUF stores rms_norm_eps as float32 (1e-6 -> 9.99999997e-07): float32-rounding-level logit differences
+    np.testing.assert_allclose(logits(back, ids), logits(model, ids), atol=2e-5, rtol=0)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+@pytest.mark.parametrize("rope, keys", [
+    ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32},
+     {"scaling.type": "yarn", "scaling.factor": 4.0, "scaling.original_context_length": 32,
+      "scaling.attn_factor": 1.0, "scaling.yarn_beta_fast": 32.0, "scaling.yarn_beta_slow": 1.0}),
+    ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32, "attention_factor": 1.5,
+      "beta_fast": 16.0}, {"scaling.type": "yarn", "scaling.attn_factor": 1.5 / (1 + 0.1 * np.log(4.0)),
+                            "scaling.yarn_beta_fast": 16.0}),
+    ({"rope_type": "linear", "factor": 2.0}, {"scaling.type": "linear", "scaling.factor": 2.0}),
+])
+def test_gguf_export_writes_the_rope_as_llama_cpp_reads_it_and_reads_it_back(rope, keys, tmp_path):
+    """llama.cpp's rope keys (its YaRN kernel applies the 0.1 ln s + 1 temperature itself, so attn_factor is
+    HF's attention factor over it); read back, the file has the source's rope and weights; bfloat16 files
+    hold the bf16-rounded matrices (norms stay float32)."""
+    import gguf as gguf_pkg
+    import ml_dtypes
+
+    from test_families import hf_model
+    from yarn_jax.checkpoint import load_checkpoint
+    from yarn_jax.checkpoint.layout import tensor_map
+    from yarn_jax.convert import convert
+
+    _, path = hf_model("llama_bias", rope, tmp_path)
+    convert(path, tmp_path / "f32.gguf", progress=False, verify_tokens=48)
+    reader = gguf_pkg.GGUFReader(str(tmp_path / "f32.gguf"))
+    for key, want in keys.items():
+        got = reader.fields[f"llama.rope.{key}"].contents()
+        assert got == want if isinstance(want, str) else abs(got - want) < 1e-6 * abs(want), (key, got, want)
+    cfg_src, src = load_checkpoint(path)
+    cfg_back, back = load_checkpoint(tmp_path / "f32.gguf")
+    assert cfg_back.rope == cfg_src.rope
+    for k in src:
+        np.testing.assert_array_equal(back[k], src[k], err_msg=str(k))
+    convert(path, tmp_path / "bf16.gguf", dtype="bfloat16", progress=False, verify_logits=False)
+    _, half = load_checkpoint(tmp_path / "bf16.gguf")
+    one_d = {t.path for t in tensor_map(cfg_src) if len(t.hf_shape) == 1}  # norms and biases
+    assert one_d and set(src) - one_d
+    for k in src:
+        rounded = src[k].astype(ml_dtypes.bfloat16).astype(np.float32)
+        np.testing.assert_array_equal(half[k], src[k] if k in one_d else rounded, err_msg=str(k))
+
+
+def test_gguf_export_refuses_what_llama_cpp_cannot_hold(tmp_path):
+    from test_families import hf_model
+    from yarn_jax.convert import convert
+    from yarn_jax.errors import ConfigError
+
+    _, phi = hf_model("phi3", None, tmp_path)
+    with pytest.raises(ConfigError, match="Phi3ForCausalLM is not written as GGUF here"):
+        convert(phi, tmp_path / "phi.gguf", progress=False)
+    _, mistral = hf_model("mistral", None, tmp_path)
+    with pytest.raises(ConfigError, match="Mistral"):
+        convert(mistral, tmp_path / "m.gguf", progress=False)
+    _, llama = hf_model("llama_bias", None, tmp_path)
+    with pytest.raises(ConfigError, match="'llama3' has no llama.cpp equivalent"):
+        convert(llama, tmp_path / "l.gguf", progress=False, rope={
+            "rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 32,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0})
+    (tmp_path / "notes.gguf").write_text("my notes")
+    with pytest.raises(ConfigError, match="is not a GGUF file"):
+        convert(llama, tmp_path / "notes.gguf", progress=False, overwrite=True)
+    assert (tmp_path / "notes.gguf").read_text() == "my notes"
+    assert not (tmp_path / "phi.gguf").exists() and not (tmp_path / "l.gguf").exists()

@@ -11,7 +11,11 @@ from typing import Any, Mapping
 
 from yarn_jax.errors import ConfigError
 from yarn_jax.families import FAMILIES, family_of
+from yarn_jax.families.base import LAYER_TYPES
 from yarn_jax.rope import RopeConfig, parse_rope_config
+
+
+QK_NORMS = (None, "head", "projection")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,9 +41,15 @@ class LlamaConfig:
     model_type: str = "llama"
     qkv_bias: bool = False  # a bias on the q, k and v projections (Qwen2; LLaMA/Qwen3 attention_bias)
     o_bias: bool = False  # a bias on the output projection (LLaMA/Qwen3 attention_bias)
-    qk_norm: bool = False  # RMSNorm over head_dim on each query and key head before the rotary (Qwen3)
+    # RMSNorm on queries and keys before the rotary: "head" over head_dim of each head (Qwen3),
+    # "projection" over the whole q/k projection, H*D and K*D features (OLMo 2/3); None: none
+    qk_norm: str | None = None
+    post_norm: bool = False  # OLMo 2/3: RMSNorm on the attention and MLP outputs, none on their inputs
     rope_layers: tuple[bool, ...] | None = None  # per layer: rotary or not (SmolLM3's NoPE layers); None = all
     fused_projections: bool = False  # checkpoint layout: one qkv_proj and one gate_up_proj tensor (Phi-3)
+    sliding_window: int | None = None  # keys a sliding-window layer sees, its own included (HF's sliding_window)
+    layer_types: tuple[str, ...] | None = None  # per layer: "full_attention" / "sliding_attention"; None = all full
+    sliding_rope: RopeConfig | None = None  # the sliding layers' rope when it differs per layer type (OLMo 3)
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -56,6 +66,20 @@ class LlamaConfig:
                                              or not all(isinstance(b, bool) for b in self.rope_layers)):
             raise ConfigError(f"config field 'rope_layers' must hold one true/false per layer "
                               f"({self.num_hidden_layers}), got {self.rope_layers!r}")
+        if self.qk_norm not in QK_NORMS:
+            raise ConfigError(f"config field 'qk_norm'={self.qk_norm!r}: choose from {list(QK_NORMS)}")
+        if self.layer_types is not None:
+            if len(self.layer_types) != self.num_hidden_layers or not set(self.layer_types) <= set(LAYER_TYPES):
+                raise ConfigError(f"config field 'layer_types' must name one of {list(LAYER_TYPES)} for each of the "
+                                  f"{self.num_hidden_layers} layers, got {list(self.layer_types)!r}")
+            if "sliding_attention" in self.layer_types and self.sliding_window is None:
+                raise ConfigError("config field 'layer_types' has sliding_attention layers but 'sliding_window' is not set")
+        if self.sliding_window is not None and (isinstance(self.sliding_window, bool)
+                                                or not isinstance(self.sliding_window, int) or self.sliding_window < 1):
+            raise ConfigError(f"config field 'sliding_window' must be a positive integer, got {self.sliding_window!r}")
+        if self.sliding_rope is not None and self.sliding_rope.head_dim != self.head_dim:
+            raise ConfigError(f"sliding-layer rope head_dim {self.sliding_rope.head_dim} != config 'head_dim' "
+                              f"{self.head_dim}")
         if self.model_type not in FAMILIES:
             raise ConfigError(f"config field 'model_type'={self.model_type!r}: supported {sorted(FAMILIES)}")
         if self.rope.head_dim != self.head_dim:
@@ -79,8 +103,25 @@ class LlamaConfig:
     def max_position_embeddings(self) -> int:
         return self.rope.max_position_embeddings
 
+    def layer_kinds(self) -> tuple[str, ...]:
+        """Each layer's type: "full_attention" or "sliding_attention"."""
+        return self.layer_types or ("full_attention",) * self.num_hidden_layers
+
+    def layer_windows(self) -> tuple[int | None, ...]:
+        """Each layer's sliding window (None: full causal attention)."""
+        return tuple(self.sliding_window if kind == "sliding_attention" else None for kind in self.layer_kinds())
+
+    def layer_ropes(self) -> tuple[str, ...]:
+        """Each layer's rotary: "rope" (the configured one, which methods replace), "sliding_rope" (the
+        sliding layers' own, per layer type) or "none" (NoPE)."""
+        rotates = self.rope_layers or (True,) * self.num_hidden_layers
+        own = self.sliding_rope is not None and self.sliding_rope != self.rope
+        return tuple("none" if not r else "sliding_rope" if own and kind == "sliding_attention" else "rope"
+                     for r, kind in zip(rotates, self.layer_kinds()))
+
     def with_rope(self, rope_scaling: Mapping[str, Any] | None, where: str = "rope_scaling") -> "LlamaConfig":
-        """A copy with another HF-style rope dict; theta and partial rotary default to the current ones."""
+        """A copy with another HF-style rope dict as the rope (of the full-attention layers, when the sliding ones
+        have their own); theta and partial rotary default to the current ones."""
         rope = parse_rope_config(
             rope_scaling, head_dim=self.head_dim, max_position_embeddings=self.max_position_embeddings,
             rope_theta=self.rope.theta, partial_rotary_factor=self.rope.partial_rotary_factor, where=where,
@@ -93,6 +134,7 @@ class LlamaConfig:
         if not isinstance(d, Mapping):
             raise ConfigError(f"{where}: expected a JSON object of config fields, got {type(d).__name__}")
         family = family_of(d, where)
+        d = {**family.defaults, **d}  # HF's defaults of the family's config class for the fields omitted
         family.check(d, where)
         act = d.get("hidden_act", "silu")
         if act != "silu":
@@ -113,18 +155,36 @@ class LlamaConfig:
         heads = d["num_attention_heads"]
         head_dim = d.get("head_dim") or d["hidden_size"] // heads
         max_pos = d.get("max_position_embeddings", 2048)
+
+        def rope_of(rope_dict, rope_where):
+            if rope_dict is not None and not isinstance(rope_dict, Mapping):
+                raise ConfigError(f"{rope_where} must be a dict, got {type(rope_dict).__name__}")
+            return parse_rope_config(
+                rope_dict, head_dim=head_dim, max_position_embeddings=max_pos, rope_theta=d.get("rope_theta"),
+                partial_rotary_factor=d.get("partial_rotary_factor"),
+                original_max_position_embeddings=d.get("original_max_position_embeddings"), where=rope_where,
+            )
+
         # transformers 5 writes `rope_parameters` (with rope_theta inside); transformers 4 `rope_scaling`.
         if d.get("rope_parameters") is not None:
             rope_dict, rope_where = d["rope_parameters"], f"{where}['rope_parameters']"
         else:
             rope_dict, rope_where = d.get("rope_scaling"), f"{where}['rope_scaling']"
-        if rope_dict is not None and not isinstance(rope_dict, Mapping):
-            raise ConfigError(f"{rope_where} must be a dict, got {type(rope_dict).__name__}")
-        rope = parse_rope_config(
-            rope_dict, head_dim=head_dim, max_position_embeddings=max_pos, rope_theta=d.get("rope_theta"),
-            partial_rotary_factor=d.get("partial_rotary_factor"),
-            original_max_position_embeddings=d.get("original_max_position_embeddings"), where=rope_where,
-        )
+        per_type = isinstance(rope_dict, Mapping) and bool(rope_dict) and set(rope_dict) <= set(LAYER_TYPES)
+        sliding_rope = None
+        if family.rope_per_layer_type:
+            if d.get("rope_parameters") is not None and not per_type:
+                raise ConfigError(f"{rope_where}: {family.architecture} takes one rope per layer type, "
+                                  f"{{'full_attention': {{...}}, 'sliding_attention': {{...}}}} (transformers ignores a "
+                                  "flat dict here); a flat transformers-4 'rope_scaling' applies to the full layers")
+            full, sliding = (rope_dict.get("full_attention"), rope_dict.get("sliding_attention")) if per_type else (
+                rope_dict, None)
+            rope = rope_of(full, f"{rope_where}['full_attention']" if per_type else rope_where)
+            sliding_rope = rope_of(sliding, f"{rope_where}['sliding_attention']")
+        elif per_type:
+            raise ConfigError(f"{rope_where}: a rope per layer type is not supported for {family.architecture}")
+        else:
+            rope = rope_of(rope_dict, rope_where)
         eos = d.get("eos_token_id")
         return cls(
             vocab_size=d["vocab_size"], hidden_size=d["hidden_size"], intermediate_size=d["intermediate_size"],
@@ -134,7 +194,7 @@ class LlamaConfig:
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
             bos_token_id=d.get("bos_token_id"), eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
             pad_token_id=d.get("pad_token_id"), initializer_range=float(d.get("initializer_range", 0.02)),
-            model_type=family.model_type, **family.features(d, where),
+            model_type=family.model_type, sliding_rope=sliding_rope, **family.features(d, where),
         )
 
     @classmethod
@@ -156,6 +216,9 @@ class LlamaConfig:
         record says how); others (`dynamic_yarn`) raise ConfigError.
         """
         rope_parameters = self.rope.hf_parameters()
+        if FAMILIES[self.model_type].rope_per_layer_type:
+            rope_parameters = {"full_attention": rope_parameters,
+                               "sliding_attention": (self.sliding_rope or self.rope).hf_parameters()}
         out = {
             "architectures": [FAMILIES[self.model_type].architecture], "model_type": self.model_type,
             "hidden_act": "silu",

@@ -25,7 +25,7 @@ from flax import nnx
 from jax import lax
 from jax.ad_checkpoint import checkpoint_name
 
-from yarn_jax.attention import SplashBlocks, attention, resolve_backend
+from yarn_jax.attention import CAUSAL, FULL, Mask, SplashBlocks, attention, resolve_backend
 from yarn_jax.attention.sharded import self_attention
 from yarn_jax.config import LlamaConfig
 from yarn_jax.errors import CheckpointError, ConfigError
@@ -104,14 +104,24 @@ _project.defvjp(_project_fwd, _project_bwd)
 
 
 class RMSNorm(nnx.Module):
-    def __init__(self, dim: int, eps: float, *, param_dtype, rngs: nnx.Rngs, names=("norm",)):
-        self.weight = _param(rngs, (dim,), names, param_dtype, None)
+    """RMSNorm over the trailing axes of `shape` (one axis usually; [H, D] for OLMo's q/k norm over a whole
+    projection)."""
+
+    def __init__(self, shape: int | tuple[int, ...], eps: float, *, param_dtype, rngs: nnx.Rngs, names=("norm",),
+                 scale_in_float32: bool = False):
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        self.weight = _param(rngs, shape, names, param_dtype, None)
         self.eps = eps
+        self.scale_in_float32 = scale_in_float32
 
     def __call__(self, x):
-        """HF LlamaRMSNorm: normalise in float32, cast back to x's dtype, then scale."""
+        """HF LlamaRMSNorm: normalise in float32, cast back to x's dtype, then scale; with
+        scale_in_float32 (HF's Olmo2/Olmo3RMSNorm) scale in float32, then cast."""
+        axes = tuple(range(-self.weight.ndim, 0))
         xf = x.astype(jnp.float32)
-        xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=axes, keepdims=True) + self.eps)
+        if self.scale_in_float32:
+            return (self.weight[...].astype(jnp.float32) * xf).astype(x.dtype)
         return self.weight[...].astype(x.dtype) * xf.astype(x.dtype)
 
 
@@ -121,12 +131,17 @@ class DecoderLayer(nnx.Module):
         e, h, k, d, f = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
                          cfg.intermediate_size)
         std = cfg.initializer_range
-        self.input_norm = RMSNorm(e, cfg.rms_norm_eps, param_dtype=param_dtype, rngs=rngs)
+        norm = functools.partial(RMSNorm, eps=cfg.rms_norm_eps, param_dtype=param_dtype, rngs=rngs,
+                                 scale_in_float32=cfg.post_norm)
+        if not cfg.post_norm:
+            self.input_norm = norm(e)
         self.q_proj = _param(rngs, (e, h, d), ("embed", "heads", "head_dim"), param_dtype, std)
         self.k_proj = _param(rngs, (e, k, d), ("embed", "kv_heads", "head_dim"), param_dtype, std)
         self.v_proj = _param(rngs, (e, k, d), ("embed", "kv_heads", "head_dim"), param_dtype, std)
         self.o_proj = _param(rngs, (h, d, e), ("heads", "head_dim", "embed"), param_dtype, std)
-        self.post_attention_norm = RMSNorm(e, cfg.rms_norm_eps, param_dtype=param_dtype, rngs=rngs)
+        self.post_attention_norm = norm(e)  # pre-norm: the MLP's input norm; post-norm: the attention output's
+        if cfg.post_norm:
+            self.post_feedforward_norm = norm(e)
         self.gate_proj = _param(rngs, (e, f), ("embed", "mlp"), param_dtype, std)
         self.up_proj = _param(rngs, (e, f), ("embed", "mlp"), param_dtype, std)
         self.down_proj = _param(rngs, (f, e), ("mlp", "embed"), param_dtype, std)
@@ -136,10 +151,14 @@ class DecoderLayer(nnx.Module):
             self.v_bias = _param(rngs, (k, d), ("kv_heads", "head_dim"), param_dtype, std)
         if cfg.o_bias:
             self.o_bias = _param(rngs, (e,), ("embed",), param_dtype, std)
-        if cfg.qk_norm:
-            self.q_norm = RMSNorm(d, cfg.rms_norm_eps, param_dtype=param_dtype, rngs=rngs, names=("head_dim",))
-            self.k_norm = RMSNorm(d, cfg.rms_norm_eps, param_dtype=param_dtype, rngs=rngs, names=("head_dim",))
-        self.qkv_bias, self.o_bias_on, self.qk_norm = cfg.qkv_bias, cfg.o_bias, cfg.qk_norm
+        if cfg.qk_norm == "head":
+            self.q_norm = norm(d, names=("head_dim",))
+            self.k_norm = norm(d, names=("head_dim",))
+        elif cfg.qk_norm == "projection":
+            self.q_norm = norm((h, d), names=("heads", "head_dim"))
+            self.k_norm = norm((k, d), names=("kv_heads", "head_dim"))
+        self.qkv_bias, self.o_bias_on, self.qk_norm, self.post_norm = cfg.qkv_bias, cfg.o_bias, cfg.qk_norm, cfg.post_norm
+        self.masks = layer_masks(cfg)[0]
         self.dtype = dtype
         self.attention_backend = attention_backend
         self.splash_blocks = splash_blocks
@@ -148,32 +167,49 @@ class DecoderLayer(nnx.Module):
     def project_qkv(self, x):
         """x [B, T, E] -> q [B, T, H, D], k [B, T, K, D] (both before the rotation), v [B, T, K, D]."""
         dt = self.dtype
-        h = self.input_norm(x)
+        h = x if self.post_norm else self.input_norm(x)
         q, k, v = (_dot(h, self.q_proj[...], 1, dt), _dot(h, self.k_proj[...], 1, dt),
                    _dot(h, self.v_proj[...], 1, dt))
         if self.qkv_bias:  # Qwen2: y = x W + b
             q, k, v = (q + self.q_bias[...].astype(dt), k + self.k_bias[...].astype(dt), v + self.v_bias[...].astype(dt))
-        if self.qk_norm:  # Qwen3: RMSNorm over head_dim of each head, before the rotary
+        if self.qk_norm:  # before the rotary: Qwen3 over head_dim of each head, OLMo over the whole projection
             q, k = self.q_norm(q), self.k_norm(k)
         return q, k, v
 
     def finish(self, x, o):
-        """Residual stream after attention output o [B, T, H, D]: o_proj, then the SwiGLU MLP block."""
+        """Residual stream after attention output o [B, T, H, D]: o_proj, then the SwiGLU MLP block (pre-norm:
+        each block normalises its input; post-norm: its output)."""
         dt = self.dtype
         attn = _dot(o, self.o_proj[...], 2, dt)  # [B, T, H, D] . [H, D, E]
-        x = x + (attn + self.o_bias[...].astype(dt) if self.o_bias_on else attn)
-        h = self.post_attention_norm(x)
-        # SwiGLU [B, T, F]
-        gated = jax.nn.silu(_dot(h, self.gate_proj[...], 1, dt)) * _dot(h, self.up_proj[...], 1, dt)
-        return x + _dot(gated, self.down_proj[...], 1, dt)
+        attn = attn + self.o_bias[...].astype(dt) if self.o_bias_on else attn
+        if self.post_norm:
+            x = x + self.post_attention_norm(attn)
+            return x + self.post_feedforward_norm(self.mlp(x))
+        x = x + attn
+        return x + self.mlp(self.post_attention_norm(x))
 
-    def __call__(self, x, cos, sin, segment_ids):
+    def mlp(self, h):
+        """SwiGLU: h [B, T, E] -> [B, T, E] through [B, T, F]."""
+        dt = self.dtype
+        gated = jax.nn.silu(_dot(h, self.gate_proj[...], 1, dt)) * _dot(h, self.up_proj[...], 1, dt)
+        return _dot(gated, self.down_proj[...], 1, dt)
+
+    def __call__(self, x, cos, sin, segment_ids, mask_index=None):
         """x [B, T, E] -> ([B, T, E], (k, v) before the rotation [B, T, K, D]); cos/sin [B, T, d] carry the
-        rope attention factor."""
+        rope attention factor. mask_index (traced, per layer): which of the config's masks this layer uses
+        when its layers differ (full and sliding-window)."""
         q, k, v = self.project_qkv(x)
-        o = self_attention(apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v,
-                           backend=self.attention_backend, segment_ids=segment_ids,
-                           splash_blocks=self.splash_blocks, sharder=self.sharder)  # [B, T, H, D]
+        q_rot, k_rot = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+
+        def run(mask):
+            return lambda q, k, v: self_attention(q, k, v, backend=self.attention_backend, mask=mask,
+                                                  segment_ids=segment_ids, splash_blocks=self.splash_blocks,
+                                                  sharder=self.sharder)  # [B, T, H, D]
+
+        if mask_index is None:
+            o = run(self.masks[0])(q_rot, k_rot, v)
+        else:  # one program per distinct mask (splash's are static), the layer's picked at run time
+            o = lax.switch(mask_index, [run(m) for m in self.masks], q_rot, k_rot, v)
         return constrain(self.finish(x, o), ACTIVATIONS, self.sharder), (k, v)
 
     def decode(self, x, cos_q, sin_q, cos_k, sin_k, k_cache, v_cache, pos, valid):
@@ -181,7 +217,8 @@ class DecoderLayer(nnx.Module):
 
         The token's k/v are written at `pos`; then every cached key is rotated with cos_k/sin_k [B, S, d]
         (the current length's frequencies, the same ones the query gets), so dynamic methods never mix
-        rotations from different lengths. valid [B, S] int: 1 for positions <= pos.
+        rotations from different lengths. valid [B, S] int: 1 for the keys this layer's mask shows the token
+        (positions <= pos, within its sliding window).
         Returns (x [B, 1, E], k_cache, v_cache).
         """
         q, k, v = self.project_qkv(x)
@@ -190,8 +227,8 @@ class DecoderLayer(nnx.Module):
         v_cache = constrain(jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), pos, axis=1),
                             CACHE, self.sharder)
         o = attention(apply_rotary(q, cos_q, sin_q), apply_rotary(k_cache, cos_k, sin_k), v_cache,
-                      backend="reference", causal=False, q_segment_ids=jnp.ones_like(valid[:, :1]),
-                      kv_segment_ids=valid)  # one query: the causal mask is the valid-key mask
+                      backend="reference", mask=FULL, q_segment_ids=jnp.ones_like(valid[:, :1]),
+                      kv_segment_ids=valid)  # one query: its mask is the valid-key mask
         return constrain(self.finish(x, o), DECODING, self.sharder), k_cache, v_cache
 
 
@@ -250,14 +287,6 @@ class Llama(nnx.Module):
         """(inv_freq [d/2], attention_factor) of the configured rope at this length (may be traced)."""
         return rope_frequencies(self.config.rope, seq_len)
 
-    def rotary(self, positions, frequencies=None):
-        """cos, sin [B, T, d] for positions [B, T]. Dynamic methods see seq_len = max(positions) + 1 (HF).
-        `frequencies` = (inv_freq, attention_factor) arrays replace the configured rope's (the one way to
-        run another method: one compiled program then serves every method at a given length)."""
-        inv_freq, attention_factor = (self.frequencies(jnp.max(positions) + 1) if frequencies is None
-                                      else frequencies)
-        return rotary_cos_sin(positions, inv_freq, attention_factor)
-
     def _scan_layers(self, fn, x, xs=None):
         """Run fn(layer, h, x_l) -> (h, y_l) over the stacked layers (remat per the policy); returns (h, ys)."""
         graphdef, layer_state = nnx.split(self.layers)
@@ -270,10 +299,29 @@ class Llama(nnx.Module):
             body = jax.checkpoint(body, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
         return jax.lax.scan(body, x, (layer_state, xs))
 
-    def _rope_layers(self):
-        """[L] bool: which layers rotate (None: all). SmolLM3's NoPE layers do not."""
-        rope_layers = self.config.rope_layers
-        return None if rope_layers is None else jnp.asarray(rope_layers, bool)
+    def _per_layer(self):
+        """(rope index [L], mask index [L]) int arrays for the scan — None where every layer is alike."""
+        return tuple(None if idx is None else jnp.asarray(idx, jnp.int32)
+                     for idx in (layer_rotaries(self.config)[1], layer_masks(self.config)[1]))
+
+    def _rotaries(self, positions, frequencies, seq_len):
+        """(cos, sin): [B, T, d] when every layer rotates alike, else [R, B, T, d] over the config's kinds
+        of rotary (`layer_rotaries`). `frequencies` replace the configured rope's (not a per-type sliding
+        rope's, nor NoPE)."""
+        kinds, index = layer_rotaries(self.config)
+        tables = []
+        for kind in kinds:
+            if kind == "rope":
+                inv_freq, factor = self.frequencies(seq_len) if frequencies is None else frequencies
+                tables.append(rotary_cos_sin(positions, inv_freq, factor))
+            elif kind == "sliding_rope":
+                tables.append(rotary_cos_sin(positions, *rope_frequencies(self.config.sliding_rope, seq_len)))
+            else:  # NoPE: the identity rotation, which also leaves out the rope's attention factor (as HF skips it)
+                d = self.config.rope.rotary_dim
+                tables.append((jnp.ones((*positions.shape, d), jnp.float32), jnp.zeros((*positions.shape, d), jnp.float32)))
+        if index is None:
+            return tables[0]
+        return jnp.stack([c for c, _ in tables]), jnp.stack([s for _, s in tables])
 
     def embed(self, input_ids):
         # under FSDP the table is all-gathered along embed first (as every layer's weights are): a lookup
@@ -287,13 +335,14 @@ class Llama(nnx.Module):
         b, t = input_ids.shape
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        cos, sin = self.rotary(positions, frequencies)
+        cos, sin = self._rotaries(positions, frequencies, jnp.max(positions) + 1)
 
-        def layer(mod, h, use_rope):
-            h, kv = mod(h, *_layer_rotary(use_rope, cos, sin), segment_ids)
+        def layer(mod, h, per_layer):
+            rope_index, mask_index = per_layer
+            h, kv = mod(h, *_pick(rope_index, cos, sin), segment_ids, mask_index)
             return h, (kv if return_kv else None)
 
-        x, kv = self._scan_layers(layer, self.constrain(self.embed(input_ids), ACTIVATIONS), self._rope_layers())
+        x, kv = self._scan_layers(layer, self.constrain(self.embed(input_ids), ACTIVATIONS), self._per_layer())
         return (self.final_norm(x), kv) if return_kv else self.final_norm(x)
 
     def decode_step(self, token, pos, k_cache, v_cache, frequencies=None):
@@ -301,20 +350,22 @@ class Llama(nnx.Module):
         the rotation and values -> (logits [B, V] float32, k_cache, v_cache). The rope is evaluated at
         seq_len = pos + 1, as a full forward over the pos + 1 tokens would."""
         b, s = k_cache.shape[1], k_cache.shape[2]
-        inv_freq, attention_factor = self.frequencies(pos + 1) if frequencies is None else frequencies
         key_pos = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
-        cos_k, sin_k = rotary_cos_sin(key_pos, inv_freq, attention_factor)
-        cos_q, sin_q = rotary_cos_sin(jnp.full((b, 1), pos, jnp.int32), inv_freq, attention_factor)
-        valid = (key_pos <= pos).astype(jnp.int32)
+        cos_k, sin_k = self._rotaries(key_pos, frequencies, pos + 1)
+        cos_q, sin_q = self._rotaries(jnp.full((b, 1), pos, jnp.int32), frequencies, pos + 1)
+        masks, mask_index = layer_masks(self.config)
+        # [M, B, S]: the keys each distinct mask shows the token at `pos`
+        valid = jnp.stack([m.allowed(jnp.reshape(pos, (1,)), key_pos[0])[0] for m in masks]).astype(jnp.int32)
+        valid = jnp.broadcast_to(valid[:, None], (len(masks), b, s))
 
         def layer(mod, h, per_layer):
-            kc, vc, use_rope = per_layer
-            h, kc, vc = mod.decode(h, *_layer_rotary(use_rope, cos_q, sin_q), *_layer_rotary(use_rope, cos_k, sin_k),
-                                   kc, vc, pos, valid)
+            kc, vc, (rope_index, mask_index) = per_layer
+            h, kc, vc = mod.decode(h, *_pick(rope_index, cos_q, sin_q), *_pick(rope_index, cos_k, sin_k),
+                                   kc, vc, pos, valid[0 if mask_index is None else mask_index])
             return h, (kc, vc)
 
         x, (k_cache, v_cache) = self._scan_layers(layer, self.constrain(self.embed(token[:, None]), DECODING),
-                                                  (k_cache, v_cache, self._rope_layers()))
+                                                  (k_cache, v_cache, self._per_layer()))
         return self.logits_from_hidden(self.final_norm(x))[:, 0], k_cache, v_cache
 
     def lm_head_weight(self):
@@ -330,12 +381,26 @@ class Llama(nnx.Module):
         return self.logits_from_hidden(self.hidden_states(input_ids, positions, segment_ids, frequencies=frequencies))
 
 
-def _layer_rotary(use_rope, cos, sin):
-    """One layer's cos/sin: on a NoPE layer (use_rope False) the identity rotation, which also leaves out the
-    rope's attention factor, as HF skips the rotary there altogether."""
-    if use_rope is None:
-        return cos, sin
-    return jnp.where(use_rope, cos, 1.0).astype(cos.dtype), jnp.where(use_rope, sin, 0.0).astype(sin.dtype)
+def _pick(index, cos, sin):
+    """One layer's cos/sin [B, T, d] from the stacked kinds [R, B, T, d] (as they are without an index)."""
+    return (cos, sin) if index is None else (cos[index], sin[index])
+
+
+def _kinds_and_index(per_layer: tuple) -> tuple[tuple, tuple[int, ...] | None]:
+    """(the distinct values in first-seen order, each layer's index into them — None when all are alike)."""
+    kinds = tuple(dict.fromkeys(per_layer))
+    return kinds, (None if len(kinds) == 1 else tuple(kinds.index(x) for x in per_layer))
+
+
+def layer_masks(cfg: LlamaConfig) -> tuple[tuple[Mask, ...], tuple[int, ...] | None]:
+    """(the config's distinct attention masks, each layer's index into them or None when all layers share
+    one): causal, and a sliding window on sliding-attention layers."""
+    return _kinds_and_index(tuple(CAUSAL if w is None else Mask(window=w) for w in cfg.layer_windows()))
+
+
+def layer_rotaries(cfg: LlamaConfig) -> tuple[tuple[str, ...], tuple[int, ...] | None]:
+    """(the config's distinct kinds of rotary — "rope", "sliding_rope", "none" — and each layer's index)."""
+    return _kinds_and_index(cfg.layer_ropes())
 
 
 def abstract_model(cfg: LlamaConfig, **settings) -> Llama:

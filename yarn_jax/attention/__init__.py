@@ -16,6 +16,7 @@ import jax
 
 from yarn_jax.attention.blockwise import blockwise_attention
 from yarn_jax.attention.kernels import SplashBlocks, gpu_flash_attention, splash_attention
+from yarn_jax.attention.masks import CAUSAL, FULL, Mask
 from yarn_jax.attention.reference import reference_attention
 from yarn_jax.errors import ConfigError
 
@@ -44,13 +45,14 @@ def resolve_backend(backend: str, platform: str | None = None) -> str:
     return backend
 
 
-def attention(q, k, v, *, backend: str = "auto", causal: bool = True, q_segment_ids=None,
+def attention(q, k, v, *, backend: str = "auto", mask: Mask = CAUSAL, q_segment_ids=None,
               kv_segment_ids=None, scale=None, q_offset=None, platform: str | None = None,
               splash_blocks: SplashBlocks | None = None):
     """Scaled-dot-product attention through the backend named by `backend`. q_offset: key position of
     query 0 (default S - T: the queries are the last T keys); splash needs it static. platform: the
     target's (a mesh's devices' platform; default: the default backend) — it picks `auto` and decides
-    whether a kernel is compiled or interpreted. splash_blocks: splash's tile sizes."""
+    whether a kernel is compiled or interpreted. splash_blocks: splash's tile sizes. mask: causal (the
+    default), full, a sliding window or chunks (`Mask`)."""
     if (q_segment_ids is None) != (kv_segment_ids is None):
         raise ConfigError("attention: pass both q_segment_ids and kv_segment_ids, or neither")
     if q.shape[2] % k.shape[2] or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
@@ -62,9 +64,9 @@ def attention(q, k, v, *, backend: str = "auto", causal: bool = True, q_segment_
         extra["platform"] = platform
     if name == "splash" and splash_blocks is not None:
         extra["blocks"] = splash_blocks
-    return BACKENDS[name](q, k, v, causal=causal, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
+    return BACKENDS[name](q, k, v, mask=mask, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
                           scale=scale, q_offset=q_offset, **extra)
 
 
-__all__ = ["attention", "resolve_backend", "BACKENDS", "BACKEND_CHOICES", "SplashBlocks", "reference_attention", "blockwise_attention",
-           "splash_attention", "gpu_flash_attention"]
+__all__ = ["attention", "resolve_backend", "BACKENDS", "BACKEND_CHOICES", "SplashBlocks", "Mask", "CAUSAL", "FULL",
+           "reference_attention", "blockwise_attention", "splash_attention", "gpu_flash_attention"]

@@ -4,8 +4,9 @@ memory-linear backward (custom VJP) — the CPU path and a portable fallback for
 Layout inside: queries grouped per KV head, q [B, K, G, T, D] against k/v [B, K, S, D], so GQA never
 repeats K/V. Only the output and the per-row log-sum-exp [B, K, G, T] are saved for the backward pass;
 scores exist one [block_q, block_k] tile at a time. Under causal masking the key loop of each query
-block stops at the diagonal (and the dK/dV loop starts there), so fully-masked tiles are skipped, and
-only tiles that cross the diagonal (or hold padding, or when segment ids are given) build a mask.
+block stops at the diagonal (and the dK/dV loop starts there); a sliding window or chunks also start it
+at the band's lower edge (and stop the dK/dV loop there) — fully-masked tiles are skipped, and only tiles
+that cross an edge (or hold padding, or when segment ids are given) build a mask.
 Lengths need not divide the block sizes: inputs are padded inside and padded keys are masked.
 """
 
@@ -17,16 +18,17 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from yarn_jax.attention.masks import CAUSAL, Mask
 from yarn_jax.shapes import cdiv, pad_axis
 
 MASK = -1e30  # finite, so a fully-masked tile gives exp(0) = 1 rather than NaN; later real scores reset it
 
 
 class _Dims:
-    """Static geometry of one call."""
+    """Static geometry of one call: lengths, tiles and the mask (a `Mask`: causal, sliding window, chunks)."""
 
-    def __init__(self, t: int, s: int, block_q: int, block_k: int, causal: bool, segments: bool = False):
-        self.t, self.s, self.causal, self.segments = t, s, causal, segments
+    def __init__(self, t: int, s: int, block_q: int, block_k: int, mask: Mask = CAUSAL, segments: bool = False):
+        self.t, self.s, self.mask, self.segments = t, s, mask, segments
         self.bq, self.bk = min(block_q, t), min(block_k, s)
         self.nq, self.nk = cdiv(t, self.bq), cdiv(s, self.bk)
         self.tp, self.sp = self.nq * self.bq, self.nk * self.bk
@@ -39,35 +41,46 @@ class _Dims:
         out.__dict__.update(self.__dict__, offset=offset)
         return out
 
-    def k_blocks_for(self, i):
-        """Number of key blocks query block i needs (causal: up to its last row's diagonal)."""
-        if not self.causal:
-            return self.nk
-        last_pos = (i + 1) * self.bq - 1 + self.offset
-        return jnp.clip(last_pos // self.bk + 1, 0, self.nk)
+    def k_block_range(self, i):
+        """(first, stop): the key blocks query block i needs — from its first row's lowest key (banded
+        masks) to its last row's diagonal (causal); the tiles outside are skipped."""
+        if not self.mask.causal:
+            return 0, self.nk
+        first_row, last_row = i * self.bq + self.offset, (i + 1) * self.bq - 1 + self.offset
+        stop = jnp.clip(last_row // self.bk + 1, 0, self.nk)
+        if not self.mask.banded:
+            return 0, stop
+        return jnp.clip(self.mask.lowest_key(first_row) // self.bk, 0, stop), stop
 
-    def first_q_block_for(self, j):
-        """First query block that sees key block j (causal), else 0."""
-        if not self.causal:
-            return 0
-        return jnp.clip((j * self.bk - self.offset) // self.bq, 0, self.nq)
+    def q_block_range(self, j):
+        """(first, stop): the query blocks that see key block j (the transpose of `k_block_range`)."""
+        if not self.mask.causal:
+            return 0, self.nq
+        first = jnp.clip((j * self.bk - self.offset) // self.bq, 0, self.nq)
+        if not self.mask.banded:
+            return first, self.nq
+        last_row = self.mask.highest_query((j + 1) * self.bk - 1) - self.offset
+        return first, jnp.clip(last_row // self.bq + 1, first, self.nq)
 
     def needs_mask(self, i, j):
-        """Whether tile (i, j) has any masked score: it crosses the causal diagonal, holds padded keys, or
-        segment ids are in play. Tiles wholly below the diagonal skip the mask (a select pass per tile)."""
+        """Whether tile (i, j) has any masked score: it crosses the causal diagonal or the band's lower
+        edge, holds padded keys, or segment ids are in play. Tiles wholly inside skip the mask (a select
+        pass per tile)."""
         if self.segments:
             return jnp.bool_(True)
-        crosses = (j + 1) * self.bk - 1 > i * self.bq + self.offset if self.causal else jnp.bool_(False)
+        crosses = jnp.bool_(False)
+        if self.mask.causal:
+            first_row, last_row = i * self.bq + self.offset, (i + 1) * self.bq - 1 + self.offset
+            crosses = (j + 1) * self.bk - 1 > first_row
+            if self.mask.banded:
+                crosses = crosses | (self.mask.lowest_key(last_row) > j * self.bk)
         return crosses | ((j + 1) * self.bk > self.s)
 
     def allowed(self, i, j, q_seg, k_seg):
         """[B or 1, 1, 1, bq, bk] mask of tile (i, j)."""
         q_pos = i * self.bq + jnp.arange(self.bq) + self.offset
         k_pos = j * self.bk + jnp.arange(self.bk)
-        ok = (k_pos < self.s)[None, :]
-        if self.causal:
-            ok = ok & (k_pos[None, :] <= q_pos[:, None])
-        ok = ok[None]
+        ok = ((k_pos < self.s)[None, :] & self.mask.allowed(q_pos, k_pos))[None]
         if q_seg is not None:
             qs = lax.dynamic_slice_in_dim(q_seg, i * self.bq, self.bq, axis=1)
             ks = lax.dynamic_slice_in_dim(k_seg, j * self.bk, self.bk, axis=1)
@@ -122,7 +135,7 @@ def _forward(q, k, v, q_seg, k_seg, dims: _Dims):
 
         init = (jnp.full((b, kh, g, dims.bq), MASK, jnp.float32), jnp.zeros((b, kh, g, dims.bq), jnp.float32),
                 jnp.zeros((b, kh, g, dims.bq, d), jnp.float32))
-        m, l, acc = lax.fori_loop(0, dims.k_blocks_for(i), lambda j, c: _per_tile(dims, i, j, step, j, c), init)
+        m, l, acc = lax.fori_loop(*dims.k_block_range(i), lambda j, c: _per_tile(dims, i, j, step, j, c), init)
         l = jnp.maximum(l, 1e-30)
         return (acc / l[..., None]).astype(q.dtype), m + jnp.log(l)
 
@@ -171,7 +184,7 @@ def _backward(q, k, v, q_seg, k_seg, out, lse, dout, dims: _Dims):
             return dk + dk_i, dv + dv_i, lax.dynamic_update_slice_in_dim(dq, dq_rows + dq_i, i * dims.bq, axis=3)
 
         zeros = jnp.zeros((b, kh, dims.bk, d), jnp.float32)
-        dk, dv, dq = lax.fori_loop(dims.first_q_block_for(j), dims.nq, body, (zeros, zeros, dq))
+        dk, dv, dq = lax.fori_loop(*dims.q_block_range(j), body, (zeros, zeros, dq))
         return dq, (dk, dv)
 
     dq, (dk, dv) = lax.scan(lambda dq, j: dkv_block(j, dq), jnp.zeros(q.shape, jnp.float32), jnp.arange(dims.nk))
@@ -199,7 +212,7 @@ def _core_bwd(dims, residuals, dout):
 _attention_core.defvjp(_core_fwd, _core_bwd)
 
 
-def blockwise_attention(q, k, v, *, causal: bool = True, q_segment_ids=None, kv_segment_ids=None, scale=None,
+def blockwise_attention(q, k, v, *, mask: Mask = CAUSAL, q_segment_ids=None, kv_segment_ids=None, scale=None,
                         q_offset=None, block_q: int = 512, block_k: int = 512):
     """q [B, T, H, D], k/v [B, S, K, D] -> [B, T, H, D]; memory O(T + S) beyond one score tile.
     q_offset (int, may be traced): key position of query 0 (default S - T)."""
@@ -207,7 +220,7 @@ def blockwise_attention(q, k, v, *, causal: bool = True, q_segment_ids=None, kv_
     s, kh = k.shape[1], k.shape[2]
     g = h // kh
     scale = float(d ** -0.5 if scale is None else scale)
-    dims = _Dims(t, s, block_q, block_k, causal, segments=q_segment_ids is not None)
+    dims = _Dims(t, s, block_q, block_k, mask, segments=q_segment_ids is not None)
     # The softmax scale is folded into q once (T x D multiplies instead of T x S); autodiff carries it to dq.
     q = (q.astype(jnp.float32) * scale).astype(q.dtype)
     qg = pad_axis(jnp.moveaxis(q.reshape(b, t, kh, g, d), 1, 3), 3, dims.tp)  # [B, K, G, Tp, D]

@@ -6,8 +6,9 @@ topology on a CPU machine must lower splash with Mosaic. Off their hardware both
 
 splash: GQA-native — one MQA kernel per KV head serves its G query heads, so K/V are never repeated.
 gpu_flash: the Pallas Triton `mha` kernel needs as many K/V heads as query heads, so K/V are repeated
-per group (memory still linear in S); it takes one segment-id array, so it serves self-attention
-(T == S); other shapes fall back to the blockwise backend. cuDNN through
+per group (memory still linear in S); it takes one segment-id array and a causal flag, so it serves
+causal or full self-attention (T == S); other shapes and masks (sliding windows, chunks) fall back to
+the blockwise backend. cuDNN through
 `jax.nn.dot_product_attention` is GQA-native but takes no segment ids, hence not the default.
 """
 
@@ -20,25 +21,24 @@ import jax
 import jax.numpy as jnp
 
 from yarn_jax.attention.blockwise import blockwise_attention
+from yarn_jax.attention.masks import CAUSAL, Mask
 from yarn_jax.errors import ConfigError
 from yarn_jax.shapes import cdiv, pad_axis
 
 
-def _padded_segments(q_segment_ids, kv_segment_ids, b: int, t: int, s: int, tp: int, sp: int,
-                     offset: int | None = None):
+def _padded_segments(q_segment_ids, kv_segment_ids, b: int, t: int, s: int, tp: int, sp: int, offset: int):
     """Segment ids with padding (0 for every real token when none are given). Padded keys get -1, so no
-    real query sees them; padded queries take the segment of the key at the last real query's position
-    (offset + t - 1; s - 1 by default), which every padded query sees (it sits after it), so no row of the
-    kernel's softmax is ever empty — even when the keys need no padding (e.g. T=20 queries against S=128
-    cached keys)."""
+    real query sees them. A padded query at key position p takes the segment of key min(p, sp - 1): its
+    own diagonal, which every causal mask (sliding windows and chunks too) shows it when the keys are
+    padded to cover every query position (sp >= offset + tp, as splash pads them), else the last key,
+    which a full mask shows every query — so no row of the kernel's softmax is ever empty."""
     if q_segment_ids is None:
         q_segment_ids = jnp.zeros((b, t), jnp.int32)
         kv_segment_ids = jnp.zeros((b, s), jnp.int32)
-    kv_seg = jnp.asarray(kv_segment_ids, jnp.int32)
+    kv_seg = pad_axis(jnp.asarray(kv_segment_ids, jnp.int32), 1, sp, -1)
     q_seg = pad_axis(jnp.asarray(q_segment_ids, jnp.int32), 1, tp)
-    last = s - 1 if offset is None else offset + t - 1
-    q_seg = jnp.where(jnp.arange(tp) < t, q_seg, kv_seg[:, last:last + 1])
-    return q_seg, pad_axis(kv_seg, 1, sp, -1)
+    diagonal = jnp.minimum(offset + jnp.arange(tp), sp - 1)
+    return jnp.where(jnp.arange(tp) < t, q_seg, kv_seg[:, diagonal]), kv_seg
 
 
 def interpret_off(platform: str | None, kernel_platforms: tuple[str, ...]) -> bool:
@@ -122,13 +122,23 @@ def _fit(block: int, length: int) -> int:
     return max(128, block)
 
 
+def splash_expresses(mask: Mask, offset: int) -> bool:
+    """Whether splash's mask classes express `mask` with queries at `offset` (its chunked mask has no
+    offset)."""
+    return mask.chunk is None or offset == 0
+
+
 @functools.lru_cache(maxsize=64)
-def _splash_kernel(t: int, s: int, offset: int, groups: int, causal: bool, blocks: SplashBlocks, interpret: bool):
+def _splash_kernel(t: int, s: int, offset: int, groups: int, mask: Mask, blocks: SplashBlocks, interpret: bool):
     """A splash MQA kernel for padded lengths (t, s); query i sits at key position i + offset."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
-    if causal:
+    if mask.window is not None:  # j >= p - (window - 1), j <= p
+        head_mask = sm.LocalMask((t, s), window_size=(mask.window - 1, 0), offset=offset)
+    elif mask.chunk is not None:
+        head_mask = sm.ChunkedCausalMask((t, s), chunk_size=mask.chunk)
+    elif mask.causal:
         head_mask = sm.CausalMask((t, s), offset=offset)
     else:
         head_mask = sm.FullMask((t, s))
@@ -137,26 +147,34 @@ def _splash_kernel(t: int, s: int, offset: int, groups: int, causal: bool, block
         return sk.make_splash_mqa_single_device(mask, block_sizes=blocks.kernel_sizes(), interpret=interpret)
 
 
-def splash_attention(q, k, v, *, causal: bool = True, q_segment_ids=None, kv_segment_ids=None, scale=None,
+def splash_attention(q, k, v, *, mask: Mask = CAUSAL, q_segment_ids=None, kv_segment_ids=None, scale=None,
                      q_offset: int | None = None, blocks: SplashBlocks | None = None, platform: str | None = None,
                      interpret: bool | None = None):
     """q [B, T, H, D], k/v [B, S, K, D] -> [B, T, H, D] through Pallas TPU splash attention (MQA per KV head).
     q_offset: key position of query 0 (default S - T); static, as splash's mask is built ahead of time.
-    interpret: default True unless the target `platform` (default: the default backend) is a TPU."""
+    interpret: default True unless the target `platform` (default: the default backend) is a TPU.
+    A chunked mask at a nonzero offset (which splash's chunked mask cannot place) runs blockwise."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
 
+    offset = k.shape[1] - q.shape[1] if q_offset is None else int(q_offset)
+    if not splash_expresses(mask, offset):
+        return blockwise_attention(q, k, v, mask=mask, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
+                                   scale=scale, q_offset=offset)
     if interpret is None:
         interpret = interpret_off(platform, ("tpu",))
     b, t, h, d = q.shape
     s, kh = k.shape[1], k.shape[2]
     g = h // kh
     scale = d ** -0.5 if scale is None else scale
-    # splash needs lengths divisible by its blocks (multiples of 128 on TPU): pad, mask by segment
-    tp, sp, fitted = (blocks or SplashBlocks()).padded(t, s)
+    # splash needs lengths divisible by its blocks (multiples of 128 on TPU): pad, mask by segment; under a
+    # causal mask the keys cover every padded query's position, so each padded row sees its own diagonal
+    blocks = blocks or SplashBlocks()
+    tp, sp, fitted = blocks.padded(t, s)
+    if mask.causal and offset + tp > sp:
+        tp, sp, fitted = blocks.padded(t, offset + tp)
     # keep the causal diagonal where it was: padding goes at the end of both sequences
-    offset = s - t if q_offset is None else int(q_offset)
     q_seg, kv_seg = _padded_segments(q_segment_ids, kv_segment_ids, b, t, s, tp, sp, offset)
-    kernel = _splash_kernel(tp, sp, offset, g, causal, fitted, interpret)
+    kernel = _splash_kernel(tp, sp, offset, g, mask, fitted, interpret)
     qg = pad_axis((q * jnp.asarray(scale, q.dtype)).reshape(b, t, kh, g, d), 1, tp)  # splash does not scale
     qg = jnp.transpose(qg, (0, 2, 3, 1, 4))  # [B, K, G, Tp, D]
     kk = jnp.transpose(pad_axis(k, 1, sp), (0, 2, 1, 3))  # [B, K, Sp, D]
@@ -170,16 +188,18 @@ def splash_attention(q, k, v, *, causal: bool = True, q_segment_ids=None, kv_seg
     return jnp.transpose(out, (0, 3, 1, 2, 4))[:, :t].reshape(b, t, h, d)
 
 
-def gpu_flash_attention(q, k, v, *, causal: bool = True, q_segment_ids=None, kv_segment_ids=None, scale=None,
+def gpu_flash_attention(q, k, v, *, mask: Mask = CAUSAL, q_segment_ids=None, kv_segment_ids=None, scale=None,
                         q_offset=None, block_q: int = 64, block_k: int = 64, platform: str | None = None,
                         interpret: bool | None = None):
-    """q [B, T, H, D], k/v [B, S, K, D] -> [B, T, H, D] through the Pallas GPU (Triton) flash kernel."""
+    """q [B, T, H, D], k/v [B, S, K, D] -> [B, T, H, D] through the Pallas GPU (Triton) flash kernel.
+    What the kernel cannot express — T != S, a query offset, a sliding window or chunks (it has a causal
+    flag only) — runs the blockwise backend."""
     from jax.experimental.pallas.ops.gpu import attention as gpu_attention
 
     b, t, h, d = q.shape
     s, kh = k.shape[1], k.shape[2]
-    if t != s or q_offset is not None:  # the kernel's mask and single segment-id array assume self-attention
-        return blockwise_attention(q, k, v, causal=causal, q_segment_ids=q_segment_ids,
+    if t != s or q_offset is not None or mask.banded:
+        return blockwise_attention(q, k, v, mask=mask, q_segment_ids=q_segment_ids,
                                    kv_segment_ids=kv_segment_ids, scale=scale, q_offset=q_offset)
     if interpret is None:
         interpret = interpret_off(platform, ("gpu", "cuda", "rocm"))
@@ -189,12 +209,12 @@ def gpu_flash_attention(q, k, v, *, causal: bool = True, q_segment_ids=None, kv_
     block = min(block_q, block_k, 16 * cdiv(t, 16))
     tp = block * cdiv(t, block)
     # one array serves queries and keys: the key form (-1 at padding; padded queries see padded keys)
-    _, seg = _padded_segments(q_segment_ids, kv_segment_ids, b, t, s, tp, tp)
+    _, seg = _padded_segments(q_segment_ids, kv_segment_ids, b, t, s, tp, tp, 0)
     g = h // kh
     kk = jnp.repeat(pad_axis(k, 1, tp), g, axis=2)  # head h reads kv head h // g, as HF's repeat_kv
     vv = jnp.repeat(pad_axis(v, 1, tp), g, axis=2)
     sizes = gpu_attention.BlockSizes(block_q=block, block_k=block, block_q_dkv=block, block_kv_dkv=block,
                                      block_q_dq=block, block_kv_dq=block)
-    out = gpu_attention.mha(pad_axis(q, 1, tp), kk, vv, seg, sm_scale=float(scale), causal=causal,
+    out = gpu_attention.mha(pad_axis(q, 1, tp), kk, vv, seg, sm_scale=float(scale), causal=mask.causal,
                             block_sizes=sizes, interpret=interpret)
     return out[:, :t]

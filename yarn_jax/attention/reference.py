@@ -5,24 +5,24 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from yarn_jax.attention.masks import CAUSAL, Mask
 
-def mask(t: int, s: int, *, causal: bool, q_segment_ids=None, kv_segment_ids=None, q_offset=None):
+
+def dense_mask(t: int, s: int, *, mask: Mask = CAUSAL, q_segment_ids=None, kv_segment_ids=None, q_offset=None):
     """Boolean [B or 1, 1, T, S] mask: True where query i may attend to key j.
 
     Query i sits at key position i + q_offset; by default the queries are the last T of the S key positions
     (q_offset = S - T; T == S without a cache), so causal means j <= i + q_offset. A sequence-sharded
     query block passes its own offset. Segment ids [B, T] / [B, S] restrict attention to equal ids.
     """
-    allowed = jnp.ones((1, 1, t, s), dtype=bool)
-    if causal:
-        q_pos = jnp.arange(t)[:, None] + (s - t if q_offset is None else q_offset)
-        allowed = allowed & (jnp.arange(s)[None, :] <= q_pos)[None, None]
+    q_pos = jnp.arange(t) + (s - t if q_offset is None else q_offset)
+    allowed = mask.allowed(q_pos, jnp.arange(s))[None, None]
     if q_segment_ids is not None:
         allowed = allowed & (q_segment_ids[:, None, :, None] == kv_segment_ids[:, None, None, :])
     return allowed
 
 
-def reference_attention(q, k, v, *, causal: bool = True, q_segment_ids=None, kv_segment_ids=None, scale=None,
+def reference_attention(q, k, v, *, mask: Mask = CAUSAL, q_segment_ids=None, kv_segment_ids=None, scale=None,
                         q_offset=None):
     """softmax(q k^T * scale + mask) v with GQA.
 
@@ -35,7 +35,7 @@ def reference_attention(q, k, v, *, causal: bool = True, q_segment_ids=None, kv_
     scale = d ** -0.5 if scale is None else scale
     qg = q.reshape(b, t, kv_heads, group, d)  # head h = kv * group + g, as HF's repeat_kv
     scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
-    allowed = mask(t, s, causal=causal, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
+    allowed = dense_mask(t, s, mask=mask, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
                    q_offset=q_offset)
     scores = jnp.where(allowed[:, :, None], scores, jnp.finfo(jnp.float32).min)  # [B, K, G, T, S]
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)

@@ -21,16 +21,18 @@ import jax
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from yarn_jax.attention import attention, resolve_backend
+from yarn_jax.attention import CAUSAL, Mask, attention, resolve_backend
 from yarn_jax.sharding.rules import Sharder
 
 
-def self_attention(q, k, v, *, backend: str, segment_ids=None, splash_blocks=None, sharder: Sharder | None = None):
-    """Causal self-attention q [B, T, H, D], k/v [B, T, K, D] -> [B, T, H, D], sharded over `sharder`'s
-    mesh (plain `attention` without one). The backend and its compile/interpret choice follow the
-    mesh's platform (a TPU topology's devices on a CPU host: splash through Mosaic)."""
+def self_attention(q, k, v, *, backend: str, mask: Mask = CAUSAL, segment_ids=None, splash_blocks=None,
+                   sharder: Sharder | None = None):
+    """Self-attention q [B, T, H, D], k/v [B, T, K, D] -> [B, T, H, D] under a causal `mask` (plain, a
+    sliding window or chunks), sharded over `sharder`'s mesh (plain `attention` without one). The backend
+    and its compile/interpret choice follow the mesh's platform (a TPU topology's devices on a CPU host:
+    splash through Mosaic)."""
     if sharder is None:
-        return attention(q, k, v, backend=backend, causal=True, q_segment_ids=segment_ids,
+        return attention(q, k, v, backend=backend, mask=mask, q_segment_ids=segment_ids,
                          kv_segment_ids=segment_ids, splash_blocks=splash_blocks)
     kv_spec = sharder.spec(("batch", "length", "kv_heads", "head_dim"), k.shape)
     q_spec = sharder.spec(("batch", "length", "heads", "head_dim"), q.shape)
@@ -52,7 +54,7 @@ def self_attention(q, k, v, *, backend: str, segment_ids=None, splash_blocks=Non
             offset = lax.axis_index(seq_axis) * t_local
         else:
             kv_seg = seg
-        run = functools.partial(attention, backend=name, causal=True, platform=platform,
+        run = functools.partial(attention, backend=name, mask=mask, platform=platform,
                                 splash_blocks=splash_blocks)
         if offset is not None and name == "splash":
             shards = math.prod(sharder.size(a) for a in ((seq_axis,) if isinstance(seq_axis, str) else seq_axis))

@@ -1,5 +1,5 @@
-"""GGUF (llama.cpp) files of the families llama.cpp names (`llama`, `qwen2`, `qwen3`; `families.GGUF_ARCHS`)
--> config + HF-named float32 tensors, torch-free.
+"""GGUF (llama.cpp) files of the families llama.cpp names (`llama`, `qwen2`, `qwen3`; `families.GGUF_ARCHS`;
+Mistral is a `llama` file with a sliding window) <-> config + HF-named float32 tensors, torch-free.
 
 Quantized tensors are dequantized with the `gguf` package. For `llama` llama.cpp stores the q/k projection
 rows in the interleaved rotary layout; they are permuted back to HF's half-split layout here, once, at the
@@ -8,15 +8,19 @@ boundary (the Qwen archs use llama.cpp's NEOX rope and keep HF's order).
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Callable
 
 import gguf
+import ml_dtypes
 import numpy as np
 
-from yarn_jax.errors import CheckpointError
-from yarn_jax.families import GGUF_ARCHS
+from yarn_jax.checkpoint.layout import read_checked, tensor_map
+from yarn_jax.errors import CheckpointError, ConfigError
+from yarn_jax.families import FAMILIES, GGUF_ARCHS
 from yarn_jax.rope import GGUF_TYPES
 
 _LAYER_NAMES = {
@@ -36,9 +40,16 @@ _GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm"
 
 
 def unpermute_rotary_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
-    """Undo llama.cpp's q/k row permutation: interleaved pairs (2j, 2j+1) -> half-split (j, j+D/2)."""
-    rows, cols = w.shape
-    return w.reshape(n_heads, rows // n_heads // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
+    """Undo llama.cpp's q/k row permutation (weights [rows, cols] and biases [rows]): interleaved pairs
+    (2j, 2j+1) -> half-split (j, j+D/2)."""
+    rows = w.shape[0]
+    return w.reshape(n_heads, rows // n_heads // 2, 2, -1).swapaxes(1, 2).reshape(w.shape)
+
+
+def permute_rotary_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """llama.cpp's q/k row permutation for its interleaved rotary (`unpermute_rotary_rows` inverted)."""
+    rows = w.shape[0]
+    return w.reshape(n_heads, 2, rows // n_heads // 2, -1).swapaxes(1, 2).reshape(w.shape)
 
 
 def _field(reader, key: str, default: Any = None) -> Any:
@@ -102,7 +113,7 @@ def open_gguf(path: str | os.PathLike):
         else:
             raise CheckpointError(f"{path}: unexpected GGUF tensor '{t.name}'")
         rotary = ({"attn_q": heads, "attn_k": kv_heads}.get(parts[2])
-                  if family.gguf_interleaved and parts[-1] == "weight" and len(parts) == 4 else None)
+                  if family.gguf_interleaved and len(parts) == 4 else None)  # weights and biases
         tensors[name] = loader(t, rotary)
         shapes[name] = tuple(int(s) for s in reversed(t.shape))
 
@@ -133,5 +144,154 @@ def open_gguf(path: str | os.PathLike):
         rope = {"rope_type": method.name, "factor": meta("rope.scaling.factor")}
         if method.needs_l0():
             rope["original_max_position_embeddings"] = meta("rope.scaling.original_context_length")
+        if method.name == "yarn":  # llama.cpp's attn_factor excludes the temperature its kernel applies
+            attn = meta("rope.scaling.attn_factor", None, required=False)
+            if attn is not None and attn != 1.0:
+                total = attn * (1 + 0.1 * math.log(rope["factor"])) if rope["factor"] > 1 else attn
+                rope["attention_factor"] = float(f"{total:.7g}")  # float32 precision, as the stored value
+            for key in ("beta_fast", "beta_slow"):
+                value = meta(f"rope.scaling.yarn_{key}", None, required=False)
+                if value is not None:
+                    rope[key] = value
         config["rope_scaling"] = rope
+    window = meta("attention.sliding_window", None, required=False)
+    if window:  # llama.cpp files Mistral (a window on every layer) under the llama arch
+        if family.model_type != "llama":
+            raise CheckpointError(f"{path}: '{arch}.attention.sliding_window' is only read for Mistral files (llama arch)")
+        config.update(architectures=["MistralForCausalLM"], model_type="mistral", sliding_window=int(window))
     return config, shapes, tensors
+
+
+# --- writing -------------------------------------------------------------------------------------------------
+
+_GGUF_LAYER = {hf: ours for ours, hf in _LAYER_NAMES.items()}
+_GGUF_GLOBAL = {hf: ours for ours, hf in _GLOBAL_NAMES.items()}
+# file types and per-tensor types of the float dtypes written (1-D tensors — norms, biases — stay float32, as
+# llama.cpp's convert script keeps them)
+_FILE_TYPES = {"float32": gguf.LlamaFileType.ALL_F32, "float16": gguf.LlamaFileType.MOSTLY_F16,
+               "bfloat16": gguf.LlamaFileType.MOSTLY_BF16}
+_TENSOR_TYPES = {"float32": (np.float32, gguf.GGMLQuantizationType.F32),
+                 "float16": (np.float16, gguf.GGMLQuantizationType.F16),
+                 "bfloat16": (np.uint16, gguf.GGMLQuantizationType.BF16)}  # bf16 bits, stored raw
+
+
+def gguf_name(hf_name: str) -> str:
+    """An HF tensor name -> llama.cpp's (blk.N.attn_q.weight, token_embd.weight, ...)."""
+    parts = hf_name.split(".")
+    if hf_name.startswith("model.layers."):
+        return f"blk.{parts[2]}.{_GGUF_LAYER['.'.join(parts[3:-1])]}.{parts[-1]}"
+    return f"{_GGUF_GLOBAL['.'.join(parts[:-1])]}.{parts[-1]}"
+
+
+def gguf_arch_of(cfg) -> str:
+    """llama.cpp's architecture for a config; ConfigError naming what a GGUF file cannot carry."""
+    family = FAMILIES[cfg.model_type]
+    if family.gguf_arch is None:
+        supported = ", ".join(f.architecture for f in FAMILIES.values() if f.gguf_arch)
+        raise ConfigError(f"GGUF export: {family.architecture} is not written as GGUF here (supported: {supported})")
+    if cfg.sliding_window is not None:
+        raise ConfigError(f"GGUF export: llama.cpp's {family.gguf_arch!r} architecture has no sliding-window layers")
+    return family.gguf_arch
+
+
+def _tensor_plan(cfg, dtype: str):
+    """[(layout, layer or None, HF name, GGUF name, HF shape, numpy dtype, GGML type)] in file order."""
+    store, ggml = _TENSOR_TYPES[dtype]
+    plan = []
+    for t in tensor_map(cfg):
+        one_d = len(t.hf_shape) == 1
+        for layer, name in t.hf_names(cfg.num_hidden_layers):
+            plan.append((t, layer, name, gguf_name(name), t.hf_shape,
+                         np.float32 if one_d else store, gguf.GGMLQuantizationType.F32 if one_d else ggml))
+    return plan
+
+
+def _add_tokenizer(w: "gguf.GGUFWriter", tokenizer_dir, cfg) -> str:
+    """llama.cpp's tokenizer metadata from a byte-level BPE tokenizer.json (GPT-2 style: SmolLM, Qwen, LLaMA 3);
+    returns what was written ("gpt2" or "none", when the directory has no such tokenizer)."""
+    path = Path(tokenizer_dir) / "tokenizer.json" if tokenizer_dir else None
+    spec = json.loads(path.read_text()) if path is not None and path.is_file() else None
+    model = (spec or {}).get("model") or {}
+    if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
+        w.add_tokenizer_model("no_vocab")
+        return "none"
+    tokens = [f"[PAD{i}]" for i in range(cfg.vocab_size)]
+    types = [gguf.TokenType.UNUSED] * cfg.vocab_size
+    for text, i in model["vocab"].items():
+        if i < cfg.vocab_size:
+            tokens[i], types[i] = text, gguf.TokenType.NORMAL
+    for added in spec.get("added_tokens") or []:
+        if added["id"] < cfg.vocab_size:
+            tokens[added["id"]] = added["content"]
+            types[added["id"]] = gguf.TokenType.CONTROL if added.get("special") else gguf.TokenType.USER_DEFINED
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    return "gpt2"
+
+
+def write_gguf(path, cfg, read, *, dtype: str = "float32", tokenizer_dir=None, source: str = "",
+               progress=iter) -> dict[str, Any]:
+    """Write a config's parameters as one GGUF file in llama.cpp's layout for its family's arch: its tensor
+    names, q/k rows in its interleaved rotary order where it uses one (llama), the rope as llama.cpp reads
+    it (`rope.scaling.*`, from the method's record), float32/float16/bfloat16 (1-D tensors float32), and
+    the tokenizer. Streams one parameter at a time (`read(layout)` -> ours [L, ...]); returns a summary."""
+    if dtype not in _TENSOR_TYPES:
+        raise ConfigError(f"GGUF export: dtype {dtype!r}: choose {', '.join(_TENSOR_TYPES)}")
+    arch = gguf_arch_of(cfg)
+    rope = cfg.rope.method.gguf_metadata(cfg.rope)  # ConfigError before anything is written
+    interleaved = FAMILIES[cfg.model_type].gguf_interleaved
+    w = gguf.GGUFWriter(os.fspath(path), arch)
+    w.add_name(Path(source).name or "yarn_jax")
+    w.add_file_type(_FILE_TYPES[dtype])
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_vocab_size(cfg.vocab_size)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_key_length(cfg.head_dim)
+    w.add_value_length(cfg.head_dim)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_rope_dimension_count(cfg.rope.rotary_dim)
+    for key, value in rope.items():
+        full = f"{arch}.rope.{key}"
+        if isinstance(value, str):
+            w.add_string(full, value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            w.add_uint32(full, value)
+        else:
+            w.add_float32(full, float(value))
+    tokenizer = _add_tokenizer(w, tokenizer_dir, cfg)
+    for key, value in (("bos", cfg.bos_token_id), ("eos", cfg.eos_token_id), ("padding", cfg.pad_token_id)):
+        value = value[0] if isinstance(value, tuple) else value
+        if value is not None:
+            w.add_uint32(f"tokenizer.ggml.{key}_token_id", int(value))
+    plan = _tensor_plan(cfg, dtype)
+    for _, _, _, name, shape, store, ggml in plan:
+        w.add_tensor_info(name, shape, np.dtype(store), int(np.prod(shape)) * np.dtype(store).itemsize, raw_dtype=ggml)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    heads = {"attn_q": cfg.num_attention_heads, "attn_k": cfg.num_key_value_heads}
+    by_layout: dict[int, list] = {}
+    for entry in plan:
+        by_layout.setdefault(id(entry[0]), []).append(entry)
+    for entries in progress(list(by_layout.values())):
+        t = entries[0][0]
+        value = read_checked(t, cfg, read, source)  # ours: [L, ...] per layer, else the whole tensor
+        for _, layer, _, name, _, store, _ in entries:
+            hf = t.to_hf(value if layer is None else value[layer]).astype(np.float32)
+            kind = name.split(".")[2] if name.startswith("blk.") else None
+            if interleaved and kind in heads:
+                hf = permute_rotary_rows(hf, heads[kind])
+            if store is np.uint16:
+                hf = hf.astype(ml_dtypes.bfloat16).view(np.uint16)
+            w.write_tensor_data(np.ascontiguousarray(hf.astype(store, copy=False)))
+        del value
+    w.close()
+    return {"arch": arch, "tokenizer": tokenizer, "rope": rope, "tensors": len(plan)}

@@ -116,7 +116,6 @@ def tensor_map(cfg: LlamaConfig) -> list[Layout]:
     rows = [
         Layout(("embed_tokens",), "model.embed_tokens.weight", (v, e), (v, e), (0, 1)),
         Layout(("final_norm", "weight"), "model.norm.weight", (e,), (e,), (0,)),
-        Layout(("layers", "input_norm", "weight"), "model.layers.{i}.input_layernorm.weight", (e,), (e,), (0,)),
         Layout(("layers", "post_attention_norm", "weight"), "model.layers.{i}.post_attention_layernorm.weight",
                (e,), (e,), (0,)),
         # q [H*D, E] -> [E, H, D]; o [E, H*D] -> [H, D, E]; MLP [out, in] -> [in, out]
@@ -134,9 +133,16 @@ def tensor_map(cfg: LlamaConfig) -> list[Layout]:
                  for x, n in (("q", h), ("k", k), ("v", k))]
     if cfg.o_bias:
         rows.append(Layout(("layers", "o_bias"), "model.layers.{i}.self_attn.o_proj.bias", (e,), (e,), (0,)))
-    if cfg.qk_norm:
+    # pre-norm (LLaMA): a norm on the attention's input; post-norm (OLMo): one on the MLP's output instead
+    rows.append(Layout(("layers", "post_feedforward_norm", "weight"), "model.layers.{i}.post_feedforward_layernorm.weight",
+                       (e,), (e,), (0,)) if cfg.post_norm else
+                Layout(("layers", "input_norm", "weight"), "model.layers.{i}.input_layernorm.weight", (e,), (e,), (0,)))
+    if cfg.qk_norm == "head":
         rows += [Layout(("layers", f"{x}_norm", "weight"), f"model.layers.{{i}}.self_attn.{x}_norm.weight", (d,), (d,),
                         (0,)) for x in ("q", "k")]
+    elif cfg.qk_norm == "projection":
+        rows += [Layout(("layers", f"{x}_norm", "weight"), f"model.layers.{{i}}.self_attn.{x}_norm.weight", (n * d,),
+                        (n, d), (0, 1)) for x, n in (("q", h), ("k", k))]
     if not cfg.tie_word_embeddings:
         rows.append(Layout(("lm_head",), "lm_head.weight", (v, e), (v, e), (1, 0)))
     return rows

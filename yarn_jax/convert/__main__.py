@@ -2,8 +2,10 @@
 
   SRC: an HF directory (safetensors, single or sharded), a .gguf file, or a yarn_jax checkpoint (train.py's
        RUN/checkpoints root — its latest complete step, or --step N — or a ROOT/<step> directory).
-  DST: the new HF directory (--to hf) or yarn_jax checkpoint root (--to orbax); local or any etils/orbax
-       path (gs://...). Default --to: hf for yarn_jax sources, orbax otherwise.
+  DST: the new HF directory (--to hf), yarn_jax checkpoint root (--to orbax) or llama.cpp file (--to gguf,
+       a name ending .gguf; LLaMA, Qwen2, Qwen3; llama.cpp's rope keys for default/linear/ntk/yarn); local or
+       any etils/orbax path (gs://...). Default --to: gguf for a DST named *.gguf, hf for yarn_jax sources,
+       orbax otherwise.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("src")
     ap.add_argument("dst")
-    ap.add_argument("--to", choices=["hf", "orbax"], default=None, help="output format (default: see above)")
+    ap.add_argument("--to", choices=["hf", "orbax", "gguf"], default=None, help="output format (default: see above)")
     ap.add_argument("--step", type=int, default=None, help="step of a yarn_jax source (default: latest complete)")
     ap.add_argument("--rope", default=None,
                     help="rope configuration written into the result: an HF rope_scaling dict as JSON/YAML, "

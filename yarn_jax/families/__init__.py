@@ -8,12 +8,14 @@ from typing import Any, Mapping
 from yarn_jax.errors import ConfigError
 from yarn_jax.families.base import Family
 from yarn_jax.families.llama import LLAMA
+from yarn_jax.families.mistral import MISTRAL
+from yarn_jax.families.olmo3 import OLMO3
 from yarn_jax.families.phi3 import PHI3
 from yarn_jax.families.qwen2 import QWEN2
 from yarn_jax.families.qwen3 import QWEN3
 from yarn_jax.families.smollm3 import SMOLLM3
 
-FAMILIES: dict[str, Family] = {f.model_type: f for f in (LLAMA, QWEN2, QWEN3, SMOLLM3, PHI3)}
+FAMILIES: dict[str, Family] = {f.model_type: f for f in (LLAMA, QWEN2, QWEN3, MISTRAL, SMOLLM3, OLMO3, PHI3)}
 GGUF_ARCHS: dict[str, Family] = {f.gguf_arch: f for f in FAMILIES.values() if f.gguf_arch}
 
 

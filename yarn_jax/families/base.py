@@ -8,7 +8,7 @@ need no branch per family.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from yarn_jax.errors import ConfigError
 
@@ -30,13 +30,31 @@ def flag(d: Mapping[str, Any], key: str, where: str, default: bool = False) -> b
     return value
 
 
-def refuse_sliding_window(d: Mapping[str, Any], where: str) -> None:
-    """Sliding-window layers are not implemented yet: refused by name (a model that uses them would
-    silently attend too far)."""
-    layer_types = d.get("layer_types") or []
-    if flag(d, "use_sliding_window", where) or "sliding_attention" in layer_types:
-        raise ConfigError(f"{where}: sliding-window attention ('use_sliding_window' / layer_types "
-                          "'sliding_attention') is not supported yet")
+LAYER_TYPES = ("full_attention", "sliding_attention")
+
+
+def sliding_layers(d: Mapping[str, Any], where: str, window, default_types: Callable[[int], list[str]]) -> dict:
+    """The sliding-window features of a config: {"sliding_window", "layer_types"} — empty when no layer
+    slides. `window`: the family's effective window (None: none); the layer types are the config's
+    `layer_types`, else `default_types(num_hidden_layers)` (the family's HF rule)."""
+    if window is None:
+        return {}
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ConfigError(f"{where}['sliding_window'] must be a positive integer or null, got {window!r}")
+    n = d["num_hidden_layers"]
+    types = d.get("layer_types")
+    types = default_types(n) if types is None else types
+    if not isinstance(types, list) or len(types) != n or not set(types) <= set(LAYER_TYPES):
+        raise ConfigError(f"{where}['layer_types'] must name one of {list(LAYER_TYPES)} for each of the {n} layers, "
+                          f"got {types!r}")
+    if "sliding_attention" not in types:
+        return {}
+    return {"sliding_window": window, "layer_types": tuple(types)}
+
+
+def sliding_fields(cfg) -> dict[str, Any]:
+    """The HF fields of the sliding-window layers (`sliding_layers` inverted)."""
+    return {"sliding_window": cfg.sliding_window, "layer_types": list(cfg.layer_kinds())}
 
 
 class Family:
@@ -47,6 +65,8 @@ class Family:
     architecture: str
     gguf_arch: str | None = None  # llama.cpp's `general.architecture` for it, if GGUF files are read
     gguf_interleaved: bool = False  # whether llama.cpp stores its q/k rows in the interleaved rotary order
+    defaults: Mapping[str, Any] = {}  # HF's defaults of this family's config class for fields a config omits
+    rope_per_layer_type: bool = False  # rope_parameters keyed by layer type (full / sliding attention)
 
     def check(self, d: Mapping[str, Any], where: str) -> None:
         """Refuse config keys this family does not implement (by name)."""
@@ -55,10 +75,10 @@ class Family:
                 raise ConfigError(f"{where}['{key}']: {what} is not supported")
         if d.get("mlp_bias"):
             raise ConfigError(f"{where}['mlp_bias']=true is not supported (the MLP projections have no bias)")
-        refuse_sliding_window(d, where)
 
     def features(self, d: Mapping[str, Any], where: str) -> dict[str, Any]:
-        """The model features this config turns on: LlamaConfig fields (qkv_bias, o_bias, qk_norm)."""
+        """The model features this config turns on: LlamaConfig fields (qkv_bias, o_bias, qk_norm, post_norm,
+        rope_layers, fused_projections, sliding_window, layer_types)."""
         return {}
 
     def feature_fields(self, cfg) -> dict[str, Any]:

@@ -1,22 +1,24 @@
 """Qwen3 (`Qwen3ForCausalLM`): LLaMA with an RMSNorm over head_dim on every query and key head before the
-rotary, an explicit head_dim, and `attention_bias` on all four projections."""
+rotary, an explicit head_dim, `attention_bias` on all four projections, and Qwen2's sliding-window rule."""
 
 from __future__ import annotations
 
 from yarn_jax.families.base import Family, flag
+from yarn_jax.families.qwen2 import qwen_sliding_fields, qwen_sliding_layers
 
 
 class Qwen3(Family):
     model_type = "qwen3"
     architecture = "Qwen3ForCausalLM"
     gguf_arch = "qwen3"
+    defaults = {"max_position_embeddings": 32768}
 
     def features(self, d, where):
         bias = flag(d, "attention_bias", where)
-        return {"qkv_bias": bias, "o_bias": bias, "qk_norm": True}
+        return {"qkv_bias": bias, "o_bias": bias, "qk_norm": "head", **qwen_sliding_layers(d, where)}
 
     def feature_fields(self, cfg):
-        return {"attention_bias": cfg.qkv_bias, "use_sliding_window": False}
+        return {"attention_bias": cfg.qkv_bias, **qwen_sliding_fields(cfg)}
 
 
 QWEN3 = Qwen3()

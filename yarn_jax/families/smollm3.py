@@ -1,15 +1,17 @@
 """SmolLM3 (`SmolLM3ForCausalLM`): LLaMA with NoPE layers — the layers `no_rope_layers` marks 0 (by default
-every `no_rope_layer_interval`-th, i.e. every 4th) use no rotary at all — and `attention_bias`."""
+every `no_rope_layer_interval`-th, i.e. every 4th) use no rotary at all — `attention_bias`, and with
+`use_sliding_window` a window on the layers `layer_types` marks (by default the NoPE ones)."""
 
 from __future__ import annotations
 
 from yarn_jax.errors import ConfigError
-from yarn_jax.families.base import Family, flag
+from yarn_jax.families.base import Family, flag, sliding_fields, sliding_layers
 
 
 class SmolLM3(Family):
     model_type = "smollm3"
     architecture = "SmolLM3ForCausalLM"
+    defaults = {"rope_theta": 2000000.0, "max_position_embeddings": 32768, "tie_word_embeddings": True}
 
     def features(self, d, where):
         n = d.get("num_hidden_layers")
@@ -23,12 +25,18 @@ class SmolLM3(Family):
             raise ConfigError(f"{where}['no_rope_layers'] must list 0 (NoPE) or 1 (rotary) for each of the {n} layers, "
                               f"got {flags!r}")
         bias = flag(d, "attention_bias", where)
-        return {"qkv_bias": bias, "o_bias": bias, "rope_layers": tuple(bool(f) for f in flags)}
+        # HF: the window only with `use_sliding_window`; by default on the NoPE layers
+        window = d.get("sliding_window") if flag(d, "use_sliding_window", where) else None
+        sliding = sliding_layers(d, where, window, lambda n: ["full_attention" if f else "sliding_attention"
+                                                              for f in flags])
+        return {"qkv_bias": bias, "o_bias": bias, "rope_layers": tuple(bool(f) for f in flags), **sliding}
 
     def feature_fields(self, cfg):
         rope_layers = cfg.rope_layers or (True,) * cfg.num_hidden_layers
-        return {"attention_bias": cfg.qkv_bias, "mlp_bias": False, "use_sliding_window": False,
-                "no_rope_layers": [int(b) for b in rope_layers]}
+        window = ({"use_sliding_window": False} if cfg.sliding_window is None else
+                  {"use_sliding_window": True, **sliding_fields(cfg)})
+        return {"attention_bias": cfg.qkv_bias, "mlp_bias": False, "no_rope_layers": [int(b) for b in rope_layers],
+                **window}
 
 
 SMOLLM3 = SmolLM3()

@@ -96,6 +96,14 @@ class RopeMethod:
         """transformers' `rope_parameters` for this method (rope_theta inside); ConfigError if it has none."""
         return rope.to_dict()
 
+    def gguf_metadata(self, rope: "RopeConfig") -> dict[str, Any]:
+        """llama.cpp's `{arch}.rope.*` keys (without the prefix) that make its rope kernel compute these
+        frequencies; ConfigError where llama.cpp has no such rope."""
+        if self.gguf_type is None:
+            raise ConfigError(f"rope_type {self.name!r} has no llama.cpp equivalent; a GGUF file cannot carry it "
+                              "(llama.cpp reads default, linear and yarn)")
+        return {"freq_base": rope.theta, "scaling.type": self.gguf_type, "scaling.factor": self.factor}
+
 
 @dataclasses.dataclass(frozen=True)
 class RopeConfig:

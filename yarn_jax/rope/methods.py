@@ -121,6 +121,9 @@ class Default(RopeMethod):
     def frequencies(self, rope, seq_len):
         return default_inv_freq(rope.theta, rope.rotary_dim), 1.0
 
+    def gguf_metadata(self, rope):
+        return {"freq_base": rope.theta}
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Linear(RopeMethod):
@@ -148,6 +151,10 @@ class NTK(RopeMethod):
 
     def frequencies(self, rope, seq_len):
         return default_inv_freq(self.base(rope), rope.rotary_dim), 1.0
+
+    def gguf_metadata(self, rope):
+        """The unscaled rotary at the enlarged base."""
+        return {"freq_base": self.base(rope)}
 
     def hf_parameters(self, rope):
         """Exactly HF `default` with the changed base."""
@@ -203,6 +210,9 @@ class ByParts(_Ramp):
         """Exactly HF `yarn` with attention_factor 1."""
         return {**rope.to_dict(), "rope_type": "yarn", "attention_factor": 1.0}
 
+    def gguf_metadata(self, rope):
+        return yarn_gguf_metadata(rope, self, 1.0)
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Yarn(_Ramp):
@@ -224,6 +234,21 @@ class Yarn(_Ramp):
         else:
             af = get_mscale(self.factor)
         return yarn_inv_freq(rope, self.factor), af
+
+    def gguf_metadata(self, rope):
+        return yarn_gguf_metadata(rope, self, float(self.frequencies(rope, None)[1]))
+
+
+def yarn_gguf_metadata(rope, m: _Ramp, attention_factor: float) -> dict[str, Any]:
+    """llama.cpp's YaRN: its kernel multiplies cos/sin by attn_factor * (1 + 0.1 ln s) itself (ggml's
+    `rope_yarn`), so the factor written is HF's attention factor divided by that temperature; the ramp is
+    the same (corr dims from beta_fast / beta_slow over L0, floored and ceiled as HF's `truncate`)."""
+    if not m.truncate:
+        raise ConfigError("yarn with truncate=false has no llama.cpp equivalent (its ramp ends are always rounded)")
+    return {"freq_base": rope.theta, "scaling.type": "yarn", "scaling.factor": m.factor,
+            "scaling.original_context_length": m.original_max_position_embeddings,
+            "scaling.attn_factor": attention_factor / get_mscale(m.factor),
+            "scaling.yarn_beta_fast": m.beta_fast, "scaling.yarn_beta_slow": m.beta_slow}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
