@@ -145,3 +145,34 @@ def test_gguf_export_refuses_what_llama_cpp_cannot_hold(tmp_path):
         convert(llama, tmp_path / "notes.gguf", progress=False, overwrite=True)
     assert (tmp_path / "notes.gguf").read_text() == "my notes"
     assert not (tmp_path / "phi.gguf").exists() and not (tmp_path / "l.gguf").exists()
+
+
+def test_llama_cpp_runs_the_exported_smollm2_with_yarn_as_yarn_jax_does(assets, tmp_path):
+    """The real client: llama.cpp (llama-cpp-python) loads SmolLM2 exported with YaRN x2 as a float32 GGUF and
+    scores 9,000 tokens of Hamlet (past the 8,192-token pre-training context); its per-token log-probabilities
+    and perplexity equal yarn_jax's. Opt-in: llama-cpp-python is built from source (see the README)."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="opt-in: pip install llama-cpp-python (README, GGUF export)")
+    import jax
+
+    import yarn_jax
+    from yarn_jax import assets as assets_module
+    from yarn_jax.convert import convert
+    from yarn_jax.model import next_token_log_probs
+
+    n = 9000
+    yarn = {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 8192}
+    convert(assets["smollm2"], tmp_path / "smollm2-yarn2.gguf", rope=yarn, verify_tokens=256, progress=False)
+    model = yarn_jax.from_pretrained(assets["smollm2"], rope_scaling=yarn)
+    ids = model.tokenizer().encode(assets_module.play_text("hamlet")).ids[:n]
+    assert len(ids) == n
+    ours = np.asarray(jax.jit(next_token_log_probs)(model.module, np.asarray([ids])))[0]  # [n - 1]
+    llm = llama_cpp.Llama(str(tmp_path / "smollm2-yarn2.gguf"), n_ctx=16384, n_batch=512, logits_all=True,
+                          type_k=0, type_v=0, flash_attn=False, verbose=False)  # float32 KV cache
+    llm.eval(ids)
+    scores = np.asarray(llm.scores[:n], np.float64)  # [n, V] logits
+    theirs = (scores - np.logaddexp.reduce(scores, axis=-1, keepdims=True))[np.arange(n - 1), ids[1:]]
+    mean_abs = float(np.abs(ours - theirs).mean())
+    ppl_ours, ppl_theirs = float(np.exp(-ours.mean())), float(np.exp(-theirs.mean()))
+    print(f"llama.cpp vs yarn_jax, SmolLM2 YaRN x2, {n} tokens: mean |dlogprob| {mean_abs:.2e}, "
+          f"perplexity {ppl_theirs:.4f} vs {ppl_ours:.4f} (rel {abs(ppl_theirs / ppl_ours - 1):.2e})")
+    assert mean_abs <= 1e-3 and abs(ppl_theirs / ppl_ours - 1) <= 1e-3
