@@ -391,3 +391,29 @@ def test_commands_keep_jax_off_an_absent_tpu():
     # jax.distributed.initialize on a CPU machine)
     assert p.returncode == 0 and p.stdout.startswith("False") and "CpuDevice" in p.stdout, p.stderr
     assert "TPU_WORKER_HOSTNAMES" not in p.stderr and "E0000" not in p.stderr, p.stderr
+
+
+def test_windowed_layers_compile_with_mosaic_local_masks():
+    """OLMo 3's pattern — sliding-window layers (splash LocalMask) and full ones (CausalMask), picked per layer
+    by lax.switch inside the scan, with a rope per layer type — compiles for TPU under a sequence-sharded
+    mesh: both masks' kernels are Mosaic custom calls, none interpreted, and the program fits."""
+    import dataclasses
+
+    from yarn_jax.rope import parse_rope_config
+
+    base = _tiny(layers=2)
+    sliding = dataclasses.replace(base, sliding_window=256, layer_types=("sliding_attention", "full_attention"),
+                                  sliding_rope=parse_rope_config(None, head_dim=64, max_position_embeddings=4096,
+                                                                 rope_theta=5000.0))
+    t = topology("v5e-4")
+    tcfg = _train_cfg(mesh="fsdp_sequence", seq_len=2048)
+    sharder = tcfg.sharder(t.devices())
+    reports = {}
+    for name, cfg in (("full", base), ("sliding", sliding)):
+        r = compile_report(train_program(cfg, tcfg, sharder), cfg, sharder, t, remat="full", keep_hlo=True)
+        assert r["kernels"]["kernel_calls"] > 0 and r["kernels"]["interpreted_kernel_loops"] == 0, name
+        assert r["memory"]["fits"], name
+        reports[name] = r
+    # the program holds the LocalMask kernels besides the causal ones (a branch each: per step, as many run)
+    kernels = {name: r["hlo_text"].count('custom_call_target="tpu_custom_call"') for name, r in reports.items()}
+    assert kernels["sliding"] > kernels["full"], kernels
