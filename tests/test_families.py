@@ -267,12 +267,17 @@ GGUF_NAMES = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_n
 
 
 def write_gguf(model, path, arch: str) -> None:
-    """The model as llama.cpp's convert script lays out a Qwen2/Qwen3 file (NEOX rope: q/k rows unpermuted),
-    float32, written with the `gguf` package."""
+    """The model as llama.cpp's convert script lays out its file, float32, written with the `gguf` package:
+    Qwen2/Qwen3 (NEOX rope: q/k rows as HF's), llama (q/k rows interleaved; Mistral: a llama file with its
+    sliding window)."""
     import gguf
+
+    from test_gguf import llama_cpp_permute
 
     c = model.config
     w = gguf.GGUFWriter(str(path), arch)
+    if getattr(c, "sliding_window", None):
+        w.add_sliding_window(c.sliding_window)
     w.add_block_count(c.num_hidden_layers)
     w.add_context_length(c.max_position_embeddings)
     w.add_embedding_length(c.hidden_size)
@@ -287,6 +292,9 @@ def write_gguf(model, path, arch: str) -> None:
         if name.startswith("model.layers."):
             layer, rest = parts[2], ".".join(parts[3:-1])
             out = f"blk.{layer}.{GGUF_NAMES[rest]}.{parts[-1]}"
+            if arch == "llama" and rest in ("self_attn.q_proj", "self_attn.k_proj"):
+                heads = c.num_attention_heads if rest == "self_attn.q_proj" else c.num_key_value_heads
+                value = torch.as_tensor(llama_cpp_permute(value.numpy(), heads))
         else:
             out = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
                    "lm_head.weight": "output.weight"}[name]
@@ -297,17 +305,17 @@ def write_gguf(model, path, arch: str) -> None:
     w.close()
 
 
-@pytest.mark.parametrize("family", ["qwen2", "qwen3_bias"])
-def test_gguf_files_of_the_qwen_archs_load_as_their_hf_weights(family, tmp_path):
+@pytest.mark.parametrize("family, arch", [("qwen2", "qwen2"), ("qwen3_bias", "qwen3"), ("mistral", "llama")])
+def test_gguf_files_of_the_added_archs_load_as_their_hf_weights(family, arch, tmp_path):
     from yarn_jax.checkpoint import load_checkpoint
 
     model, path = hf_model(family, None, tmp_path)
-    arch = family.split("_")[0]
     write_gguf(model, tmp_path / "m.gguf", arch)
     cfg_gguf, from_gguf = load_checkpoint(tmp_path / "m.gguf")
     cfg_hf, from_hf = load_checkpoint(path)
-    assert cfg_gguf.model_type == arch and (cfg_gguf.qkv_bias, cfg_gguf.o_bias, cfg_gguf.qk_norm) == (
-        cfg_hf.qkv_bias, cfg_hf.o_bias, cfg_hf.qk_norm)
+    assert cfg_gguf.model_type == cfg_hf.model_type == family.split("_")[0]
+    for field in ("qkv_bias", "o_bias", "qk_norm", "sliding_window", "layer_types"):
+        assert getattr(cfg_gguf, field) == getattr(cfg_hf, field), field
     assert from_gguf.keys() == from_hf.keys()
     for k in from_hf:
         np.testing.assert_array_equal(from_gguf[k], from_hf[k], err_msg=str(k))
