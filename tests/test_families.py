@@ -155,14 +155,15 @@ def test_unsupported_architectures_and_features_are_refused_by_name(change, mess
         yarn_jax.LlamaConfig.from_hf_dict(d)
 
 
-def test_family_converts_to_orbax_and_back_verified_by_transformers(tmp_path):
-    """HF Qwen2 -> yarn_jax checkpoint (logit check against transformers' Qwen2ForCausalLM) -> HF, which
-    transformers reloads as Qwen2 with the source's logits."""
+@pytest.mark.parametrize("family", ["qwen2", "olmo3"])
+def test_family_converts_to_orbax_and_back_verified_by_transformers(family, tmp_path):
+    """HF -> yarn_jax checkpoint (logit check against transformers' class of the family) -> HF, which
+    transformers reloads as that class with the source's logits (OLMo 3: its rope per layer type kept)."""
     from transformers import AutoModelForCausalLM
 
     from yarn_jax.convert import convert
 
-    model, path = hf_model("qwen2", YARN, tmp_path)
+    model, path = hf_model(family, YARN, tmp_path)
     report = convert(path, tmp_path / "ckpt", reference="transformers", verify_tokens=48, progress=False)
     assert report["verify"]["passed"] and report["format"] == "orbax"
     convert(tmp_path / "ckpt", tmp_path / "back", progress=False)
@@ -208,6 +209,18 @@ def test_training_gradients_equal_transformers_backward(family, tmp_path):
         scale = np.abs(g).max()
         assert scale > 0, name
         np.testing.assert_allclose(got[name], g, atol=2e-5 * max(scale, 1.0), err_msg=name)
+
+
+def test_a_rope_method_replaces_the_full_layers_rope_only(tmp_path):
+    """What eval methods, training and sweeps do to an OLMo 3 model — `with_rope(yarn)` — equals transformers'
+    OLMo 3 configured with YaRN on its full-attention layers and its sliding layers' own rope kept."""
+    model_yarn, _ = hf_model("olmo3", YARN, tmp_path / "yarn")
+    _, path_default = hf_model("olmo3", None, tmp_path / "default")  # the same weights (seed), default rope
+    ours = yarn_jax.from_pretrained(path_default, rope_scaling=YARN)
+    assert ours.config.sliding_rope.theta == 5000.0 and ours.config.rope.method.name == "yarn"
+    ids = np.random.default_rng(6).integers(0, 97, (1, 80))
+    err = np.abs(np.asarray(ours.logits(ids)) - logits(model_yarn, ids)).max()
+    assert err <= 1e-4, err
 
 
 @pytest.mark.parametrize("family", ["smollm3", "olmo3", "mistral"])
