@@ -301,11 +301,13 @@ def write_gguf(model, path, arch: str) -> None:
     w.add_layer_norm_rms_eps(c.rms_norm_eps)
     w.add_rope_freq_base(c.rope_parameters["rope_theta"])
     for name, value in model.state_dict().items():
+        if name == "lm_head.weight" and c.tie_word_embeddings:  # (tied: llama.cpp writes no output tensor)
+            continue
         parts = name.split(".")
         if name.startswith("model.layers."):
             layer, rest = parts[2], ".".join(parts[3:-1])
             out = f"blk.{layer}.{GGUF_NAMES[rest]}.{parts[-1]}"
-            if arch == "llama" and rest in ("self_attn.q_proj", "self_attn.k_proj"):
+            if arch in ("llama", "smollm3") and rest in ("self_attn.q_proj", "self_attn.k_proj"):
                 heads = c.num_attention_heads if rest == "self_attn.q_proj" else c.num_key_value_heads
                 value = torch.as_tensor(llama_cpp_permute(value.numpy(), heads))
         else:
@@ -318,16 +320,18 @@ def write_gguf(model, path, arch: str) -> None:
     w.close()
 
 
-@pytest.mark.parametrize("family, arch", [("qwen2", "qwen2"), ("qwen3_bias", "qwen3"), ("mistral", "llama")])
-def test_gguf_files_of_the_added_archs_load_as_their_hf_weights(family, arch, tmp_path):
+@pytest.mark.parametrize("family, arch, overrides", [
+    ("qwen2", "qwen2", {}), ("qwen3_bias", "qwen3", {}), ("mistral", "llama", {}),
+    ("smollm3", "smollm3", {"num_hidden_layers": 4, "no_rope_layers": None})])  # llama.cpp: NoPE every 4th
+def test_gguf_files_of_the_added_archs_load_as_their_hf_weights(family, arch, overrides, tmp_path):
     from yarn_jax.checkpoint import load_checkpoint
 
-    model, path = hf_model(family, None, tmp_path)
+    model, path = hf_model(family, None, tmp_path, **overrides)
     write_gguf(model, tmp_path / "m.gguf", arch)
     cfg_gguf, from_gguf = load_checkpoint(tmp_path / "m.gguf")
     cfg_hf, from_hf = load_checkpoint(path)
     assert cfg_gguf.model_type == cfg_hf.model_type == family.split("_")[0]
-    for field in ("qkv_bias", "o_bias", "qk_norm", "sliding_window", "layer_types"):
+    for field in ("qkv_bias", "o_bias", "qk_norm", "sliding_window", "layer_types", "rope_layers"):
         assert getattr(cfg_gguf, field) == getattr(cfg_hf, field), field
     assert from_gguf.keys() == from_hf.keys()
     for k in from_hf:

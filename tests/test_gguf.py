@@ -140,11 +140,39 @@ def test_gguf_export_refuses_what_llama_cpp_cannot_hold(tmp_path):
         convert(llama, tmp_path / "l.gguf", progress=False, rope={
             "rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 32,
             "low_freq_factor": 1.0, "high_freq_factor": 4.0})
+    _, qwen3_bias = hf_model("qwen3_bias", None, tmp_path)
+    with pytest.raises(ConfigError, match="'qwen3' architecture has no attention biases"):
+        convert(qwen3_bias, tmp_path / "q.gguf", progress=False)
+    _, smol = hf_model("smollm3", None, tmp_path)  # no_rope_layers [1, 0]: llama.cpp's is every 4th layer
+    with pytest.raises(ConfigError, match="NoPE layer every 4th layer exactly"):
+        convert(smol, tmp_path / "s.gguf", progress=False)
     (tmp_path / "notes.gguf").write_text("my notes")
     with pytest.raises(ConfigError, match="is not a GGUF file"):
         convert(llama, tmp_path / "notes.gguf", progress=False, overwrite=True)
     assert (tmp_path / "notes.gguf").read_text() == "my notes"
     assert not (tmp_path / "phi.gguf").exists() and not (tmp_path / "l.gguf").exists()
+
+
+@pytest.mark.parametrize("family", ["llama_bias", "qwen2", "qwen3", "smollm3"])
+def test_llama_cpp_runs_each_exported_family_as_transformers_does(family, tmp_path):
+    """Tiny random models of each family llama.cpp has (4 layers: SmolLM3's 4th is NoPE, as llama.cpp fixes
+    it), YaRN x4, exported by `convert` (no tokenizer: token ids in), run by llama.cpp at 80 tokens (2.5x
+    L0) with a float32 KV cache: its logits equal transformers'. Opt-in, as below."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="opt-in: pip install llama-cpp-python (README, GGUF export)")
+    from test_families import YARN, hf_model, logits
+    from yarn_jax.convert import convert
+
+    extra = {"no_rope_layers": None} if family == "smollm3" else {}
+    model, path = hf_model(family, YARN, tmp_path, num_hidden_layers=4, **extra)
+    convert(path, tmp_path / "m.gguf", progress=False, verify_tokens=48)
+    ids = [int(x) for x in np.random.default_rng(0).integers(3, 97, 80)]
+    llm = llama_cpp.Llama(str(tmp_path / "m.gguf"), n_ctx=128, n_batch=128, logits_all=True, type_k=0, type_v=0,
+                          flash_attn=False, verbose=False)
+    llm.eval(ids)
+    ref = logits(model, np.asarray([ids]))[0]
+    err = np.abs(np.asarray(llm.scores[:80]) - ref).max()
+    print(f"{family}: llama.cpp vs transformers max |dlogit| {err:.2e}")
+    assert err <= 1e-4 and np.abs(ref).max() > 1.0
 
 
 def test_llama_cpp_runs_the_exported_smollm2_with_yarn_as_yarn_jax_does(assets, tmp_path):

@@ -1,5 +1,5 @@
-"""GGUF (llama.cpp) files of the families llama.cpp names (`llama`, `qwen2`, `qwen3`; `families.GGUF_ARCHS`;
-Mistral is a `llama` file with a sliding window) <-> config + HF-named float32 tensors, torch-free.
+"""GGUF (llama.cpp) files of the families llama.cpp names (`llama`, `qwen2`, `qwen3`, `smollm3`;
+`families.GGUF_ARCHS`; Mistral is a `llama` file with a sliding window) <-> config + HF-named float32 tensors, torch-free.
 
 Quantized tensors are dequantized with the `gguf` package. For `llama` llama.cpp stores the q/k projection
 rows in the interleaved rotary layout; they are permuted back to HF's half-split layout here, once, at the
@@ -189,8 +189,7 @@ def gguf_arch_of(cfg) -> str:
     if family.gguf_arch is None:
         supported = ", ".join(f.architecture for f in FAMILIES.values() if f.gguf_arch)
         raise ConfigError(f"GGUF export: {family.architecture} is not written as GGUF here (supported: {supported})")
-    if cfg.sliding_window is not None:
-        raise ConfigError(f"GGUF export: llama.cpp's {family.gguf_arch!r} architecture has no sliding-window layers")
+    family.gguf_check(cfg)
     return family.gguf_arch
 
 

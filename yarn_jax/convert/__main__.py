@@ -3,7 +3,7 @@
   SRC: an HF directory (safetensors, single or sharded), a .gguf file, or a yarn_jax checkpoint (train.py's
        RUN/checkpoints root — its latest complete step, or --step N — or a ROOT/<step> directory).
   DST: the new HF directory (--to hf), yarn_jax checkpoint root (--to orbax) or llama.cpp file (--to gguf,
-       a name ending .gguf; LLaMA, Qwen2, Qwen3; llama.cpp's rope keys for default/linear/ntk/yarn); local or
+       a name ending .gguf; LLaMA, Qwen2, Qwen3, SmolLM3; llama.cpp's rope keys for default/linear/ntk/yarn); local or
        any etils/orbax path (gs://...). Default --to: gguf for a DST named *.gguf, hf for yarn_jax sources,
        orbax otherwise.
 """

@@ -84,3 +84,8 @@ class Family:
     def feature_fields(self, cfg) -> dict[str, Any]:
         """The HF config fields that carry those features back (to_hf_dict)."""
         return {}
+
+    def gguf_check(self, cfg) -> None:
+        """Refuse (ConfigError) what llama.cpp's architecture for this family (`gguf_arch`) cannot hold."""
+        if cfg.sliding_window is not None:
+            raise ConfigError(f"GGUF export: llama.cpp's {self.gguf_arch!r} architecture has no sliding-window layers")

@@ -11,6 +11,8 @@ from yarn_jax.families.base import Family, flag, sliding_fields, sliding_layers
 class SmolLM3(Family):
     model_type = "smollm3"
     architecture = "SmolLM3ForCausalLM"
+    gguf_arch = "smollm3"
+    gguf_interleaved = True  # llama.cpp converts it as LLaMA: q/k rows interleaved
     defaults = {"rope_theta": 2000000.0, "max_position_embeddings": 32768, "tie_word_embeddings": True}
 
     def features(self, d, where):
@@ -30,6 +32,12 @@ class SmolLM3(Family):
         sliding = sliding_layers(d, where, window, lambda n: ["full_attention" if f else "sliding_attention"
                                                               for f in flags])
         return {"qkv_bias": bias, "o_bias": bias, "rope_layers": tuple(bool(f) for f in flags), **sliding}
+
+    def gguf_check(self, cfg):
+        super().gguf_check(cfg)
+        if cfg.rope_layers not in (None, tuple((i + 1) % 4 != 0 for i in range(cfg.num_hidden_layers))):
+            raise ConfigError("GGUF export: llama.cpp's 'smollm3' architecture has a NoPE layer every 4th layer "
+                              f"exactly; this model's no_rope_layers differ ({[int(r) for r in cfg.rope_layers]})")
 
     def feature_fields(self, cfg):
         rope_layers = cfg.rope_layers or (True,) * cfg.num_hidden_layers
