@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from yarn_jax.attention.kernels import SplashBlocks
 from yarn_jax.errors import ConfigError
 from yarn_jax.sharding.distributed import DistributedConfig
+from yarn_jax.sharding.balance import LOAD_BALANCE
 from yarn_jax.sharding.mesh import MeshConfig
 
 
@@ -36,6 +37,9 @@ class ParallelConfig(BaseModel):
     mesh_dcn: dict[str, int] = Field({}, description="multi-slice pods: axis sizes across slices (data or "
                                      "fsdp), e.g. '{data: 2}'; default: the outermost of data/fsdp the slice "
                                      "count divides")
+    load_balance: Literal[LOAD_BALANCE] = Field(
+        "dual_chunk", description="token layout on the sequence axis: dual_chunk (device r holds chunks r and "
+        "2P-1-r of 2P: equal causal attention work) | none (contiguous shards)")
     splash_blocks: dict[str, Union[bool, int]] = Field(
         {}, description="splash attention tile sizes / backward kernel overriding the defaults, e.g. "
         "'{block_q: 1024, fused_bwd: false}' (README 'Splash attention blocks')")
@@ -69,7 +73,8 @@ class ParallelConfig(BaseModel):
         return SplashBlocks.from_dict(self.splash_blocks)
 
     def mesh_config(self):
-        return MeshConfig(preset=self.mesh, axes=self.mesh_axes, rules=self.mesh_rules, dcn=self.mesh_dcn)
+        return MeshConfig(preset=self.mesh, axes=self.mesh_axes, rules=self.mesh_rules, dcn=self.mesh_dcn,
+                          load_balance=self.load_balance)
 
     def sharder(self, devices=None):
         """The Sharder of the configured mesh over `devices` (default: all), or None for one device."""

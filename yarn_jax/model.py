@@ -21,6 +21,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax import lax
 from jax.ad_checkpoint import checkpoint_name
@@ -335,7 +336,12 @@ class Llama(nnx.Module):
         b, t = input_ids.shape
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        cos, sin = self._rotaries(positions, frequencies, jnp.max(positions) + 1)
+        seq_len = jnp.max(positions) + 1  # the global length (dynamic ropes), whatever the layout
+        order = None if self.sharder is None else self.sharder.sequence_order(t)
+        if order is not None:  # load-balanced sequence shards: tokens in the balanced order, once, here
+            input_ids, positions = input_ids[:, order], positions[:, order]
+            segment_ids = None if segment_ids is None else segment_ids[:, order]
+        cos, sin = self._rotaries(positions, frequencies, seq_len)
 
         def layer(mod, h, per_layer):
             rope_index, mask_index = per_layer
@@ -343,7 +349,12 @@ class Llama(nnx.Module):
             return h, (kv if return_kv else None)
 
         x, kv = self._scan_layers(layer, self.constrain(self.embed(input_ids), ACTIVATIONS), self._per_layer())
-        return (self.final_norm(x), kv) if return_kv else self.final_norm(x)
+        h = self.final_norm(x)
+        if order is not None:  # ... and back to the sequence's order, once
+            inverse = np.argsort(order)
+            h = self.constrain(h[:, inverse], ACTIVATIONS)
+            kv = None if kv is None else tuple(a[:, :, inverse] for a in kv)
+        return (h, kv) if return_kv else h
 
     def decode_step(self, token, pos, k_cache, v_cache, frequencies=None):
         """Greedy-decoding step: token [B] at position `pos` (scalar), caches [L, B, S, K, D] of keys before

@@ -4,12 +4,14 @@ Kernels (Pallas splash / GPU flash) cannot be partitioned by XLA, and the blockw
 each device runs the backend on its own block of the batch and of the heads (KV heads with their query
 groups, when the tensor axis divides the KV heads; otherwise heads stay whole on every device).
 
-Sequence axis: *all-gather attention*. Each device keeps its block of T/P queries and gathers the keys and
-values of the whole sequence ([B, T, K, D] per device, linear in T); its queries sit at key position
-r * T/P (r = its index on the axis), so causal masking is exact. The blockwise backend takes that
-offset traced and skips key blocks past the diagonal; splash's mask is static, so one kernel per offset is
-built and `lax.switch` picks it. Not ring attention: the gathered K/V are O(T) per device, and the work
-is not load-balanced (the last query block sees every key) — both fine up to the lengths the paper uses.
+Sequence axis: *all-gather attention*. Each device keeps its T/P queries and gathers the keys and values
+of the whole sequence ([B, T, K, D] per device, linear in T), put back in sequence order. Load-balanced
+(`sharding/balance.py`, the default): device r holds chunks r and 2P-1-r of 2P, two query blocks at key
+positions r * T/2P and (2P-1-r) * T/2P, so every device does the same causal work; contiguous: one block
+at r * T/P (the last device then sees every key, the first almost none). Masks are exact by those true
+positions. The blockwise backend takes the offsets traced and skips key blocks outside the mask; splash's
+masks are static, so one kernel set per shard is built and `lax.switch` picks it. Not ring attention:
+the gathered K/V are O(T) per device — fine up to the lengths the paper uses.
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ import functools
 import math
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from yarn_jax.attention import CAUSAL, Mask, attention, resolve_backend
+from yarn_jax.sharding.balance import shard_chunks
 from yarn_jax.sharding.rules import Sharder
 
 
@@ -44,25 +49,32 @@ def self_attention(q, k, v, *, backend: str, mask: Mask = CAUSAL, segment_ids=No
     platform = sharder.platform
     name = resolve_backend(backend, platform)
 
+    shards = 1 if seq_axis is None else math.prod(
+        sharder.size(a) for a in ((seq_axis,) if isinstance(seq_axis, str) else seq_axis))
+    balanced = seq_axis is not None and sharder.sequence_order(q.shape[1]) is not None
+    run = functools.partial(attention, backend=name, mask=mask, platform=platform, splash_blocks=splash_blocks)
+
     def local(q, k, v, seg):
+        if seq_axis is None:
+            return run(q, k, v, q_segment_ids=seg, kv_segment_ids=seg)
         t_local = q.shape[1]
-        offset = None
-        if seq_axis is not None:
-            k = lax.all_gather(k, seq_axis, axis=1, tiled=True)  # [B, T, K, D]
-            v = lax.all_gather(v, seq_axis, axis=1, tiled=True)
-            kv_seg = None if seg is None else lax.all_gather(seg, seq_axis, axis=1, tiled=True)
-            offset = lax.axis_index(seq_axis) * t_local
-        else:
-            kv_seg = seg
-        run = functools.partial(attention, backend=name, mask=mask, platform=platform,
-                                splash_blocks=splash_blocks)
-        if offset is not None and name == "splash":
-            shards = math.prod(sharder.size(a) for a in ((seq_axis,) if isinstance(seq_axis, str) else seq_axis))
-            branches = [functools.partial(run, q_offset=r * t_local) for r in range(shards)]
-            return lax.switch(offset // t_local, [
-                (lambda b: lambda q, k, v, s, ks: b(q, k, v, q_segment_ids=s, kv_segment_ids=ks))(b)
-                for b in branches], q, k, v, seg, kv_seg)
-        return run(q, k, v, q_segment_ids=seg, kv_segment_ids=kv_seg, q_offset=offset)
+        k, v = (lax.all_gather(x, seq_axis, axis=1, tiled=True) for x in (k, v))  # [B, T, K, D]
+        kv_seg = None if seg is None else lax.all_gather(seg, seq_axis, axis=1, tiled=True)
+        if balanced:  # shard r holds chunks r and 2P-1-r: keys back in sequence order, two query blocks
+            chunk = t_local // 2
+            k, v, kv_seg = (None if x is None else _chunks_in_order(x, shards) for x in (k, v, kv_seg))
+            blocks = [(0, chunk, lambda r: r * chunk), (chunk, chunk, lambda r: (2 * shards - 1 - r) * chunk)]
+        else:  # contiguous: shard r's queries sit at key position r * T/P
+            blocks = [(0, t_local, lambda r: r * t_local)]
+
+        def attend(r):  # r: the shard's index, traced (blockwise) or static (splash: its masks are)
+            out = [run(q[:, start:start + n], k, v, q_segment_ids=None if seg is None else seg[:, start:start + n],
+                       kv_segment_ids=kv_seg, q_offset=offset(r)) for start, n, offset in blocks]
+            return out[0] if len(out) == 1 else jnp.concatenate(out, axis=1)
+
+        if name == "splash":  # one kernel set per shard, lax.switch picks this shard's
+            return lax.switch(lax.axis_index(seq_axis), [functools.partial(attend, r) for r in range(shards)])
+        return attend(lax.axis_index(seq_axis))
 
     if segment_ids is None:
         fn = jax.shard_map(lambda q, k, v: local(q, k, v, None), mesh=sharder.mesh,
@@ -71,3 +83,10 @@ def self_attention(q, k, v, *, backend: str, mask: Mask = CAUSAL, segment_ids=No
     fn = jax.shard_map(local, mesh=sharder.mesh, in_specs=(q_spec, kv_spec, kv_spec, seg_spec),
                        out_specs=q_spec, check_vma=False)
     return fn(q, k, v, segment_ids)
+
+
+def _chunks_in_order(x, shards: int):
+    """x [B, T, ...] gathered from dual-chunk shards (shard r: chunks r, 2P-1-r) -> sequence order."""
+    held = [c for pair in shard_chunks(shards) for c in pair]  # the chunk at each gathered slot
+    chunks = x.reshape(x.shape[0], 2 * shards, x.shape[1] // (2 * shards), *x.shape[2:])
+    return chunks[:, np.argsort(held)].reshape(x.shape)

@@ -25,6 +25,7 @@ from jax.sharding import AxisType, Mesh
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from yarn_jax.errors import ConfigError
+from yarn_jax.sharding.balance import LOAD_BALANCE
 from yarn_jax.sharding.rules import DEFAULT_RULES, Sharder
 
 AXES = ("data", "fsdp", "sequence", "tensor")
@@ -55,6 +56,9 @@ class MeshConfig(BaseModel):
 
     dcn: dict[str, int] = Field(default_factory=dict, description="multi-slice: axis sizes across slices "
                                 "(data/fsdp only), e.g. {data: 2}")
+    load_balance: Literal[LOAD_BALANCE] = Field(
+        "dual_chunk", description="token layout on the sequence axis: dual_chunk (device r holds chunks r and "
+        "2P-1-r: equal causal work) | none (contiguous)")
 
     @field_validator("dcn")
     @classmethod
@@ -83,7 +87,7 @@ class MeshConfig(BaseModel):
         """A Sharder over this mesh with the default rules updated by `rules`."""
         rules = [(name, tuple(self.rules[name]) if isinstance(self.rules.get(name), list) else self.rules[name])
                  if name in self.rules else (name, axes) for name, axes in DEFAULT_RULES]
-        return Sharder(make_mesh(self, devices), tuple(rules))
+        return Sharder(make_mesh(self, devices), tuple(rules), load_balance=self.load_balance)
 
     @field_validator("axes")
     @classmethod

@@ -16,6 +16,9 @@ from typing import Sequence
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from yarn_jax.errors import ConfigError
+from yarn_jax.sharding.balance import LOAD_BALANCE, balanced_order
+
 Rule = tuple[str, "str | tuple[str, ...] | None"]
 
 DEFAULT_RULES: tuple[Rule, ...] = (
@@ -42,10 +45,13 @@ class Sharder:
     mesh: Mesh
     rules: Sequence[Rule] = DEFAULT_RULES
     fallbacks: dict = dataclasses.field(default_factory=dict, compare=False, hash=False, repr=False)
+    load_balance: str = "dual_chunk"  # the token layout on the sequence axis (`sharding/balance.py`)
 
     def __post_init__(self):
         object.__setattr__(self, "rules", tuple((name, tuple(axes) if isinstance(axes, list) else axes)
                                                 for name, axes in self.rules))
+        if self.load_balance not in LOAD_BALANCE:
+            raise ConfigError(f"load_balance {self.load_balance!r}: choose from {list(LOAD_BALANCE)}")
 
     def axes(self, name: str | None) -> tuple[str, ...]:
         """Mesh axes (of size > 1) a logical name maps to."""
@@ -86,6 +92,16 @@ class Sharder:
 
     def size(self, axis: str) -> int:
         return self.mesh.shape[axis]
+
+    def sequence_shards(self, t: int) -> int:
+        """How many devices a length-t sequence is split over (1 when the length is not sharded)."""
+        axes = self.spec(("length",), (t,))[0]
+        axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
+        return math.prod(self.mesh.shape[a] for a in axes)
+
+    def sequence_order(self, t: int):
+        """The balanced token order of a length-t sequence ([t] ints), or None when it stays contiguous."""
+        return balanced_order(t, self.sequence_shards(t), self.load_balance)
 
     @property
     def platform(self) -> str:

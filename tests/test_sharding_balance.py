@@ -1,0 +1,98 @@
+"""Load-balanced sequence sharding: the dual-chunk layout by hand, the balance it buys, and the model under it
+(8 virtual devices, sequence axis 2/4/8, with fsdp/tensor) equal to one device — logits and every gradient —
+per backend, with packed and padded documents and dynamic ropes past L0 (frequencies from the global
+length)."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from tests.test_sharding_model import CFG, PARAMS, _batch, _loss, _rel
+from yarn_jax.attention.sharded import _chunks_in_order
+from yarn_jax.model import model_from_params
+from yarn_jax.sharding import MeshConfig, make_mesh
+from yarn_jax.sharding.balance import balanced_order, causal_work, dual_chunk_order
+from yarn_jax.sharding.params import shard_state, tree_shardings
+from yarn_jax.sharding.rules import Sharder
+from yarn_jax.training.step import batch_sharding
+
+
+def test_dual_chunk_order_by_hand():
+    # 16 tokens, 2 shards: 4 chunks of 4; shard 0 holds chunks 0 and 3, shard 1 chunks 1 and 2
+    assert dual_chunk_order(16, 2).tolist() == [0, 1, 2, 3, 12, 13, 14, 15, 4, 5, 6, 7, 8, 9, 10, 11]
+    assert balanced_order(16, 2, "none") is None and balanced_order(18, 2, "dual_chunk") is None  # 18 % 4
+    assert balanced_order(16, 1, "dual_chunk") is None
+
+
+@pytest.mark.parametrize("shards", [2, 4, 8, 16])
+def test_dual_chunk_balances_causal_work(shards):
+    """Query-key pairs per shard: contiguous shards are lopsided (max/mean -> 2 as P grows: 1.87 at P = 8),
+    dual chunks equal."""
+    t = 1024 * shards
+    contiguous, balanced = causal_work(t, shards, "none"), causal_work(t, shards, "dual_chunk")
+    assert contiguous.sum() == balanced.sum() == t * (t + 1) // 2
+    assert balanced.max() == balanced.min()
+    c = t // shards  # shard r: positions r*c .. r*c + c - 1, each sees (position + 1) keys
+    assert contiguous.max() / contiguous.mean() == pytest.approx((c * (shards - 1) + (c + 1) / 2) / ((t + 1) / 2))
+
+
+def test_gathered_chunks_come_back_in_sequence_order():
+    order = dual_chunk_order(32, 4)
+    gathered = np.arange(32)[order][None, :, None]  # what the all-gather of balanced shards holds
+    np.testing.assert_array_equal(np.asarray(_chunks_in_order(gathered, 4))[0, :, 0], np.arange(32))
+
+
+def _run(axes, backend, rope, load_balance="dual_chunk"):
+    cfg = CFG if rope is None else CFG.with_rope(rope)
+    sharder = None if axes is None else Sharder(make_mesh(MeshConfig(axes=axes)), load_balance=load_balance)
+    graphdef, state = nnx.split(model_from_params(cfg, PARAMS, attention_backend=backend, sharder=sharder))
+    batch = _batch()
+    if sharder is not None:
+        state = shard_state(state, sharder)
+        batch = {k: jax.device_put(v, batch_sharding(sharder, v.shape)) for k, v in batch.items()}
+
+    def fn(state, batch):
+        logits = nnx.merge(graphdef, state)(batch["input_ids"], batch["positions"], batch["segment_ids"])
+        return logits, jax.grad(_loss)(state, graphdef, batch)
+
+    if sharder is None:
+        return jax.jit(fn)(state, batch), None
+    shardings = tree_shardings(state, sharder)
+    jitted = jax.jit(fn, in_shardings=(shardings, {k: batch_sharding(sharder, v.shape) for k, v in batch.items()}),
+                     out_shardings=(sharder.replicated(), shardings))
+    return jitted(state, batch), jitted.lower(state, batch).as_text()
+
+
+DYNAMIC_YARN = {"rope_type": "dynamic_yarn", "factor": 4.0, "original_max_position_embeddings": 16}
+DYNAMIC = {"rope_type": "dynamic", "factor": 4.0}
+
+
+@pytest.mark.parametrize("axes, backend, rope", [
+    ({"sequence": 8}, "blockwise", DYNAMIC_YARN),
+    ({"sequence": 4, "fsdp": 2}, "splash", DYNAMIC),
+    ({"sequence": 2, "fsdp": 2, "tensor": 2}, "gpu_flash", None),  # (the CFG's own YaRN)
+], ids=["seq8-blockwise-dynamic_yarn", "seq4-fsdp-splash-dynamic", "seq2-fsdp-tensor-gpu_flash-yarn"])
+def test_balanced_sequence_shards_equal_one_device(axes, backend, rope):
+    """Packed documents ending in padding (`_batch`), 64 tokens (L0 = 16: dynamic ropes scale by the global
+    length): logits and every gradient within 1e-5 of one device."""
+    (ref_logits, ref_grads), _ = _run(None, "reference", rope)
+    (logits, grads), _ = _run(axes, backend, rope)
+    assert _rel(logits, ref_logits) <= 1e-5
+    ref_flat = dict(nnx.to_flat_state(ref_grads))
+    for path, g in nnx.to_flat_state(grads):
+        assert _rel(g.get_value(), ref_flat[path].get_value()) <= 1e-5, path
+
+
+def test_the_balanced_layout_is_the_default_and_contiguous_gives_the_same_numbers():
+    """dual_chunk (the default) and none compile to different programs with equal results."""
+    assert MeshConfig().load_balance == "dual_chunk"
+    (balanced, _), text_balanced = _run({"sequence": 4, "fsdp": 2}, "blockwise", None)
+    (contiguous, _), text_contiguous = _run({"sequence": 4, "fsdp": 2}, "blockwise", None, load_balance="none")
+    assert text_balanced != text_contiguous
+    assert _rel(balanced, contiguous) <= 1e-5
+    sharder = Sharder(make_mesh(MeshConfig(axes={"sequence": 4, "fsdp": 2})))
+    assert sharder.sequence_order(64) is not None
+    assert dataclasses.replace(sharder, load_balance="none").sequence_order(64) is None

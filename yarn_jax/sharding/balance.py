@@ -1,0 +1,45 @@
+"""Load-balanced causal sequence sharding: which tokens each device of the `sequence` axis holds.
+
+Contiguous shards make causal attention lopsided: of P shards, the last attends to every key and the first
+to almost none, so the step waits on the slowest device (about 2x the mean at P = 8). `dual_chunk` cuts the
+sequence into 2P chunks and gives device r chunks r and 2P-1-r (an early and a late one: every device then
+does the same attention work). The model applies the permutation once, to its inputs (ids, positions,
+segment ids), and undoes it once, on its output hidden states; rotary uses each token's true position
+(the permuted positions), and attention masks by true positions (`attention/sharded.py`). Everything else
+in a layer is per token, indifferent to the order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+LOAD_BALANCE = ("dual_chunk", "none")
+
+
+def dual_chunk_order(t: int, shards: int) -> np.ndarray:
+    """[t] int: x_balanced = x[order] puts chunks r and 2P-1-r (of 2P chunks) in shard r's block."""
+    chunk = t // (2 * shards)
+    chunks = [c for r in range(shards) for c in (r, 2 * shards - 1 - r)]
+    return np.concatenate([np.arange(c * chunk, (c + 1) * chunk) for c in chunks])
+
+
+def shard_chunks(shards: int) -> list[tuple[int, int]]:
+    """The two chunk indices shard r holds under `dual_chunk`: [(r, 2P-1-r)]."""
+    return [(r, 2 * shards - 1 - r) for r in range(shards)]
+
+
+def balanced_order(t: int, shards: int, layout: str) -> np.ndarray | None:
+    """The token order of a length-t sequence split over `shards` devices, or None to keep it contiguous
+    (one shard, no balancing, or t not divisible into 2P chunks)."""
+    if layout == "none" or shards <= 1 or t % (2 * shards):
+        return None
+    if layout == "dual_chunk":
+        return dual_chunk_order(t, shards)
+    raise ValueError(f"load_balance {layout!r}: choose from {list(LOAD_BALANCE)}")
+
+
+def causal_work(t: int, shards: int, layout: str) -> np.ndarray:
+    """[shards] query-key pairs each shard's causal attention computes (the balance figure: max / mean)."""
+    order = balanced_order(t, shards, layout)
+    positions = np.arange(t) if order is None else order
+    return np.array([int(np.sum(block + 1)) for block in positions.reshape(shards, -1)])
