@@ -45,9 +45,10 @@ def test_gathered_chunks_come_back_in_sequence_order():
     np.testing.assert_array_equal(np.asarray(_chunks_in_order(gathered, 4))[0, :, 0], np.arange(32))
 
 
-def _run(axes, backend, rope, load_balance="dual_chunk"):
+def _run(axes, backend, rope, load_balance="dual_chunk", context_parallel="all_gather"):
     cfg = CFG if rope is None else CFG.with_rope(rope)
-    sharder = None if axes is None else Sharder(make_mesh(MeshConfig(axes=axes)), load_balance=load_balance)
+    sharder = None if axes is None else Sharder(make_mesh(MeshConfig(axes=axes)), load_balance=load_balance,
+                                                 context_parallel=context_parallel)
     graphdef, state = nnx.split(model_from_params(cfg, PARAMS, attention_backend=backend, sharder=sharder))
     batch = _batch()
     if sharder is not None:
@@ -84,6 +85,30 @@ def test_balanced_sequence_shards_equal_one_device(axes, backend, rope):
     ref_flat = dict(nnx.to_flat_state(ref_grads))
     for path, g in nnx.to_flat_state(grads):
         assert _rel(g.get_value(), ref_flat[path].get_value()) <= 1e-5, path
+
+
+@pytest.mark.parametrize("axes, backend, rope, load_balance", [
+    ({"sequence": 4, "fsdp": 2}, "blockwise", DYNAMIC_YARN, "dual_chunk"),  # 2 KV heads < 4: repeated
+    ({"sequence": 2, "fsdp": 2, "tensor": 2}, "splash", DYNAMIC, "none"),
+    ({"sequence": 2, "fsdp": 4}, "gpu_flash", None, "dual_chunk"),  # 2 KV heads over 2: split, not repeated
+], ids=["seq4-blockwise-dynamic_yarn-balanced", "seq2-tensor-splash-dynamic-contiguous", "seq2-gpu_flash-yarn"])
+def test_ulysses_equals_one_device(axes, backend, rope, load_balance):
+    """context_parallel: ulysses (all-to-all to whole sequences and a share of the heads): logits and every
+    gradient within 1e-5 of one device, packed and padded documents, dynamic ropes past L0."""
+    (ref_logits, ref_grads), _ = _run(None, "reference", rope)
+    (logits, grads), text = _run(axes, backend, rope, load_balance, "ulysses")
+    assert "all-to-all" in text or "all_to_all" in text
+    assert _rel(logits, ref_logits) <= 1e-5
+    ref_flat = dict(nnx.to_flat_state(ref_grads))
+    for path, g in nnx.to_flat_state(grads):
+        assert _rel(g.get_value(), ref_flat[path].get_value()) <= 1e-5, path
+
+
+def test_ulysses_refuses_heads_it_cannot_split():
+    from yarn_jax.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="4 attention heads per device cannot be split over the 8-way"):
+        _run({"sequence": 8}, "blockwise", None, context_parallel="ulysses")
 
 
 def test_the_balanced_layout_is_the_default_and_contiguous_gives_the_same_numbers():

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from yarn_jax.attention.kernels import SplashBlocks
 from yarn_jax.errors import ConfigError
 from yarn_jax.sharding.distributed import DistributedConfig
-from yarn_jax.sharding.balance import LOAD_BALANCE
+from yarn_jax.sharding.balance import CONTEXT_PARALLEL, LOAD_BALANCE
 from yarn_jax.sharding.mesh import MeshConfig
 
 
@@ -40,6 +40,9 @@ class ParallelConfig(BaseModel):
     load_balance: Literal[LOAD_BALANCE] = Field(
         "dual_chunk", description="token layout on the sequence axis: dual_chunk (device r holds chunks r and "
         "2P-1-r of 2P: equal causal attention work) | none (contiguous shards)")
+    context_parallel: Literal[CONTEXT_PARALLEL] = Field(
+        "all_gather", description="attention over the sequence axis: all_gather (each device gathers the whole "
+        "sequence's K/V) | ulysses (all-to-all to the whole sequence and a 1/P share of the heads)")
     splash_blocks: dict[str, Union[bool, int]] = Field(
         {}, description="splash attention tile sizes / backward kernel overriding the defaults, e.g. "
         "'{block_q: 1024, fused_bwd: false}' (README 'Splash attention blocks')")
@@ -74,7 +77,7 @@ class ParallelConfig(BaseModel):
 
     def mesh_config(self):
         return MeshConfig(preset=self.mesh, axes=self.mesh_axes, rules=self.mesh_rules, dcn=self.mesh_dcn,
-                          load_balance=self.load_balance)
+                          load_balance=self.load_balance, context_parallel=self.context_parallel)
 
     def sharder(self, devices=None):
         """The Sharder of the configured mesh over `devices` (default: all), or None for one device."""

@@ -12,6 +12,11 @@ at r * T/P (the last device then sees every key, the first almost none). Masks a
 positions. The blockwise backend takes the offsets traced and skips key blocks outside the mask; splash's
 masks are static, so one kernel set per shard is built and `lax.switch` picks it. Not ring attention:
 the gathered K/V are O(T) per device — fine up to the lengths the paper uses.
+
+`context_parallel: ulysses` (DeepSpeed-Ulysses): an all-to-all trades the sequence split for a head split —
+each device attends over the whole sequence (in order, from position 0: any backend, no per-shard kernels)
+for 1/P of the heads, and a second all-to-all trades back. Needs the per-device heads divisible by P; KV
+heads fewer than that are repeated to one per query head (K/V then as large as Q).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from yarn_jax.attention import CAUSAL, Mask, attention, resolve_backend
+from yarn_jax.errors import ConfigError
 from yarn_jax.sharding.balance import shard_chunks
 from yarn_jax.sharding.rules import Sharder
 
@@ -54,9 +60,30 @@ def self_attention(q, k, v, *, backend: str, mask: Mask = CAUSAL, segment_ids=No
     balanced = seq_axis is not None and sharder.sequence_order(q.shape[1]) is not None
     run = functools.partial(attention, backend=name, mask=mask, platform=platform, splash_blocks=splash_blocks)
 
+    def ulysses(q, k, v, seg):
+        """All-to-all: [B, T/P, heads, D] -> [B, T, heads/P, D], attention over the whole sequence for a 1/P
+        share of the heads, and back. KV heads fewer than P (per device) are repeated to one per query head
+        first, so every device's query heads find theirs."""
+        heads, kv_heads = q.shape[2], k.shape[2]
+        if heads % shards:
+            raise ConfigError(f"context_parallel ulysses: {heads} attention heads per device cannot be split over "
+                              f"the {shards}-way sequence axis; use all_gather or another mesh")
+        if kv_heads % shards:
+            k, v = (jnp.repeat(x, heads // kv_heads, axis=2) for x in (k, v))
+        q, k, v = (lax.all_to_all(x, seq_axis, 2, 1, tiled=True) for x in (q, k, v))  # [B, T, heads/P, D]
+        seg_all = None if seg is None else lax.all_gather(seg, seq_axis, axis=1, tiled=True)
+        if balanced:
+            q, k, v, seg_all = (None if x is None else _chunks_in_order(x, shards) for x in (q, k, v, seg_all))
+        o = run(q, k, v, q_segment_ids=seg_all, kv_segment_ids=seg_all)
+        if balanced:
+            o = _chunks_in_order(o, shards, inverse=True)
+        return lax.all_to_all(o, seq_axis, 1, 2, tiled=True)  # [B, T/P, heads, D]
+
     def local(q, k, v, seg):
         if seq_axis is None:
             return run(q, k, v, q_segment_ids=seg, kv_segment_ids=seg)
+        if sharder.context_parallel == "ulysses":
+            return ulysses(q, k, v, seg)
         t_local = q.shape[1]
         k, v = (lax.all_gather(x, seq_axis, axis=1, tiled=True) for x in (k, v))  # [B, T, K, D]
         kv_seg = None if seg is None else lax.all_gather(seg, seq_axis, axis=1, tiled=True)
@@ -85,8 +112,9 @@ def self_attention(q, k, v, *, backend: str, mask: Mask = CAUSAL, segment_ids=No
     return fn(q, k, v, segment_ids)
 
 
-def _chunks_in_order(x, shards: int):
-    """x [B, T, ...] gathered from dual-chunk shards (shard r: chunks r, 2P-1-r) -> sequence order."""
+def _chunks_in_order(x, shards: int, inverse: bool = False):
+    """x [B, T, ...] gathered from dual-chunk shards (shard r: chunks r, 2P-1-r) -> sequence order (inverse:
+    back to the shards' order)."""
     held = [c for pair in shard_chunks(shards) for c in pair]  # the chunk at each gathered slot
     chunks = x.reshape(x.shape[0], 2 * shards, x.shape[1] // (2 * shards), *x.shape[2:])
-    return chunks[:, np.argsort(held)].reshape(x.shape)
+    return chunks[:, held if inverse else np.argsort(held)].reshape(x.shape)

@@ -14,6 +14,9 @@ from __future__ import annotations
 import numpy as np
 
 LOAD_BALANCE = ("dual_chunk", "none")
+# how attention meets a sharded sequence (`attention/sharded.py`): gather every key and value, or trade the
+# sequence split for a head split (DeepSpeed-Ulysses all-to-all)
+CONTEXT_PARALLEL = ("all_gather", "ulysses")
 
 
 def dual_chunk_order(t: int, shards: int) -> np.ndarray:

@@ -25,7 +25,7 @@ from jax.sharding import AxisType, Mesh
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from yarn_jax.errors import ConfigError
-from yarn_jax.sharding.balance import LOAD_BALANCE
+from yarn_jax.sharding.balance import CONTEXT_PARALLEL, LOAD_BALANCE
 from yarn_jax.sharding.rules import DEFAULT_RULES, Sharder
 
 AXES = ("data", "fsdp", "sequence", "tensor")
@@ -59,6 +59,9 @@ class MeshConfig(BaseModel):
     load_balance: Literal[LOAD_BALANCE] = Field(
         "dual_chunk", description="token layout on the sequence axis: dual_chunk (device r holds chunks r and "
         "2P-1-r: equal causal work) | none (contiguous)")
+    context_parallel: Literal[CONTEXT_PARALLEL] = Field(
+        "all_gather", description="attention over the sequence axis: all_gather (every device gathers all K/V) | "
+        "ulysses (all-to-all: whole sequence, a share of the heads)")
 
     @field_validator("dcn")
     @classmethod
@@ -87,7 +90,8 @@ class MeshConfig(BaseModel):
         """A Sharder over this mesh with the default rules updated by `rules`."""
         rules = [(name, tuple(self.rules[name]) if isinstance(self.rules.get(name), list) else self.rules[name])
                  if name in self.rules else (name, axes) for name, axes in DEFAULT_RULES]
-        return Sharder(make_mesh(self, devices), tuple(rules), load_balance=self.load_balance)
+        return Sharder(make_mesh(self, devices), tuple(rules), load_balance=self.load_balance,
+                       context_parallel=self.context_parallel)
 
     @field_validator("axes")
     @classmethod

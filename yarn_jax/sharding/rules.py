@@ -17,7 +17,7 @@ import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from yarn_jax.errors import ConfigError
-from yarn_jax.sharding.balance import LOAD_BALANCE, balanced_order
+from yarn_jax.sharding.balance import CONTEXT_PARALLEL, LOAD_BALANCE, balanced_order
 
 Rule = tuple[str, "str | tuple[str, ...] | None"]
 
@@ -46,12 +46,15 @@ class Sharder:
     rules: Sequence[Rule] = DEFAULT_RULES
     fallbacks: dict = dataclasses.field(default_factory=dict, compare=False, hash=False, repr=False)
     load_balance: str = "dual_chunk"  # the token layout on the sequence axis (`sharding/balance.py`)
+    context_parallel: str = "all_gather"  # attention over the sequence axis: all_gather | ulysses
 
     def __post_init__(self):
         object.__setattr__(self, "rules", tuple((name, tuple(axes) if isinstance(axes, list) else axes)
                                                 for name, axes in self.rules))
         if self.load_balance not in LOAD_BALANCE:
             raise ConfigError(f"load_balance {self.load_balance!r}: choose from {list(LOAD_BALANCE)}")
+        if self.context_parallel not in CONTEXT_PARALLEL:
+            raise ConfigError(f"context_parallel {self.context_parallel!r}: choose from {list(CONTEXT_PARALLEL)}")
 
     def axes(self, name: str | None) -> tuple[str, ...]:
         """Mesh axes (of size > 1) a logical name maps to."""
