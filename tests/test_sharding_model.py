@@ -103,10 +103,11 @@ def test_parameters_are_split_as_the_rules_say(preset):
         np.testing.assert_array_equal(np.asarray(value), PARAMS[tuple(name.split("/"))])
 
 
-@pytest.mark.parametrize("preset", ["dp", "fsdp_tensor", "fsdp_sequence"])
-def test_train_steps_equal_one_device(preset):
+@pytest.mark.parametrize("preset, context_parallel", [("dp", "all_gather"), ("fsdp_tensor", "all_gather"),
+                                                       ("fsdp_sequence", "all_gather"), ("fsdp_sequence", "ulysses")])
+def test_train_steps_equal_one_device(preset, context_parallel):
     """Two AdamW steps (clipped, with warmup) on packed batches: losses, gradient norms and updated
-    parameters match the single-device step."""
+    parameters match the single-device step (the sequence preset: load-balanced, all-gather or Ulysses)."""
     optimizer = make_optimizer(1e-2, warmup_steps=1, clip_norm=0.5)
     batches = [_batch(seed=s) for s in (1, 2)]
 
@@ -125,7 +126,7 @@ def test_train_steps_equal_one_device(preset):
         return st, metrics
 
     ref_state, ref_metrics = run(None)
-    sharded_state, metrics = run(Sharder(make_mesh(MeshConfig(preset=preset))))
+    sharded_state, metrics = run(MeshConfig(preset=preset, context_parallel=context_parallel).sharder())
     for m, r in zip(metrics, ref_metrics):
         assert m["tokens"] == r["tokens"]
         assert abs(m["loss"] - r["loss"]) <= 1e-5 * abs(r["loss"])
