@@ -39,6 +39,15 @@ def test_dual_chunk_balances_causal_work(shards):
     assert contiguous.max() / contiguous.mean() == pytest.approx((c * (shards - 1) + (c + 1) / 2) / ((t + 1) / 2))
 
 
+def test_modeled_imbalance_per_setting():
+    from yarn_jax.sharding.balance import attention_imbalance
+
+    assert attention_imbalance(65536, 8, "dual_chunk") == 1.0
+    assert attention_imbalance(65536, 8, "none") == pytest.approx(15 / 8, rel=1e-3)  # (2P-1)/P
+    assert attention_imbalance(65536, 8, "none", "ulysses") == 1.0
+    assert attention_imbalance(65536 + 8, 8, "dual_chunk") == pytest.approx(15 / 8, rel=1e-3)  # 2P does not divide
+
+
 def test_gathered_chunks_come_back_in_sequence_order():
     order = dual_chunk_order(32, 4)
     gathered = np.arange(32)[order][None, :, None]  # what the all-gather of balanced shards holds

@@ -11,6 +11,7 @@ from yarn_jax.aot import hlo, roofline
 from yarn_jax.aot.programs import Program
 from yarn_jax.aot.topology import GiB, Topology
 from yarn_jax.config import LlamaConfig
+from yarn_jax.sharding.balance import attention_imbalance
 from yarn_jax.sharding.rules import Sharder
 
 _UNITS = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
@@ -93,7 +94,9 @@ def compile_report(program: Program, cfg: LlamaConfig, sharder: Sharder, topo: T
     f = roofline.flops(cfg, program.seq_len, program.sequences, train=program.train, remat=remat)
     out["analytic"] = {**f, "model_flops_per_chip": f["model_flops"] / chips,
                        "hardware_flops_per_chip": f["hardware_flops"] / chips}
-    out["modeled"] = roofline.model_step(f, stats, chip, chips, sharder.size("sequence"))
+    imbalance = attention_imbalance(program.seq_len, sharder.sequence_shards(program.seq_len), sharder.load_balance,
+                                    sharder.context_parallel)
+    out["modeled"] = roofline.model_step(f, stats, chip, chips, imbalance)
     if keep_hlo:
         out["hlo_text"] = text
     return out

@@ -7,9 +7,9 @@ and sequence 2 * T^2 * H * D (QK^T and PV over the lower triangle: half of 4 T^2
 times the forward (forward, and the backward's two products). Hardware FLOPs add what the program
 really recomputes in the backward: with `remat: full` the layers' forward; with `dots` attention only.
 
-Step time (modeled): compute = the busiest chip's hardware FLOPs / peak bf16 FLOP/s — under all-gather
-sequence parallelism the last sequence shard attends to every key, (2P-1)/P times the balanced share of
-the causal attention; collectives = the compiled program's collective bytes per step over the chip's
+Step time (modeled): compute = the busiest chip's hardware FLOPs / peak bf16 FLOP/s — the attention share
+scaled by the layout's imbalance (contiguous all-gather shards: the last attends to every key, about
+(2P-1)/P of the mean; dual-chunk shards and Ulysses: 1); collectives = the compiled program's collective bytes per step over the chip's
 ICI bandwidth (ring algorithms; DCN bandwidth for groups that span slices); the step is the larger of the
 two (perfect overlap) — `no_overlap_s` is their sum.
 """
@@ -49,9 +49,9 @@ def flops(cfg: LlamaConfig, seq_len: int, sequences: int, *, train: bool, remat:
                                                           cfg.vocab_size * cfg.hidden_size)}
 
 
-def model_step(f: dict, collectives: list[CollectiveStats], chip: Chip, chips: int, sequence_shards: int) -> dict:
-    """Modeled seconds per step and MFU on `chips` chips (see the module docstring)."""
-    imbalance = (2 * sequence_shards - 1) / sequence_shards
+def model_step(f: dict, collectives: list[CollectiveStats], chip: Chip, chips: int, imbalance: float) -> dict:
+    """Modeled seconds per step and MFU on `chips` chips (see the module docstring); `imbalance`: the
+    busiest device's attention work over the mean (`sharding.balance.attention_imbalance`)."""
     busiest = (f["dense_flops"] + f["attention_flops"] * imbalance) / chips
     compute = busiest / chip.peak_bf16_flops
     ici = sum(ring_seconds(c.kind, c.bytes, c.group_size, chip.ici_bandwidth)

@@ -46,3 +46,12 @@ def causal_work(t: int, shards: int, layout: str) -> np.ndarray:
     order = balanced_order(t, shards, layout)
     positions = np.arange(t) if order is None else order
     return np.array([int(np.sum(block + 1)) for block in positions.reshape(shards, -1)])
+
+
+def attention_imbalance(t: int, shards: int, layout: str, context_parallel: str = "all_gather") -> float:
+    """The busiest device's causal attention work over the mean (1.0 = balanced): a modeled figure. Ulysses
+    gives every device the whole sequence for a share of the heads: balanced."""
+    if shards <= 1 or context_parallel == "ulysses":
+        return 1.0
+    work = causal_work(t, shards, layout if balanced_order(t, shards, layout) is not None else "none")
+    return float(work.max() / work.mean())
