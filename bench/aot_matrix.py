@@ -51,6 +51,18 @@ ROWS = [
     ("7b_32k_v5p-128_seq16", S16, "v5p-128", SEQ(16) + ["--seq-len", "32768", "--batch-size", "64", "--accum", "16"]),
     ("7b_32k_v5p-128_seq16_dots", S16, "v5p-128", SEQ(16) + ["--seq-len", "32768", "--batch-size", "64",
                                                             "--accum", "16", "--remat", "dots"]),
+    # context parallelism (the load-balanced layout and Ulysses, compiled after they landed): the same step
+    # with each setting; the imbalance column is modeled (sharding/balance.py), the rest compiled
+    ("cp_7b_64k_v5p-64_seq8_contiguous", S16, "v5p-64", SEQ(8) + ["--load-balance", "none"]),
+    ("cp_7b_64k_v5p-64_seq8_dual_chunk", S16, "v5p-64", SEQ(8)),
+    ("cp_7b_64k_v5p-64_seq8_ulysses", S16, "v5p-64", SEQ(8) + ["--context-parallel", "ulysses"]),
+    ("cp_7b_128k_v5p-64_seq8_dual_chunk", S32, "v5p-64", SEQ(8) + ["--model-config", "llama-2-7b", "--seq-len",
+                                                                  "131072", "--accum", "16"]),
+    ("cp_7b_128k_v5p-64_seq8_ulysses", S32, "v5p-64", SEQ(8) + ["--model-config", "llama-2-7b", "--seq-len",
+                                                               "131072", "--accum", "16", "--context-parallel",
+                                                               "ulysses"]),
+    ("cp_7b_256k_v5p-128_seq16_dual_chunk", S32, "v5p-128", SEQ(16) + ["--model-config", "llama-2-7b", "--seq-len",
+                                                                      "262144", "--accum", "16"]),
     ("eval_7b_v5p-32_seq4", EVAL, "v5p-32", []),
     ("eval_7b_v5e-64_seq8", EVAL, "v5e-64", SEQ(8)),
     # one 8-GPU host, compiled through the jax CUDA plugin (needs jax[cuda12]; run this script with that venv)
@@ -109,6 +121,7 @@ def table() -> None:
                 "capacity_gib": round(m["chip_hbm_bytes"] / GiB, 2), "fits": m["fits"],
                 "tflops_per_chip": round(p["analytic"]["hardware_flops_per_chip"] / 1e12, 1) if "analytic" in p else None,
                 "step_s": round(mo["step_s"], 2) if mo else None, "mfu": round(100 * mo["mfu"], 1) if mo else None,
+                "attention_imbalance": round(mo["attention_imbalance"], 3) if mo else None,
                 "collective_gib": round(coll / GiB, 1) if "collectives" in p else None,
                 "mosaic": p.get("kernels", {}).get("kernel_calls"),
                 "compile_s": round(p["compile_s"] + p["lower_s"], 1)})
@@ -119,13 +132,15 @@ def table() -> None:
         w.writeheader()
         w.writerows(rows)
     head = ("| row | model | program | s | topology | mesh | remat | HBM/chip GiB (of) | fits | HW TFLOP/chip "
-            "| modeled step s | modeled MFU % | collectives GiB/chip/step | kernel calls | compile s |")
+            "| modeled attention max/mean | modeled step s | modeled MFU % | collectives GiB/chip/step | kernel calls "
+            "| compile s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         hbm = "-" if r["hbm_gib"] is None else f"{r['hbm_gib']}"
         lines.append(f"| {r['row']} | {r['model']} | {r['program']} | {r['rope']} | {r['topology']} | {r['mesh']} "
                      f"| {r['remat']} | {hbm} ({r['capacity_gib']}) | {'yes' if r['fits'] else '**no**'} "
-                     f"| {r['tflops_per_chip'] or '-'} | {r['step_s'] or '-'} | {r['mfu'] or '-'} "
+                     f"| {r['tflops_per_chip'] or '-'} | {r['attention_imbalance'] or '-'} | {r['step_s'] or '-'} "
+                     f"| {r['mfu'] or '-'} "
                      f"| {r['collective_gib'] if r['collective_gib'] is not None else '-'} | {r['mosaic'] or '-'} "
                      f"| {r['compile_s']} |")
     (OUT / "table.md").write_text("\n".join(lines) + "\n")
