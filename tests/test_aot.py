@@ -417,3 +417,20 @@ def test_windowed_layers_compile_with_mosaic_local_masks():
     # the program holds the LocalMask kernels besides the causal ones (a branch each: per step, as many run)
     kernels = {name: r["hlo_text"].count('custom_call_target="tpu_custom_call"') for name, r in reports.items()}
     assert kernels["sliding"] > kernels["full"], kernels
+
+
+@pytest.mark.parametrize("context_parallel, collective", [("ulysses", "all-to-all"), ("ring", "collective-permute")])
+def test_context_parallel_modes_compile_for_tpu(context_parallel, collective):
+    """The train step with Ulysses (splash inside, whole sequences) or ring attention (blockwise tiles, K/V
+    passed with ppermute) on a load-balanced sequence axis compiles with XLA:TPU for v5e-4 and fits; the
+    mode's collective is in the program."""
+    cfg = _tiny()
+    t = topology("v5e-4")
+    tcfg = _train_cfg(mesh="fsdp_sequence", context_parallel=context_parallel)
+    sharder = tcfg.sharder(t.devices())
+    assert sharder.context_parallel == context_parallel and sharder.sequence_order(1024) is not None
+    r = compile_report(train_program(cfg, tcfg, sharder), cfg, sharder, t, remat="full", keep_hlo=True)
+    assert r["memory"]["fits"] and r["kernels"]["interpreted_kernel_loops"] == 0
+    assert collective in r["hlo_text"]
+    assert r["modeled"]["attention_imbalance"] == 1.0
+

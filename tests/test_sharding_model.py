@@ -104,10 +104,11 @@ def test_parameters_are_split_as_the_rules_say(preset):
 
 
 @pytest.mark.parametrize("preset, context_parallel", [("dp", "all_gather"), ("fsdp_tensor", "all_gather"),
-                                                       ("fsdp_sequence", "all_gather"), ("fsdp_sequence", "ulysses")])
+                                                       ("fsdp_sequence", "all_gather"), ("fsdp_sequence", "ulysses"),
+                                                       ("fsdp_sequence", "ring")])
 def test_train_steps_equal_one_device(preset, context_parallel):
     """Two AdamW steps (clipped, with warmup) on packed batches: losses, gradient norms and updated
-    parameters match the single-device step (the sequence preset: load-balanced, all-gather or Ulysses)."""
+    parameters match the single-device step (the sequence preset: load-balanced; all-gather, Ulysses or ring)."""
     optimizer = make_optimizer(1e-2, warmup_steps=1, clip_norm=0.5)
     batches = [_batch(seed=s) for s in (1, 2)]
 

@@ -42,7 +42,8 @@ class ParallelConfig(BaseModel):
         "2P-1-r of 2P: equal causal attention work) | none (contiguous shards)")
     context_parallel: Literal[CONTEXT_PARALLEL] = Field(
         "all_gather", description="attention over the sequence axis: all_gather (each device gathers the whole "
-        "sequence's K/V) | ulysses (all-to-all to the whole sequence and a 1/P share of the heads)")
+        "sequence's K/V) | ulysses (all-to-all to the whole sequence and a 1/P share of the heads) | ring (K/V "
+        "blocks passed around the axis: O(T/P) per device)")
     splash_blocks: dict[str, Union[bool, int]] = Field(
         {}, description="splash attention tile sizes / backward kernel overriding the defaults, e.g. "
         "'{block_q: 1024, fused_bwd: false}' (README 'Splash attention blocks')")

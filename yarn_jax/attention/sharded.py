@@ -17,6 +17,9 @@ the gathered K/V are O(T) per device — fine up to the lengths the paper uses.
 each device attends over the whole sequence (in order, from position 0: any backend, no per-shard kernels)
 for 1/P of the heads, and a second all-to-all trades back. Needs the per-device heads divisible by P; KV
 heads fewer than that are repeated to one per query head (K/V then as large as Q).
+
+`context_parallel: ring` (`attention/ring.py`): K/V blocks travel around the axis with `ppermute`, O(T/P)
+per device; blockwise tiles on every platform (no Pallas kernel).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from yarn_jax.attention import CAUSAL, Mask, attention, resolve_backend
+from yarn_jax.attention.ring import ring_attention
 from yarn_jax.errors import ConfigError
 from yarn_jax.sharding.balance import shard_chunks
 from yarn_jax.sharding.rules import Sharder
@@ -85,18 +89,21 @@ def self_attention(q, k, v, *, backend: str, mask: Mask = CAUSAL, segment_ids=No
         if sharder.context_parallel == "ulysses":
             return ulysses(q, k, v, seg)
         t_local = q.shape[1]
+        if balanced:  # shard r holds chunks r and 2P-1-r of the sequence: two blocks at their true positions
+            chunk = t_local // 2
+            blocks = [(0, chunk, lambda r: r * chunk), (chunk, chunk, lambda r: (2 * shards - 1 - r) * chunk)]
+        else:  # contiguous: shard r's tokens sit at position r * T/P
+            blocks = [(0, t_local, lambda r: r * t_local)]
+        if sharder.context_parallel == "ring":
+            return ring_attention(q, k, v, seg, axis=seq_axis, shards=shards, blocks=blocks, mask=mask)
         k, v = (lax.all_gather(x, seq_axis, axis=1, tiled=True) for x in (k, v))  # [B, T, K, D]
         kv_seg = None if seg is None else lax.all_gather(seg, seq_axis, axis=1, tiled=True)
-        if balanced:  # shard r holds chunks r and 2P-1-r: keys back in sequence order, two query blocks
-            chunk = t_local // 2
+        if balanced:  # the gathered keys back in sequence order
             k, v, kv_seg = (None if x is None else _chunks_in_order(x, shards) for x in (k, v, kv_seg))
-            blocks = [(0, chunk, lambda r: r * chunk), (chunk, chunk, lambda r: (2 * shards - 1 - r) * chunk)]
-        else:  # contiguous: shard r's queries sit at key position r * T/P
-            blocks = [(0, t_local, lambda r: r * t_local)]
 
         def attend(r):  # r: the shard's index, traced (blockwise) or static (splash: its masks are)
             out = [run(q[:, start:start + n], k, v, q_segment_ids=None if seg is None else seg[:, start:start + n],
-                       kv_segment_ids=kv_seg, q_offset=offset(r)) for start, n, offset in blocks]
+                       kv_segment_ids=kv_seg, q_offset=position(r)) for start, n, position in blocks]
             return out[0] if len(out) == 1 else jnp.concatenate(out, axis=1)
 
         if name == "splash":  # one kernel set per shard, lax.switch picks this shard's

@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 
 LOAD_BALANCE = ("dual_chunk", "none")
-# how attention meets a sharded sequence (`attention/sharded.py`): gather every key and value, or trade the
-# sequence split for a head split (DeepSpeed-Ulysses all-to-all)
-CONTEXT_PARALLEL = ("all_gather", "ulysses")
+# how attention meets a sharded sequence (`attention/sharded.py`): gather every key and value, trade the
+# sequence split for a head split (DeepSpeed-Ulysses all-to-all), or pass K/V blocks around a ring
+CONTEXT_PARALLEL = ("all_gather", "ulysses", "ring")
 
 
 def dual_chunk_order(t: int, shards: int) -> np.ndarray:

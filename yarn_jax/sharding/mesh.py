@@ -61,7 +61,7 @@ class MeshConfig(BaseModel):
         "2P-1-r: equal causal work) | none (contiguous)")
     context_parallel: Literal[CONTEXT_PARALLEL] = Field(
         "all_gather", description="attention over the sequence axis: all_gather (every device gathers all K/V) | "
-        "ulysses (all-to-all: whole sequence, a share of the heads)")
+        "ulysses (all-to-all: whole sequence, a share of the heads) | ring (K/V blocks around the axis)")
 
     @field_validator("dcn")
     @classmethod
