@@ -5,19 +5,15 @@ length)."""
 
 import dataclasses
 
-import jax
 import numpy as np
 import pytest
 from flax import nnx
 
-from tests.test_sharding_model import CFG, PARAMS, _batch, _loss, _rel
+from tests.test_sharding_model import CFG, _rel, logits_and_grads
 from yarn_jax.attention.sharded import _chunks_in_order
-from yarn_jax.model import model_from_params
 from yarn_jax.sharding import MeshConfig, make_mesh
 from yarn_jax.sharding.balance import balanced_order, causal_work, dual_chunk_order
-from yarn_jax.sharding.params import shard_state, tree_shardings
 from yarn_jax.sharding.rules import Sharder
-from yarn_jax.training.step import batch_sharding
 
 
 def test_dual_chunk_order_by_hand():
@@ -55,25 +51,11 @@ def test_gathered_chunks_come_back_in_sequence_order():
 
 
 def _run(axes, backend, rope, load_balance="dual_chunk", context_parallel="all_gather"):
-    cfg = CFG if rope is None else CFG.with_rope(rope)
+    """((logits, gradients), lowered program text) on a mesh of these axis sizes (one device when None)."""
     sharder = None if axes is None else Sharder(make_mesh(MeshConfig(axes=axes)), load_balance=load_balance,
                                                  context_parallel=context_parallel)
-    graphdef, state = nnx.split(model_from_params(cfg, PARAMS, attention_backend=backend, sharder=sharder))
-    batch = _batch()
-    if sharder is not None:
-        state = shard_state(state, sharder)
-        batch = {k: jax.device_put(v, batch_sharding(sharder, v.shape)) for k, v in batch.items()}
-
-    def fn(state, batch):
-        logits = nnx.merge(graphdef, state)(batch["input_ids"], batch["positions"], batch["segment_ids"])
-        return logits, jax.grad(_loss)(state, graphdef, batch)
-
-    if sharder is None:
-        return jax.jit(fn)(state, batch), None
-    shardings = tree_shardings(state, sharder)
-    jitted = jax.jit(fn, in_shardings=(shardings, {k: batch_sharding(sharder, v.shape) for k, v in batch.items()}),
-                     out_shardings=(sharder.replicated(), shardings))
-    return jitted(state, batch), jitted.lower(state, batch).as_text()
+    logits, grads, _, text = logits_and_grads(sharder, backend, CFG if rope is None else CFG.with_rope(rope))
+    return (logits, grads), text
 
 
 DYNAMIC_YARN = {"rope_type": "dynamic_yarn", "factor": 4.0, "original_max_position_embeddings": 16}

@@ -41,9 +41,10 @@ def _loss(state, graphdef, batch):
     return total / count
 
 
-def _logits_and_grads(preset, backend):
-    sharder = None if preset is None else Sharder(make_mesh(MeshConfig(preset=preset)))
-    graphdef, state = nnx.split(model_from_params(CFG, PARAMS, attention_backend=backend, sharder=sharder))
+def logits_and_grads(sharder, backend, cfg=CFG):
+    """(logits, gradients of the packed-batch loss, the sharded state, the lowered program text or None) of
+    the model on `sharder`'s mesh (one device when None)."""
+    graphdef, state = nnx.split(model_from_params(cfg, PARAMS, attention_backend=backend, sharder=sharder))
     batch = _batch()
     if sharder is not None:
         state = shard_state(state, sharder)
@@ -54,11 +55,17 @@ def _logits_and_grads(preset, backend):
         return logits, jax.grad(_loss)(state, graphdef, batch)
 
     if sharder is None:
-        return jax.jit(fn)(state, batch), state
+        return (*jax.jit(fn)(state, batch), state, None)
     shardings = tree_shardings(state, sharder)
     jitted = jax.jit(fn, in_shardings=(shardings, {k: batch_sharding(sharder, v.shape) for k, v in batch.items()}),
                      out_shardings=(sharder.replicated(), shardings))
-    return jitted(state, batch), state
+    return (*jitted(state, batch), state, jitted.lower(state, batch).as_text())
+
+
+def _logits_and_grads(preset, backend):
+    sharder = None if preset is None else Sharder(make_mesh(MeshConfig(preset=preset)))
+    logits, grads, state, _ = logits_and_grads(sharder, backend)
+    return (logits, grads), state
 
 
 @pytest.mark.parametrize("backend", ["blockwise", "splash"])
