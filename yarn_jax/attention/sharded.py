@@ -25,7 +25,6 @@ per device; blockwise tiles on every platform (no Pallas kernel).
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +35,7 @@ from jax.sharding import PartitionSpec as P
 from yarn_jax.attention import CAUSAL, Mask, attention, resolve_backend
 from yarn_jax.attention.ring import ring_attention
 from yarn_jax.errors import ConfigError
-from yarn_jax.sharding.balance import shard_chunks
+from yarn_jax.sharding.balance import chunks_of, shard_chunks
 from yarn_jax.sharding.rules import Sharder
 
 
@@ -59,8 +58,7 @@ def self_attention(q, k, v, *, backend: str, mask: Mask = CAUSAL, segment_ids=No
     platform = sharder.platform
     name = resolve_backend(backend, platform)
 
-    shards = 1 if seq_axis is None else math.prod(
-        sharder.size(a) for a in ((seq_axis,) if isinstance(seq_axis, str) else seq_axis))
+    shards = sharder.sequence_shards(q.shape[1])
     balanced = seq_axis is not None and sharder.sequence_order(q.shape[1]) is not None
     run = functools.partial(attention, backend=name, mask=mask, platform=platform, splash_blocks=splash_blocks)
 
@@ -91,7 +89,7 @@ def self_attention(q, k, v, *, backend: str, mask: Mask = CAUSAL, segment_ids=No
         t_local = q.shape[1]
         if balanced:  # shard r holds chunks r and 2P-1-r of the sequence: two blocks at their true positions
             chunk = t_local // 2
-            blocks = [(0, chunk, lambda r: r * chunk), (chunk, chunk, lambda r: (2 * shards - 1 - r) * chunk)]
+            blocks = [(i * chunk, chunk, lambda r, i=i: chunks_of(r, shards)[i] * chunk) for i in range(2)]
         else:  # contiguous: shard r's tokens sit at position r * T/P
             blocks = [(0, t_local, lambda r: r * t_local)]
         if sharder.context_parallel == "ring":
@@ -122,6 +120,6 @@ def self_attention(q, k, v, *, backend: str, mask: Mask = CAUSAL, segment_ids=No
 def _chunks_in_order(x, shards: int, inverse: bool = False):
     """x [B, T, ...] gathered from dual-chunk shards (shard r: chunks r, 2P-1-r) -> sequence order (inverse:
     back to the shards' order)."""
-    held = [c for pair in shard_chunks(shards) for c in pair]  # the chunk at each gathered slot
+    held = shard_chunks(shards)  # the chunk at each gathered slot
     chunks = x.reshape(x.shape[0], 2 * shards, x.shape[1] // (2 * shards), *x.shape[2:])
     return chunks[:, held if inverse else np.argsort(held)].reshape(x.shape)

@@ -194,14 +194,13 @@ def gguf_arch_of(cfg) -> str:
 
 
 def _tensor_plan(cfg, dtype: str):
-    """[(layout, layer or None, HF name, GGUF name, HF shape, numpy dtype, GGML type)] in file order."""
+    """[(layout, [(layer or None, GGUF name)], numpy dtype, GGML type)] in file order."""
     store, ggml = _TENSOR_TYPES[dtype]
     plan = []
     for t in tensor_map(cfg):
         one_d = len(t.hf_shape) == 1
-        for layer, name in t.hf_names(cfg.num_hidden_layers):
-            plan.append((t, layer, name, gguf_name(name), t.hf_shape,
-                         np.float32 if one_d else store, gguf.GGMLQuantizationType.F32 if one_d else ggml))
+        plan.append((t, [(layer, gguf_name(name)) for layer, name in t.hf_names(cfg.num_hidden_layers)],
+                     np.float32 if one_d else store, gguf.GGMLQuantizationType.F32 if one_d else ggml))
     return plan
 
 
@@ -271,19 +270,17 @@ def write_gguf(path, cfg, read, *, dtype: str = "float32", tokenizer_dir=None, s
         if value is not None:
             w.add_uint32(f"tokenizer.ggml.{key}_token_id", int(value))
     plan = _tensor_plan(cfg, dtype)
-    for _, _, _, name, shape, store, ggml in plan:
-        w.add_tensor_info(name, shape, np.dtype(store), int(np.prod(shape)) * np.dtype(store).itemsize, raw_dtype=ggml)
+    for t, names, store, ggml in plan:
+        for _, name in names:
+            w.add_tensor_info(name, t.hf_shape, np.dtype(store), int(np.prod(t.hf_shape)) * np.dtype(store).itemsize,
+                              raw_dtype=ggml)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
     heads = {"attn_q": cfg.num_attention_heads, "attn_k": cfg.num_key_value_heads}
-    by_layout: dict[int, list] = {}
-    for entry in plan:
-        by_layout.setdefault(id(entry[0]), []).append(entry)
-    for entries in progress(list(by_layout.values())):
-        t = entries[0][0]
+    for t, names, store, _ in progress(plan):
         value = read_checked(t, cfg, read, source)  # ours: [L, ...] per layer, else the whole tensor
-        for _, layer, _, name, _, store, _ in entries:
+        for layer, name in names:
             hf = t.to_hf(value if layer is None else value[layer]).astype(np.float32)
             kind = name.split(".")[2] if name.startswith("blk.") else None
             if interleaved and kind in heads:
@@ -293,4 +290,4 @@ def write_gguf(path, cfg, read, *, dtype: str = "float32", tokenizer_dir=None, s
             w.write_tensor_data(np.ascontiguousarray(hf.astype(store, copy=False)))
         del value
     w.close()
-    return {"arch": arch, "tokenizer": tokenizer, "rope": rope, "tensors": len(plan)}
+    return {"arch": arch, "tokenizer": tokenizer, "rope": rope, "tensors": sum(len(names) for _, names, *_ in plan)}

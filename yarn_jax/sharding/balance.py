@@ -19,16 +19,20 @@ LOAD_BALANCE = ("dual_chunk", "none")
 CONTEXT_PARALLEL = ("all_gather", "ulysses", "ring")
 
 
+def chunks_of(r, shards: int):
+    """The two chunk indices (of 2P) shard r holds under `dual_chunk`: r and 2P-1-r (r may be traced)."""
+    return r, 2 * shards - 1 - r
+
+
+def shard_chunks(shards: int) -> list[int]:
+    """The chunk at each slot of the shards' blocks laid end to end: [0, 2P-1, 1, 2P-2, ...]."""
+    return [c for r in range(shards) for c in chunks_of(r, shards)]
+
+
 def dual_chunk_order(t: int, shards: int) -> np.ndarray:
     """[t] int: x_balanced = x[order] puts chunks r and 2P-1-r (of 2P chunks) in shard r's block."""
     chunk = t // (2 * shards)
-    chunks = [c for r in range(shards) for c in (r, 2 * shards - 1 - r)]
-    return np.concatenate([np.arange(c * chunk, (c + 1) * chunk) for c in chunks])
-
-
-def shard_chunks(shards: int) -> list[tuple[int, int]]:
-    """The two chunk indices shard r holds under `dual_chunk`: [(r, 2P-1-r)]."""
-    return [(r, 2 * shards - 1 - r) for r in range(shards)]
+    return np.concatenate([np.arange(c * chunk, (c + 1) * chunk) for c in shard_chunks(shards)])
 
 
 def balanced_order(t: int, shards: int, layout: str) -> np.ndarray | None:
