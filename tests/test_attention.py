@@ -1,5 +1,6 @@
 """Every attention backend against the dense reference: outputs and gradients (dq, dk, dv), GQA, segment
-ids, causal and not, sliding windows smaller and larger than the blocks, chunks, query offsets, lengths
+ids, causal and not, sliding windows smaller and larger than the blocks, chunks, query offsets and
+non-contiguous query positions (a load-balanced shard's), lengths
 that do not divide the blocks, float32 and bfloat16. The TPU splash and GPU flash kernels run in Pallas
 interpret mode on this CPU. The masks themselves are checked against transformers' own mask functions."""
 
@@ -107,6 +108,34 @@ def test_query_offset_places_the_queries(backend, mask):
         np.testing.assert_allclose(g, rg, atol=TOLS["float32"][1], err_msg=f"{backend} {name}")
 
 
+# the queries one device of a 2-way (stripe) or 4-way (two chunks) load-balanced sequence axis holds of 48
+SHARD_POSITIONS = {"stripe": np.arange(1, 48, 2), "two_chunks": np.r_[6:12, 36:42]}
+
+
+@pytest.mark.parametrize("backend", list(KERNELS))
+@pytest.mark.parametrize("layout", list(SHARD_POSITIONS))
+@pytest.mark.parametrize("mask", [CAUSAL, Mask(window=9), Mask(chunk=16)], ids=["causal", "window", "chunks"])
+def test_query_positions_place_the_queries(backend, layout, mask):
+    """Queries at non-contiguous positions (q_positions) equal the same rows of the whole sequence's
+    self-attention (the reference over every query, rows picked after): outputs and gradients, segment ids."""
+    positions = SHARD_POSITIONS[layout]
+    q_all, k, v, kw = make_inputs((1, 48, 48, 4, 2, 16, mask, True), jnp.float32)
+    seg = kw["kv_segment_ids"]
+
+    def whole(q, k, v, **_):  # these rows of the whole sequence's attention, the other queries held fixed
+        out = reference_attention(q_all.at[:, positions].set(q), k, v, mask=mask, q_segment_ids=seg,
+                                  kv_segment_ids=seg)
+        return out[:, positions]
+
+    kw = dict(mask=mask, q_segment_ids=seg[:, positions], kv_segment_ids=seg)
+    q = q_all[:, positions]
+    ref_out, ref_grads = value_and_grads(whole, q, k, v, kw)
+    out, grads = value_and_grads(functools.partial(KERNELS[backend], q_positions=positions), q, k, v, kw)
+    np.testing.assert_allclose(out, ref_out, atol=TOLS["float32"][0])
+    for name, g, rg in zip(("dq", "dk", "dv"), grads, ref_grads):
+        np.testing.assert_allclose(g, rg, atol=TOLS["float32"][1], err_msg=f"{backend} {layout} {name}")
+
+
 @pytest.mark.parametrize("mask", [Mask(window=7), Mask(chunk=5)], ids=["window", "chunks"])
 def test_masks_equal_transformers_mask_functions(mask):
     """The dense mask of each description equals transformers' masking_utils: causal AND the sliding-window
@@ -144,6 +173,22 @@ def test_blockwise_skips_tiles_outside_the_mask():
     chunks = _Dims(2048, 2048, 512, 512, Mask(chunk=1024))  # two chunks: 6 of 16 tiles
     assert [tuple(map(int, chunks.k_block_range(i))) for i in range(4)] == [(0, 1), (0, 2), (2, 3), (2, 4)]
     assert [tuple(map(int, chunks.q_block_range(j))) for j in range(4)] == [(0, 2), (1, 2), (2, 4), (3, 4)]
+
+
+def test_blockwise_skips_tiles_by_positions():
+    """Striped queries (every 4th position from 1) against 2048 keys in 512 tiles: query tile i covers
+    positions 2048 i + 1 .. 2048 i + 2045, so it needs key tiles up to 4 i + 3; a key tile is seen from the
+    query tile whose last row reaches it."""
+    dims = _Dims(512, 2048, 128, 512, CAUSAL)
+    stripe = dims.at(jnp.arange(1, 2048, 4, dtype=jnp.int32))
+    assert [tuple(map(int, stripe.k_block_range(i))) for i in range(4)] == [(0, 1), (0, 2), (0, 3), (0, 4)]
+    assert [int(stripe.q_block_range(j)[0]) for j in range(4)] == [0, 1, 2, 3]
+    assert bool(stripe.needs_mask(1, 1)) and not bool(stripe.needs_mask(1, 0))
+    # keys placed too: a ring's visiting stripe (positions 0, 4, ...) under a 600-position window
+    window = _Dims(512, 512, 128, 128, Mask(window=600))
+    ring = window.at(jnp.arange(1, 2048, 4, dtype=jnp.int32), jnp.arange(0, 2048, 4, dtype=jnp.int32))
+    # query tile 2 (positions 1025..1533) needs keys from position 426 (tile 0: 0..508) to 1532 (tile 2)
+    assert tuple(map(int, ring.k_block_range(2))) == (0, 3) and tuple(map(int, ring.k_block_range(3))) == (1, 4)
 
 
 def test_blockwise_memory_is_linear_in_length():

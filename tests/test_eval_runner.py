@@ -89,19 +89,25 @@ def test_interrupted_run_resumes_and_keeps_finished_cells(tiny_dir, corpus, tmp_
     assert len((out / "cells.jsonl").read_text().splitlines()) == 12
 
 
-@pytest.mark.parametrize("mesh", [["--mesh", "fsdp_sequence"], ["--mesh", "dp", "--mesh-axes", "{data: 2, sequence: 4}"]])
+@pytest.mark.parametrize("mesh", [["--mesh", "fsdp_sequence"],
+                                  ["--mesh", "dp", "--mesh-axes", "{data: 2, sequence: 4}", "--load-balance", "striped",
+                                   "--context-parallel", "ring"]])
 def test_mesh_run_gives_the_single_device_cells(tiny_dir, corpus, tmp_path, mesh):
-    """The same evaluation sharded over 8 virtual devices (parameters by fsdp, tokens by sequence)."""
+    """The same evaluation sharded over 8 virtual devices (parameters by fsdp, tokens by sequence, in the
+    load-balanced layouts): every cell's NLL and its NLL-by-position curve (in the sequence's order) equal
+    one device's."""
     single = run(tiny_dir, corpus, tmp_path / "single")
     sharded = run(tiny_dir, corpus, tmp_path / "mesh", *mesh)
     cells = {}
     for name in ("single", "mesh"):
         for line in (tmp_path / name / "cells.jsonl").read_text().splitlines():
             rec = json.loads(line)
-            cells.setdefault(rec["key"], {})[name] = rec["nll_sum"]
+            cells.setdefault(rec["key"], {})[name] = rec
     assert len(cells) == 12
     for key, v in cells.items():
-        assert v["mesh"] == pytest.approx(v["single"], rel=1e-5), key
+        assert v["mesh"]["nll_sum"] == pytest.approx(v["single"]["nll_sum"], rel=1e-5), key
+        if "bucket_sums" in v["single"]:
+            assert v["mesh"]["bucket_sums"] == pytest.approx(v["single"]["bucket_sums"], rel=1e-5, abs=1e-6), key
     assert [r["ppl"] for r in sharded["perplexity"]] == pytest.approx([r["ppl"] for r in single["perplexity"]],
                                                                       rel=1e-5)
 

@@ -39,7 +39,8 @@ class ParallelConfig(BaseModel):
                                      "count divides")
     load_balance: Literal[LOAD_BALANCE] = Field(
         "dual_chunk", description="token layout on the sequence axis: dual_chunk (device r holds chunks r and "
-        "2P-1-r of 2P: equal causal attention work) | none (contiguous shards)")
+        "2P-1-r of 2P: equal causal attention work) | striped (device r holds every P-th token from r) | none "
+        "(contiguous shards)")
     context_parallel: Literal[CONTEXT_PARALLEL] = Field(
         "all_gather", description="attention over the sequence axis: all_gather (each device gathers the whole "
         "sequence's K/V) | ulysses (all-to-all to the whole sequence and a 1/P share of the heads) | ring (K/V "

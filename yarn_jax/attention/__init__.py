@@ -46,10 +46,11 @@ def resolve_backend(backend: str, platform: str | None = None) -> str:
 
 
 def attention(q, k, v, *, backend: str = "auto", mask: Mask = CAUSAL, q_segment_ids=None,
-              kv_segment_ids=None, scale=None, q_offset=None, platform: str | None = None,
+              kv_segment_ids=None, scale=None, q_offset=None, q_positions=None, platform: str | None = None,
               splash_blocks: SplashBlocks | None = None):
     """Scaled-dot-product attention through the backend named by `backend`. q_offset: key position of
-    query 0 (default S - T: the queries are the last T keys); splash needs it static. platform: the
+    query 0 (default S - T: the queries are the last T keys), or q_positions [T]: each query's key position
+    (nondecreasing: a load-balanced shard's two chunks or stripe); splash needs them static. platform: the
     target's (a mesh's devices' platform; default: the default backend) — it picks `auto` and decides
     whether a kernel is compiled or interpreted. splash_blocks: splash's tile sizes. mask: causal (the
     default), full, a sliding window or chunks (`Mask`)."""
@@ -65,7 +66,7 @@ def attention(q, k, v, *, backend: str = "auto", mask: Mask = CAUSAL, q_segment_
     if name == "splash" and splash_blocks is not None:
         extra["blocks"] = splash_blocks
     return BACKENDS[name](q, k, v, mask=mask, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
-                          scale=scale, q_offset=q_offset, **extra)
+                          scale=scale, q_offset=q_offset, q_positions=q_positions, **extra)
 
 
 __all__ = ["attention", "resolve_backend", "BACKENDS", "BACKEND_CHOICES", "SplashBlocks", "Mask", "CAUSAL", "FULL",

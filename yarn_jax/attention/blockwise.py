@@ -18,69 +18,107 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from yarn_jax.attention.masks import CAUSAL, Mask
+from yarn_jax.attention.masks import CAUSAL, Mask, query_positions
 from yarn_jax.shapes import cdiv, pad_axis
 
 MASK = -1e30  # finite, so a fully-masked tile gives exp(0) = 1 rather than NaN; later real scores reset it
 
 
 class _Dims:
-    """Static geometry of one call: lengths, tiles and the mask (a `Mask`: causal, sliding window, chunks)."""
+    """Static geometry of one call — lengths, tiles and the mask (a `Mask`: causal, sliding window, chunks) —
+    and the key position of every query row and key column (`q_pos` [Tp], `k_pos` [Sp], int32, may be
+    traced; nondecreasing, padding repeats the last real position). By default the queries are the last t
+    of the s key positions; `at` places them elsewhere: a sequence-sharded device's queries (an offset, two
+    chunks, a stripe) or a ring's visiting keys. Tile ranges and masks are by positions, so every layout
+    skips the same tiles its mask leaves empty."""
 
     def __init__(self, t: int, s: int, block_q: int, block_k: int, mask: Mask = CAUSAL, segments: bool = False):
         self.t, self.s, self.mask, self.segments = t, s, mask, segments
         self.bq, self.bk = min(block_q, t), min(block_k, s)
         self.nq, self.nk = cdiv(t, self.bq), cdiv(s, self.bk)
         self.tp, self.sp = self.nq * self.bq, self.nk * self.bk
-        self.offset = s - t  # queries are the last t of the s positions, unless `at` moves them
+        self._q_pos = self._k_pos = None  # set by `at`; made on use otherwise (no array outlives its trace)
 
-    def at(self, offset) -> "_Dims":
-        """The same geometry with query i at key position i + offset (offset may be traced: a
-        sequence-sharded query block's start)."""
+    @property
+    def q_pos(self):
+        if self._q_pos is None:
+            return self.pad_positions(jnp.arange(self.t, dtype=jnp.int32) + (self.s - self.t), self.tp)
+        return self._q_pos
+
+    @property
+    def k_pos(self):
+        return self.pad_positions(jnp.arange(self.s, dtype=jnp.int32), self.sp) if self._k_pos is None else self._k_pos
+
+    @staticmethod
+    def pad_positions(positions, size: int):
+        """[n] -> [size] int32, padding with the last position (keeps them nondecreasing; padded keys are
+        masked by index, padded query rows dropped)."""
+        positions = jnp.asarray(positions, jnp.int32)
+        return jnp.pad(positions, (0, size - positions.shape[0]), mode="edge")
+
+    def at(self, q_pos, k_pos=None) -> "_Dims":
+        """The same geometry with queries (and keys) at the given padded positions ([Tp] / [Sp])."""
         out = object.__new__(_Dims)
-        out.__dict__.update(self.__dict__, offset=offset)
+        out.__dict__.update(self.__dict__, _q_pos=q_pos, _k_pos=k_pos)
         return out
 
+    # the first and last position of each query / key tile: [nq] / [nk]
+    def _q_first(self, i):
+        return self.q_pos[i * self.bq]
+
+    def _q_last(self, i):
+        return self.q_pos[(i + 1) * self.bq - 1]
+
+    def _k_first(self, j):
+        return self.k_pos[j * self.bk]
+
+    def _k_last(self, j):
+        return self.k_pos[(j + 1) * self.bk - 1]
+
     def k_block_range(self, i):
-        """(first, stop): the key blocks query block i needs — from its first row's lowest key (banded
-        masks) to its last row's diagonal (causal); the tiles outside are skipped."""
+        """(first, stop): the key tiles query tile i needs — from the first reaching its first row's lowest
+        key (banded masks) to the last starting at or before its last row (causal); the rest are skipped."""
         if not self.mask.causal:
             return 0, self.nk
-        first_row, last_row = i * self.bq + self.offset, (i + 1) * self.bq - 1 + self.offset
-        stop = jnp.clip(last_row // self.bk + 1, 0, self.nk)
+        starts = self.k_pos[::self.bk]
+        stop = jnp.searchsorted(starts, self._q_last(i), side="right", method="compare_all")
         if not self.mask.banded:
             return 0, stop
-        return jnp.clip(self.mask.lowest_key(first_row) // self.bk, 0, stop), stop
+        ends = self.k_pos[self.bk - 1::self.bk]
+        first = jnp.searchsorted(ends, self.mask.lowest_key(self._q_first(i)), side="left", method="compare_all")
+        return jnp.minimum(first, stop), stop
 
     def q_block_range(self, j):
-        """(first, stop): the query blocks that see key block j (the transpose of `k_block_range`)."""
+        """(first, stop): the query tiles that see key tile j (the transpose of `k_block_range`)."""
         if not self.mask.causal:
             return 0, self.nq
-        first = jnp.clip((j * self.bk - self.offset) // self.bq, 0, self.nq)
+        ends = self.q_pos[self.bq - 1::self.bq]
+        first = jnp.searchsorted(ends, self._k_first(j), side="left", method="compare_all")
         if not self.mask.banded:
             return first, self.nq
-        last_row = self.mask.highest_query((j + 1) * self.bk - 1) - self.offset
-        return first, jnp.clip(last_row // self.bq + 1, first, self.nq)
+        starts = self.q_pos[::self.bq]
+        stop = jnp.searchsorted(starts, self.mask.highest_query(self._k_last(j)), side="right", method="compare_all")
+        return first, jnp.maximum(first, stop)
 
     def needs_mask(self, i, j):
-        """Whether tile (i, j) has any masked score: it crosses the causal diagonal or the band's lower
-        edge, holds padded keys, or segment ids are in play. Tiles wholly inside skip the mask (a select
-        pass per tile)."""
+        """Whether tile (i, j) has any masked score: a key past its first row (causal), its last row's lowest
+        key past the tile's first key (banded), padded keys, or segment ids in play. Tiles wholly inside
+        skip the mask (a select pass per tile)."""
         if self.segments:
             return jnp.bool_(True)
         crosses = jnp.bool_(False)
         if self.mask.causal:
-            first_row, last_row = i * self.bq + self.offset, (i + 1) * self.bq - 1 + self.offset
-            crosses = (j + 1) * self.bk - 1 > first_row
+            crosses = self._k_last(j) > self._q_first(i)
             if self.mask.banded:
-                crosses = crosses | (self.mask.lowest_key(last_row) > j * self.bk)
+                crosses = crosses | (self.mask.lowest_key(self._q_last(i)) > self._k_first(j))
         return crosses | ((j + 1) * self.bk > self.s)
 
     def allowed(self, i, j, q_seg, k_seg):
         """[B or 1, 1, 1, bq, bk] mask of tile (i, j)."""
-        q_pos = i * self.bq + jnp.arange(self.bq) + self.offset
-        k_pos = j * self.bk + jnp.arange(self.bk)
-        ok = ((k_pos < self.s)[None, :] & self.mask.allowed(q_pos, k_pos))[None]
+        q_pos = lax.dynamic_slice_in_dim(self.q_pos, i * self.bq, self.bq)
+        k_pos = lax.dynamic_slice_in_dim(self.k_pos, j * self.bk, self.bk)
+        real = j * self.bk + jnp.arange(self.bk) < self.s
+        ok = (real[None, :] & self.mask.allowed(q_pos, k_pos))[None]
         if q_seg is not None:
             qs = lax.dynamic_slice_in_dim(q_seg, i * self.bq, self.bq, axis=1)
             ks = lax.dynamic_slice_in_dim(k_seg, j * self.bk, self.bk, axis=1)
@@ -193,29 +231,31 @@ def _backward(q, k, v, q_seg, k_seg, out, lse, dout, dims: _Dims):
     return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
-def _attention_core(q, k, v, q_seg, k_seg, q_offset, dims):
-    return _forward(q, k, v, q_seg, k_seg, dims.at(q_offset))[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
+def _attention_core(q, k, v, q_seg, k_seg, q_pos, k_pos, dims):
+    return _forward(q, k, v, q_seg, k_seg, dims.at(q_pos, k_pos))[0]
 
 
-def _core_fwd(q, k, v, q_seg, k_seg, q_offset, dims):
-    out, lse = _forward(q, k, v, q_seg, k_seg, dims.at(q_offset))
-    return out, (q, k, v, q_seg, k_seg, q_offset, out, lse)
+def _core_fwd(q, k, v, q_seg, k_seg, q_pos, k_pos, dims):
+    out, lse = _forward(q, k, v, q_seg, k_seg, dims.at(q_pos, k_pos))
+    return out, (q, k, v, q_seg, k_seg, q_pos, k_pos, out, lse)
 
 
 def _core_bwd(dims, residuals, dout):
-    q, k, v, q_seg, k_seg, q_offset, out, lse = residuals
-    dq, dk, dv = _backward(q, k, v, q_seg, k_seg, out, lse, dout, dims.at(q_offset))
-    return dq, dk, dv, None, None, None
+    q, k, v, q_seg, k_seg, q_pos, k_pos, out, lse = residuals
+    dq, dk, dv = _backward(q, k, v, q_seg, k_seg, out, lse, dout, dims.at(q_pos, k_pos))
+    return dq, dk, dv, None, None, None, None
 
 
 _attention_core.defvjp(_core_fwd, _core_bwd)
 
 
 def blockwise_attention(q, k, v, *, mask: Mask = CAUSAL, q_segment_ids=None, kv_segment_ids=None, scale=None,
-                        q_offset=None, block_q: int = 512, block_k: int = 512):
+                        q_offset=None, q_positions=None, kv_positions=None, block_q: int = 512, block_k: int = 512):
     """q [B, T, H, D], k/v [B, S, K, D] -> [B, T, H, D]; memory O(T + S) beyond one score tile.
-    q_offset (int, may be traced): key position of query 0 (default S - T)."""
+    q_offset (int, may be traced): key position of query 0 (default S - T). q_positions [T] / kv_positions
+    [S] (int, may be traced, nondecreasing): each query's / key's position instead — a load-balanced
+    shard's queries (two chunks or a stripe), a ring's visiting keys."""
     b, t, h, d = q.shape
     s, kh = k.shape[1], k.shape[2]
     g = h // kh
@@ -230,6 +270,7 @@ def blockwise_attention(q, k, v, *, mask: Mask = CAUSAL, q_segment_ids=None, kv_
     if q_segment_ids is not None:
         q_seg = pad_axis(jnp.asarray(q_segment_ids, jnp.int32), 1, dims.tp)
         k_seg = pad_axis(jnp.asarray(kv_segment_ids, jnp.int32), 1, dims.sp)
-    offset = jnp.asarray(s - t if q_offset is None else q_offset, jnp.int32)
-    out = _attention_core(qg, kk, vv, q_seg, k_seg, offset, dims)[:, :, :, :t]  # [B, K, G, T, D]
+    q_pos = dims.pad_positions(query_positions(t, s, q_offset, q_positions), dims.tp)
+    k_pos = dims.k_pos if kv_positions is None else dims.pad_positions(kv_positions, dims.sp)
+    out = _attention_core(qg, kk, vv, q_seg, k_seg, q_pos, k_pos, dims)[:, :, :, :t]  # [B, K, G, T, D]
     return jnp.moveaxis(out, 3, 1).reshape(b, t, h, d)

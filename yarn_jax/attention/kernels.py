@@ -19,25 +19,26 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from yarn_jax.attention.blockwise import blockwise_attention
-from yarn_jax.attention.masks import CAUSAL, Mask
+from yarn_jax.attention.masks import CAUSAL, Mask, query_positions
 from yarn_jax.errors import ConfigError
 from yarn_jax.shapes import cdiv, pad_axis
 
 
-def _padded_segments(q_segment_ids, kv_segment_ids, b: int, t: int, s: int, tp: int, sp: int, offset: int):
+def _padded_segments(q_segment_ids, kv_segment_ids, b: int, t: int, s: int, tp: int, sp: int, positions):
     """Segment ids with padding (0 for every real token when none are given). Padded keys get -1, so no
-    real query sees them. A padded query at key position p takes the segment of key min(p, sp - 1): its
-    own diagonal, which every causal mask (sliding windows and chunks too) shows it when the keys are
-    padded to cover every query position (sp >= offset + tp, as splash pads them), else the last key,
-    which a full mask shows every query — so no row of the kernel's softmax is ever empty."""
+    real query sees them. A padded query at key position p ([Tp] `positions`, padding repeating the last
+    real one) takes the segment of key min(p, sp - 1): its own diagonal, which every causal mask (sliding
+    windows and chunks too) shows it, else the last key, which a full mask shows every query — so no row
+    of the kernel's softmax is ever empty."""
     if q_segment_ids is None:
         q_segment_ids = jnp.zeros((b, t), jnp.int32)
         kv_segment_ids = jnp.zeros((b, s), jnp.int32)
     kv_seg = pad_axis(jnp.asarray(kv_segment_ids, jnp.int32), 1, sp, -1)
     q_seg = pad_axis(jnp.asarray(q_segment_ids, jnp.int32), 1, tp)
-    diagonal = jnp.minimum(offset + jnp.arange(tp), sp - 1)
+    diagonal = jnp.minimum(positions, sp - 1)
     return jnp.where(jnp.arange(tp) < t, q_seg, kv_seg[:, diagonal]), kv_seg
 
 
@@ -122,24 +123,39 @@ def _fit(block: int, length: int) -> int:
     return max(128, block)
 
 
-def splash_expresses(mask: Mask, offset: int) -> bool:
-    """Whether splash's mask classes express `mask` with queries at `offset` (its chunked mask has no
-    offset)."""
-    return mask.chunk is None or offset == 0
+@functools.lru_cache(maxsize=1)
+def _position_mask_class():
+    """splash's computable mask with the queries at given key positions: its `q_sequence` holds each query
+    row's position and the kernel evaluates `Mask.sees` on it tile by tile (a causal mask at an offset, a
+    load-balanced shard's two chunks or stripe, a sliding window, chunks — one class for all)."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+
+    class PositionMask(sm._ComputableMask):
+        def __init__(self, shape: tuple[int, int], positions: np.ndarray, mask: Mask):
+            self.described = mask
+            super().__init__(shape=shape, mask_function=mask.sees)
+            self.q_sequence = np.asarray(positions, np.int32)
+
+        def __eq__(self, other):
+            return (type(other) is type(self) and self.shape == other.shape and self.described == other.described
+                    and np.array_equal(self.q_sequence, other.q_sequence))
+
+        def __hash__(self):
+            return hash((self.shape, self.described, self.q_sequence.tobytes()))
+
+    return PositionMask
 
 
 @functools.lru_cache(maxsize=64)
-def _splash_kernel(t: int, s: int, offset: int, groups: int, mask: Mask, blocks: SplashBlocks, interpret: bool):
-    """A splash MQA kernel for padded lengths (t, s); query i sits at key position i + offset."""
+def _splash_kernel(t: int, s: int, positions: bytes, groups: int, mask: Mask, blocks: SplashBlocks,
+                   interpret: bool):
+    """A splash MQA kernel for padded lengths (t, s); query i sits at key position positions[i] (int32
+    bytes: hashable for the cache)."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
-    if mask.window is not None:  # j >= p - (window - 1), j <= p
-        head_mask = sm.LocalMask((t, s), window_size=(mask.window - 1, 0), offset=offset)
-    elif mask.chunk is not None:
-        head_mask = sm.ChunkedCausalMask((t, s), chunk_size=mask.chunk)
-    elif mask.causal:
-        head_mask = sm.CausalMask((t, s), offset=offset)
+    if mask.causal:
+        head_mask = _position_mask_class()((t, s), np.frombuffer(positions, np.int32), mask)
     else:
         head_mask = sm.FullMask((t, s))
     mask = sm.MultiHeadMask([head_mask] * groups)
@@ -148,33 +164,29 @@ def _splash_kernel(t: int, s: int, offset: int, groups: int, mask: Mask, blocks:
 
 
 def splash_attention(q, k, v, *, mask: Mask = CAUSAL, q_segment_ids=None, kv_segment_ids=None, scale=None,
-                     q_offset: int | None = None, blocks: SplashBlocks | None = None, platform: str | None = None,
-                     interpret: bool | None = None):
+                     q_offset: int | None = None, q_positions=None, blocks: SplashBlocks | None = None,
+                     platform: str | None = None, interpret: bool | None = None):
     """q [B, T, H, D], k/v [B, S, K, D] -> [B, T, H, D] through Pallas TPU splash attention (MQA per KV head).
-    q_offset: key position of query 0 (default S - T); static, as splash's mask is built ahead of time.
-    interpret: default True unless the target `platform` (default: the default backend) is a TPU.
-    A chunked mask at a nonzero offset (which splash's chunked mask cannot place) runs blockwise."""
+    q_offset: key position of query 0 (default S - T), or q_positions [T]: each query's (nondecreasing);
+    static either way, as splash's mask is built ahead of time. interpret: default True unless the target
+    `platform` (default: the default backend) is a TPU."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
 
-    offset = k.shape[1] - q.shape[1] if q_offset is None else int(q_offset)
-    if not splash_expresses(mask, offset):
-        return blockwise_attention(q, k, v, mask=mask, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
-                                   scale=scale, q_offset=offset)
     if interpret is None:
         interpret = interpret_off(platform, ("tpu",))
     b, t, h, d = q.shape
     s, kh = k.shape[1], k.shape[2]
     g = h // kh
     scale = d ** -0.5 if scale is None else scale
-    # splash needs lengths divisible by its blocks (multiples of 128 on TPU): pad, mask by segment; under a
-    # causal mask the keys cover every padded query's position, so each padded row sees its own diagonal
+    with jax.ensure_compile_time_eval():
+        positions = np.asarray(query_positions(t, s, None if q_offset is None else int(q_offset), q_positions))
+    # splash needs lengths divisible by its blocks (multiples of 128 on TPU): pad at the end of both
+    # sequences, padded queries at the last real position, masked by segment (each sees its own diagonal)
     blocks = blocks or SplashBlocks()
     tp, sp, fitted = blocks.padded(t, s)
-    if mask.causal and offset + tp > sp:
-        tp, sp, fitted = blocks.padded(t, offset + tp)
-    # keep the causal diagonal where it was: padding goes at the end of both sequences
-    q_seg, kv_seg = _padded_segments(q_segment_ids, kv_segment_ids, b, t, s, tp, sp, offset)
-    kernel = _splash_kernel(tp, sp, offset, g, mask, fitted, interpret)
+    positions = np.pad(positions, (0, tp - t), mode="edge")
+    q_seg, kv_seg = _padded_segments(q_segment_ids, kv_segment_ids, b, t, s, tp, sp, positions)
+    kernel = _splash_kernel(tp, sp, positions.astype(np.int32).tobytes(), g, mask, fitted, interpret)
     qg = pad_axis((q * jnp.asarray(scale, q.dtype)).reshape(b, t, kh, g, d), 1, tp)  # splash does not scale
     qg = jnp.transpose(qg, (0, 2, 3, 1, 4))  # [B, K, G, Tp, D]
     kk = jnp.transpose(pad_axis(k, 1, sp), (0, 2, 1, 3))  # [B, K, Sp, D]
@@ -189,18 +201,18 @@ def splash_attention(q, k, v, *, mask: Mask = CAUSAL, q_segment_ids=None, kv_seg
 
 
 def gpu_flash_attention(q, k, v, *, mask: Mask = CAUSAL, q_segment_ids=None, kv_segment_ids=None, scale=None,
-                        q_offset=None, block_q: int = 64, block_k: int = 64, platform: str | None = None,
-                        interpret: bool | None = None):
+                        q_offset=None, q_positions=None, block_q: int = 64, block_k: int = 64,
+                        platform: str | None = None, interpret: bool | None = None):
     """q [B, T, H, D], k/v [B, S, K, D] -> [B, T, H, D] through the Pallas GPU (Triton) flash kernel.
-    What the kernel cannot express — T != S, a query offset, a sliding window or chunks (it has a causal
-    flag only) — runs the blockwise backend."""
+    What the kernel cannot express — T != S, queries placed by an offset or positions, a sliding window or
+    chunks (it has a causal flag only) — runs the blockwise backend."""
     from jax.experimental.pallas.ops.gpu import attention as gpu_attention
 
     b, t, h, d = q.shape
     s, kh = k.shape[1], k.shape[2]
-    if t != s or q_offset is not None or mask.banded:
-        return blockwise_attention(q, k, v, mask=mask, q_segment_ids=q_segment_ids,
-                                   kv_segment_ids=kv_segment_ids, scale=scale, q_offset=q_offset)
+    if t != s or q_offset is not None or q_positions is not None or mask.banded:
+        return blockwise_attention(q, k, v, mask=mask, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
+                                   scale=scale, q_offset=q_offset, q_positions=q_positions)
     if interpret is None:
         interpret = interpret_off(platform, ("gpu", "cuda", "rocm"))
     if d & (d - 1):
@@ -209,7 +221,7 @@ def gpu_flash_attention(q, k, v, *, mask: Mask = CAUSAL, q_segment_ids=None, kv_
     block = min(block_q, block_k, 16 * cdiv(t, 16))
     tp = block * cdiv(t, block)
     # one array serves queries and keys: the key form (-1 at padding; padded queries see padded keys)
-    _, seg = _padded_segments(q_segment_ids, kv_segment_ids, b, t, s, tp, tp, 0)
+    _, seg = _padded_segments(q_segment_ids, kv_segment_ids, b, t, s, tp, tp, jnp.arange(tp))
     g = h // kh
     kk = jnp.repeat(pad_axis(k, 1, tp), g, axis=2)  # head h reads kv head h // g, as HF's repeat_kv
     vv = jnp.repeat(pad_axis(v, 1, tp), g, axis=2)

@@ -2,9 +2,10 @@
 
 Every backend takes a `Mask` and realises it its own way — the reference builds the dense [T, S] mask,
 blockwise bounds its tile loops by `lowest_key` / `highest_query` and masks only the tiles that cross an
-edge, splash maps it to its `CausalMask` / `LocalMask` / `ChunkedCausalMask`. Positions are key indices:
-query i sits at key position i + q_offset (segment ids restrict further; a packed segment is contiguous,
-so a window over indices is a window over its positions).
+edge, splash evaluates it in its kernel at each query's position. Positions are key indices: query i sits
+at key position i + q_offset, or at q_positions[i] when a load-balanced shard's queries are not contiguous
+(segment ids restrict further; a packed segment is contiguous, so a window over indices is a window over
+its positions).
 """
 
 from __future__ import annotations
@@ -56,15 +57,17 @@ class Mask:
             return j + self.window - 1
         return (j // self.chunk + 1) * self.chunk - 1
 
-    def allowed(self, q_pos, k_pos):
-        """Boolean [..., Tq, Sk] from query positions [Tq] and key positions [Sk]."""
-        q, k = q_pos[:, None], k_pos[None, :]
-        if not self.causal:
-            return jnp.ones((q_pos.shape[0], k_pos.shape[0]), bool)
+    def sees(self, q, k):
+        """Elementwise (broadcasting): whether query position q sees key position k. numpy or jax arrays —
+        splash evaluates it inside its kernel."""
         ok = k <= q
-        if self.banded:
-            ok = ok & (k >= self.lowest_key(q))
-        return ok
+        if not self.causal:
+            return ok | True
+        return ok & (k >= self.lowest_key(q)) if self.banded else ok
+
+    def allowed(self, q_pos, k_pos):
+        """Boolean [Tq, Sk] from query positions [Tq] and key positions [Sk]."""
+        return self.sees(q_pos[:, None], k_pos[None, :])
 
     def describe(self) -> str:
         if self.window is not None:
@@ -72,6 +75,16 @@ class Mask:
         if self.chunk is not None:
             return f"chunks of {self.chunk}"
         return "causal" if self.causal else "full"
+
+
+def query_positions(t: int, s: int, q_offset=None, q_positions=None):
+    """[T] int32 key positions of the queries: `q_positions` as given, else query i at i + q_offset (default
+    S - T: the queries are the last T keys)."""
+    if q_positions is not None:
+        if q_offset is not None:
+            raise ValueError("attention: give q_offset or q_positions, not both")
+        return jnp.asarray(q_positions, jnp.int32)
+    return jnp.arange(t, dtype=jnp.int32) + jnp.asarray(s - t if q_offset is None else q_offset, jnp.int32)
 
 
 CAUSAL = Mask()

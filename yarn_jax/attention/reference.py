@@ -5,17 +5,19 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from yarn_jax.attention.masks import CAUSAL, Mask
+from yarn_jax.attention.masks import CAUSAL, Mask, query_positions
 
 
-def dense_mask(t: int, s: int, *, mask: Mask = CAUSAL, q_segment_ids=None, kv_segment_ids=None, q_offset=None):
+def dense_mask(t: int, s: int, *, mask: Mask = CAUSAL, q_segment_ids=None, kv_segment_ids=None, q_offset=None,
+               q_positions=None):
     """Boolean [B or 1, 1, T, S] mask: True where query i may attend to key j.
 
     Query i sits at key position i + q_offset; by default the queries are the last T of the S key positions
     (q_offset = S - T; T == S without a cache), so causal means j <= i + q_offset. A sequence-sharded
-    query block passes its own offset. Segment ids [B, T] / [B, S] restrict attention to equal ids.
+    device's queries pass their offset, or their positions (`q_positions` [T]: two chunks, a stripe).
+    Segment ids [B, T] / [B, S] restrict attention to equal ids.
     """
-    q_pos = jnp.arange(t) + (s - t if q_offset is None else q_offset)
+    q_pos = query_positions(t, s, q_offset, q_positions)
     allowed = mask.allowed(q_pos, jnp.arange(s))[None, None]
     if q_segment_ids is not None:
         allowed = allowed & (q_segment_ids[:, None, :, None] == kv_segment_ids[:, None, None, :])
@@ -23,7 +25,7 @@ def dense_mask(t: int, s: int, *, mask: Mask = CAUSAL, q_segment_ids=None, kv_se
 
 
 def reference_attention(q, k, v, *, mask: Mask = CAUSAL, q_segment_ids=None, kv_segment_ids=None, scale=None,
-                        q_offset=None):
+                        q_offset=None, q_positions=None):
     """softmax(q k^T * scale + mask) v with GQA.
 
     q [B, T, H, D], k/v [B, S, K, D] with H a multiple of K -> [B, T, H, D].
@@ -36,7 +38,7 @@ def reference_attention(q, k, v, *, mask: Mask = CAUSAL, q_segment_ids=None, kv_
     qg = q.reshape(b, t, kv_heads, group, d)  # head h = kv * group + g, as HF's repeat_kv
     scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
     allowed = dense_mask(t, s, mask=mask, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
-                   q_offset=q_offset)
+                         q_offset=q_offset, q_positions=q_positions)
     scores = jnp.where(allowed[:, :, None], scores, jnp.finfo(jnp.float32).min)  # [B, K, G, T, S]
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=jnp.float32)

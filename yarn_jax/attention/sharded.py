@@ -5,13 +5,14 @@ each device runs the backend on its own block of the batch and of the heads (KV 
 groups, when the tensor axis divides the KV heads; otherwise heads stay whole on every device).
 
 Sequence axis: *all-gather attention*. Each device keeps its T/P queries and gathers the keys and values
-of the whole sequence ([B, T, K, D] per device, linear in T), put back in sequence order. Load-balanced
-(`sharding/balance.py`, the default): device r holds chunks r and 2P-1-r of 2P, two query blocks at key
-positions r * T/2P and (2P-1-r) * T/2P, so every device does the same causal work; contiguous: one block
-at r * T/P (the last device then sees every key, the first almost none). Masks are exact by those true
-positions. The blockwise backend takes the offsets traced and skips key blocks outside the mask; splash's
-masks are static, so one kernel set per shard is built and `lax.switch` picks it. Not ring attention:
-the gathered K/V are O(T) per device — fine up to the lengths the paper uses.
+of the whole sequence ([B, T, K, D] per device, linear in T), put back in sequence order. Under a
+load-balanced layout (`sharding/balance.py`; `dual_chunk` by default: device r holds chunks r and 2P-1-r
+of 2P; `striped`: every P-th token from r) every device does the same causal work; contiguous, the last
+device sees every key and the first almost none. A device's queries carry their true positions into one
+attention call (one kernel over both chunks or the whole stripe, the gathered K/V held once): the
+blockwise backend takes them traced and skips key tiles outside the mask; splash evaluates its mask at
+them in-kernel, and as its masks are static, one kernel per device is built and `lax.switch` picks it.
+The gathered K/V are O(T) per device — fine up to the lengths the paper uses; ring for longer.
 
 `context_parallel: ulysses` (DeepSpeed-Ulysses): an all-to-all trades the sequence split for a head split —
 each device attends over the whole sequence (in order, from position 0: any backend, no per-shard kernels)
@@ -28,14 +29,13 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from yarn_jax.attention import CAUSAL, Mask, attention, resolve_backend
 from yarn_jax.attention.ring import ring_attention
 from yarn_jax.errors import ConfigError
-from yarn_jax.sharding.balance import chunks_of, shard_chunks
+from yarn_jax.sharding.balance import shard_positions, to_sequence_order
 from yarn_jax.sharding.rules import Sharder
 
 
@@ -58,9 +58,15 @@ def self_attention(q, k, v, *, backend: str, mask: Mask = CAUSAL, segment_ids=No
     platform = sharder.platform
     name = resolve_backend(backend, platform)
 
-    shards = sharder.sequence_shards(q.shape[1])
-    balanced = seq_axis is not None and sharder.sequence_order(q.shape[1]) is not None
+    t = q.shape[1]
+    shards = sharder.sequence_shards(t)
+    layout = sharder.load_balance if seq_axis is not None and sharder.sequence_order(t) is not None else "none"
+    table = shard_positions(t, shards, layout)  # [P, T/P]: the true positions of each device's tokens
     run = functools.partial(attention, backend=name, mask=mask, platform=platform, splash_blocks=splash_blocks)
+
+    def in_order(x, inverse=False):
+        """Gathered from the shards' blocks -> sequence order (inverse: back)."""
+        return x if x is None or layout == "none" else to_sequence_order(x, shards, layout, inverse)
 
     def ulysses(q, k, v, seg):
         """All-to-all: [B, T/P, heads, D] -> [B, T, heads/P, D], attention over the whole sequence for a 1/P
@@ -72,41 +78,26 @@ def self_attention(q, k, v, *, backend: str, mask: Mask = CAUSAL, segment_ids=No
                               f"the {shards}-way sequence axis; use all_gather or another mesh")
         if kv_heads % shards:
             k, v = (jnp.repeat(x, heads // kv_heads, axis=2) for x in (k, v))
-        q, k, v = (lax.all_to_all(x, seq_axis, 2, 1, tiled=True) for x in (q, k, v))  # [B, T, heads/P, D]
-        seg_all = None if seg is None else lax.all_gather(seg, seq_axis, axis=1, tiled=True)
-        if balanced:
-            q, k, v, seg_all = (None if x is None else _chunks_in_order(x, shards) for x in (q, k, v, seg_all))
+        q, k, v = (in_order(lax.all_to_all(x, seq_axis, 2, 1, tiled=True)) for x in (q, k, v))  # [B, T, heads/P, D]
+        seg_all = None if seg is None else in_order(lax.all_gather(seg, seq_axis, axis=1, tiled=True))
         o = run(q, k, v, q_segment_ids=seg_all, kv_segment_ids=seg_all)
-        if balanced:
-            o = _chunks_in_order(o, shards, inverse=True)
-        return lax.all_to_all(o, seq_axis, 1, 2, tiled=True)  # [B, T/P, heads, D]
+        return lax.all_to_all(in_order(o, inverse=True), seq_axis, 1, 2, tiled=True)  # [B, T/P, heads, D]
 
     def local(q, k, v, seg):
         if seq_axis is None:
             return run(q, k, v, q_segment_ids=seg, kv_segment_ids=seg)
         if sharder.context_parallel == "ulysses":
             return ulysses(q, k, v, seg)
-        t_local = q.shape[1]
-        if balanced:  # shard r holds chunks r and 2P-1-r of the sequence: two blocks at their true positions
-            chunk = t_local // 2
-            blocks = [(i * chunk, chunk, lambda r, i=i: chunks_of(r, shards)[i] * chunk) for i in range(2)]
-        else:  # contiguous: shard r's tokens sit at position r * T/P
-            blocks = [(0, t_local, lambda r: r * t_local)]
         if sharder.context_parallel == "ring":
-            return ring_attention(q, k, v, seg, axis=seq_axis, shards=shards, blocks=blocks, mask=mask)
-        k, v = (lax.all_gather(x, seq_axis, axis=1, tiled=True) for x in (k, v))  # [B, T, K, D]
-        kv_seg = None if seg is None else lax.all_gather(seg, seq_axis, axis=1, tiled=True)
-        if balanced:  # the gathered keys back in sequence order
-            k, v, kv_seg = (None if x is None else _chunks_in_order(x, shards) for x in (k, v, kv_seg))
-
-        def attend(r):  # r: the shard's index, traced (blockwise) or static (splash: its masks are)
-            out = [run(q[:, start:start + n], k, v, q_segment_ids=None if seg is None else seg[:, start:start + n],
-                       kv_segment_ids=kv_seg, q_offset=position(r)) for start, n, position in blocks]
-            return out[0] if len(out) == 1 else jnp.concatenate(out, axis=1)
-
-        if name == "splash":  # one kernel set per shard, lax.switch picks this shard's
-            return lax.switch(lax.axis_index(seq_axis), [functools.partial(attend, r) for r in range(shards)])
-        return attend(lax.axis_index(seq_axis))
+            return ring_attention(q, k, v, seg, axis=seq_axis, positions=table, mask=mask)
+        # all-gather: every key and value, in sequence order; this device's queries at their true positions
+        k, v = (in_order(lax.all_gather(x, seq_axis, axis=1, tiled=True)) for x in (k, v))  # [B, T, K, D]
+        kv_seg = None if seg is None else in_order(lax.all_gather(seg, seq_axis, axis=1, tiled=True))
+        attend = functools.partial(run, q, k, v, q_segment_ids=seg, kv_segment_ids=kv_seg)
+        r = lax.axis_index(seq_axis)
+        if name == "splash":  # its masks are static: one kernel per device, lax.switch picks this device's
+            return lax.switch(r, [functools.partial(attend, q_positions=table[i]) for i in range(shards)])
+        return attend(q_positions=jnp.asarray(table)[r])
 
     if segment_ids is None:
         fn = jax.shard_map(lambda q, k, v: local(q, k, v, None), mesh=sharder.mesh,
@@ -116,10 +107,3 @@ def self_attention(q, k, v, *, backend: str, mask: Mask = CAUSAL, segment_ids=No
                        out_specs=q_spec, check_vma=False)
     return fn(q, k, v, segment_ids)
 
-
-def _chunks_in_order(x, shards: int, inverse: bool = False):
-    """x [B, T, ...] gathered from dual-chunk shards (shard r: chunks r, 2P-1-r) -> sequence order (inverse:
-    back to the shards' order)."""
-    held = shard_chunks(shards)  # the chunk at each gathered slot
-    chunks = x.reshape(x.shape[0], 2 * shards, x.shape[1] // (2 * shards), *x.shape[2:])
-    return chunks[:, held if inverse else np.argsort(held)].reshape(x.shape)

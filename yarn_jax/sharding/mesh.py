@@ -58,7 +58,7 @@ class MeshConfig(BaseModel):
                                 "(data/fsdp only), e.g. {data: 2}")
     load_balance: Literal[LOAD_BALANCE] = Field(
         "dual_chunk", description="token layout on the sequence axis: dual_chunk (device r holds chunks r and "
-        "2P-1-r: equal causal work) | none (contiguous)")
+        "2P-1-r: equal causal work) | striped (every P-th token from r) | none (contiguous)")
     context_parallel: Literal[CONTEXT_PARALLEL] = Field(
         "all_gather", description="attention over the sequence axis: all_gather (every device gathers all K/V) | "
         "ulysses (all-to-all: whole sequence, a share of the heads) | ring (K/V blocks around the axis)")
