@@ -173,6 +173,21 @@ def test_bad_cell_settings_fail_before_any_compute(tmp_path):
     assert not (tmp_path / "s").exists()  # nothing built: no split, no tokenizer, no pretraining
 
 
+def test_context_parallel_settings_are_sweep_axes(tmp_path):
+    """load_balance / context_parallel vary like any TrainConfig field (an ablation over layouts and modes);
+    a bad one fails naming the field before any compute."""
+    from yarn_jax.sweep.runner import expand
+
+    grid = ("grids=[{methods: [yarn], scales: [2], finetune_steps: [2], vary: {context_parallel: [all_gather, "
+            "ring], load_balance: [dual_chunk, striped]}}]")
+    cells = expand(load_sweep(CONFIG, ci_sets(tmp_path / "s") + [grid]))
+    assert len(cells) == 4 and {dict(c.train)["context_parallel"] for c in cells} == {"all_gather", "ring"}
+    assert "context_parallel=ring-load_balance=striped" in cells[-1].id
+    with pytest.raises(ConfigError, match="load_balance"):
+        Sweep(load_sweep(CONFIG, ci_sets(tmp_path / "s") + ["train.load_balance=zigzag"])).run()
+    assert not (tmp_path / "s").exists()
+
+
 def test_every_cells_rope_is_checked_before_any_cell_runs(tmp_path):
     """The reported late failure: a cell's rope was validated only when that cell ran, after the earlier
     cells (and the pretraining) had run."""
