@@ -53,6 +53,8 @@ ROWS = [
                                                             "--accum", "16", "--remat", "dots"]),
     # context parallelism (the load-balanced layout and Ulysses, compiled after they landed): the same step
     # with each setting; the imbalance column is modeled (sharding/balance.py), the rest compiled
+    ("cp_7b_64k_v5p-32_seq4_contiguous", S16, "v5p-32", SEQ(4) + ["--load-balance", "none"]),
+    ("cp_7b_64k_v5p-32_seq4_dual_chunk", S16, "v5p-32", SEQ(4)),
     ("cp_7b_64k_v5p-64_seq8_contiguous", S16, "v5p-64", SEQ(8) + ["--load-balance", "none"]),
     ("cp_7b_64k_v5p-64_seq8_dual_chunk", S16, "v5p-64", SEQ(8)),
     ("cp_7b_64k_v5p-64_seq8_ulysses", S16, "v5p-64", SEQ(8) + ["--context-parallel", "ulysses"]),

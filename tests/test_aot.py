@@ -419,18 +419,21 @@ def test_windowed_layers_compile_with_mosaic_local_masks():
     assert kernels["sliding"] > kernels["full"], kernels
 
 
-@pytest.mark.parametrize("context_parallel, collective", [("ulysses", "all-to-all"), ("ring", "collective-permute")])
-def test_context_parallel_modes_compile_for_tpu(context_parallel, collective):
-    """The train step with Ulysses (splash inside, whole sequences) or ring attention (blockwise tiles, K/V
-    passed with ppermute) on a load-balanced sequence axis compiles with XLA:TPU for v5e-4 and fits; the
-    mode's collective is in the program."""
+@pytest.mark.parametrize("context_parallel, load_balance, collective", [
+    ("ulysses", "dual_chunk", "all-to-all"), ("ring", "dual_chunk", "collective-permute"),
+    ("all_gather", "striped", "all-gather")])
+def test_context_parallel_modes_compile_for_tpu(context_parallel, load_balance, collective):
+    """The train step with Ulysses (splash inside, whole sequences), ring attention (blockwise tiles, K/V
+    passed with ppermute) or all-gather over stripes (splash evaluating its mask at each device's strided
+    positions, Mosaic) on a load-balanced sequence axis compiles with XLA:TPU for v5e-4 and fits; the mode's
+    collective is in the program."""
     cfg = _tiny()
     t = topology("v5e-4")
-    tcfg = _train_cfg(mesh="fsdp_sequence", context_parallel=context_parallel)
+    tcfg = _train_cfg(mesh="fsdp_sequence", context_parallel=context_parallel, load_balance=load_balance)
     sharder = tcfg.sharder(t.devices())
     assert sharder.context_parallel == context_parallel and sharder.sequence_order(1024) is not None
     r = compile_report(train_program(cfg, tcfg, sharder), cfg, sharder, t, remat="full", keep_hlo=True)
     assert r["memory"]["fits"] and r["kernels"]["interpreted_kernel_loops"] == 0
     assert collective in r["hlo_text"]
-    assert r["modeled"]["attention_imbalance"] == 1.0
+    assert r["modeled"]["attention_imbalance"] == pytest.approx(1.0, abs=1e-3)
 
