@@ -116,8 +116,9 @@ def test_ulysses_equals_one_device(axes, backend, rope, load_balance):
     ({"sequence": 4, "fsdp": 2}, DYNAMIC, "none"),
     ({"sequence": 2, "fsdp": 2, "tensor": 2}, None, "dual_chunk"),
     ({"sequence": 8}, DYNAMIC, "striped"),
+    ({"sequence": 4, "fsdp": 2}, {"rope_type": "default"}, "striped"),
 ], ids=["seq8-dynamic_yarn-balanced", "seq4-fsdp-dynamic-contiguous", "seq2-fsdp-tensor-yarn-balanced",
-        "seq8-dynamic-striped"])
+        "seq8-dynamic-striped", "seq4-fsdp-default-striped"])
 def test_ring_equals_one_device(axes, rope, load_balance):
     """context_parallel: ring (K/V around the sequence axis, custom-VJP backward passing dK/dV along): logits
     and every gradient within 1e-5 of one device; packed and padded documents, dynamic ropes past L0."""
