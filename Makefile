@@ -1,35 +1,44 @@
-# Fresh-machine entry points. Each target sets up what it needs (idempotent).
+# Fresh-machine entry points. Each target sets up what it needs (idempotent): a venv with yarn_jax installed
+# (editable) from pyproject.toml, resolved to the exact versions CI uses (requirements.txt as constraints).
 VENV ?= .venv
 PY := $(VENV)/bin/python
+INSTALL := $(PY) -m pip install -q -c requirements.txt
 
 .PHONY: setup assets eval train demo test aot
 
-$(VENV)/.installed: requirements.txt
+# runtime only: evaluate, fine-tune, convert (no torch, no pytest)
+$(VENV)/.installed: pyproject.toml requirements.txt
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q -r requirements.txt
+	$(INSTALL) -e .
+	touch $@
+
+# the test suite: transformers' PyTorch reference (torch, CPU build), libtpu for the ahead-of-time TPU
+# compiles (no TPU needed), TFDS's array_record reader
+$(VENV)/.test-installed: $(VENV)/.installed
+	$(INSTALL) -e ".[test,tpu,tfds]"
+	touch $@
+
+$(VENV)/.tpu-installed: $(VENV)/.installed
+	$(INSTALL) -e ".[tpu]"
 	touch $@
 
 setup: $(VENV)/.installed
 
 assets: setup
-	$(PY) -m yarn_jax.assets
+	$(VENV)/bin/yarn-jax assets
 
 eval: assets
-	$(PY) eval.py
+	$(VENV)/bin/yarn-jax eval
 
 train: assets
-	$(PY) train.py
+	$(VENV)/bin/yarn-jax train --config configs/train/smollm2_yarn.yaml
 
 demo: assets
-	$(PY) -m yarn_jax.demo
-
-$(VENV)/.aot-installed: requirements-aot.txt $(VENV)/.installed
-	$(PY) -m pip install -q -r requirements-aot.txt
-	touch $@
+	$(VENV)/bin/yarn-jax demo
 
 # the paper's s=16 fine-tune compiled for a v5p-32 slice (no TPU needed)
-aot: $(VENV)/.aot-installed
-	$(PY) -m yarn_jax.aot --config configs/train/llama2_7b_yarn_s16.yaml --topology v5p-32
+aot: $(VENV)/.tpu-installed
+	$(VENV)/bin/yarn-jax aot --config configs/train/llama2_7b_yarn_s16.yaml --topology v5p-32
 
-test: assets $(VENV)/.aot-installed
+test: $(VENV)/.test-installed assets
 	$(PY) -m pytest -q

@@ -416,10 +416,10 @@ def test_export_refuses_an_existing_directory_and_the_run_directory(tmp_path):
                           ((str(run / "checkpoints"), str(run)), "contains the source"),
                           ((str(run / "checkpoints"), str(run), "--overwrite"), "contains the source"),
                           ((str(run / "checkpoints"), str(run / "checkpoints"), "--overwrite"), "the source itself")]:
-        code, err = _cli("yarn_jax.training.export", *args)
+        code, err = _cli("yarn_jax.convert", *args, "--no-verify")
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (args, err)
         assert snapshot(tmp_path) == before
-    code, err = _cli("yarn_jax.training.export", str(run / "checkpoints"), str(tmp_path / "new"))
+    code, err = _cli("yarn_jax.convert", str(run / "checkpoints"), str(tmp_path / "new"), "--no-verify")
     assert code == 0, err
     assert hf_tensors(tmp_path / "new").keys() == hf_tensors(src).keys()
 

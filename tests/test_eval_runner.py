@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import HeldLock, random_params, snapshot, tiny_hf_dict, torch_llama
 
-import eval as eval_cli
+from yarn_jax.evaluation import cli as eval_cli
 from yarn_jax.checkpoint.hf import save_hf_checkpoint
 from yarn_jax.checkpoint.layout import params_to_hf
 from yarn_jax.config import LlamaConfig
@@ -173,7 +173,7 @@ def test_changed_inputs_are_refused_naming_what_changed(tiny_dir, corpus, tmp_pa
     assert "inputs changed since its cells were computed — document(s) doc1: content changed" in \
         capsys.readouterr().err
     assert snapshot(tmp_path) == before
-    assert eval_cli.main(_argv(model, corpus, out, "--recompute-changed", "true")) == 0
+    assert eval_cli.main(_argv(model, corpus, out, "--recompute-changed")) == 0
     second = json.loads((out / "summary.json").read_text())["perplexity"][0]["ppl"]
     assert second != first and len((out / "cells.jsonl").read_text().splitlines()) == 3  # 2 old + doc1 anew
     capsys.readouterr()

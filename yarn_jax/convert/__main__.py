@@ -1,11 +1,18 @@
-"""python -m yarn_jax.convert SRC DST: convert a checkpoint, verified by a logit check.
+"""yarn-jax convert SRC DST: convert a checkpoint, verified by a logit check (the result must give the
+source's logits on a real prompt before it is moved into place).
 
-  SRC: an HF directory (safetensors, single or sharded), a .gguf file, or a yarn_jax checkpoint (train.py's
+    yarn-jax convert path/to/hf_dir runs/base/checkpoints              # HF -> yarn_jax (orbax)
+    yarn-jax convert runs/smollm2_yarn/checkpoints hf_out               # a fine-tuned run -> transformers
+    yarn-jax convert runs/smollm2_yarn/checkpoints model.gguf --dtype bfloat16    # -> llama.cpp
+    yarn-jax convert hf_dir hf_yarn --rope yarn:factor=4,original_max_position_embeddings=8192   # new rope
+
+  SRC: an HF directory (safetensors, single or sharded), a .gguf file, or a yarn_jax checkpoint (train's
        RUN/checkpoints root — its latest complete step, or --step N — or a ROOT/<step> directory).
   DST: the new HF directory (--to hf), yarn_jax checkpoint root (--to orbax) or llama.cpp file (--to gguf,
-       a name ending .gguf; LLaMA, Qwen2, Qwen3, SmolLM3; llama.cpp's rope keys for default/linear/ntk/yarn); local or
-       any etils/orbax path (gs://...). Default --to: gguf for a DST named *.gguf, hf for yarn_jax sources,
-       orbax otherwise.
+       a name ending .gguf; LLaMA, Qwen2, Qwen3, SmolLM3; llama.cpp's rope keys for default/linear/ntk/yarn);
+       local or any etils/orbax path (gs://...). Default --to: gguf for a DST named *.gguf, hf for yarn_jax
+       sources, orbax otherwise. An existing DST is refused unless --overwrite (and then only a checkpoint or
+       an empty directory is replaced).
 """
 
 from __future__ import annotations
@@ -29,10 +36,10 @@ def parse_rope(text: str | None):
 
 @command
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m yarn_jax.convert", description=__doc__,
+    ap = argparse.ArgumentParser(prog="yarn-jax convert", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("src")
-    ap.add_argument("dst")
+    ap.add_argument("src", help="HF directory, .gguf file or yarn_jax checkpoint to read")
+    ap.add_argument("dst", help="the new checkpoint (a path that does not exist yet, unless --overwrite)")
     ap.add_argument("--to", choices=["hf", "orbax", "gguf"], default=None, help="output format (default: see above)")
     ap.add_argument("--step", type=int, default=None, help="step of a yarn_jax source (default: latest complete)")
     ap.add_argument("--rope", default=None,

@@ -6,8 +6,7 @@ sliding`); a bad value fails before any compute with a message naming the field.
 
 from __future__ import annotations
 
-import argparse
-from typing import Literal, Union
+from typing import ClassVar, Literal, Union
 
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
@@ -17,6 +16,17 @@ from yarn_jax.cli_config import ParallelConfig
 
 
 class EvalConfig(ParallelConfig):
+    """The defaults are the default evaluation (`configs/eval/default.yaml` spells them out)."""
+
+    FLAG_SECTIONS: ClassVar = (
+        ("model", ("model", "dtype", "attention_backend")),
+        ("methods", ("methods", "scales", "original_context")),
+        ("data", ("data", "text_field", "tfds_data_dir", "max_docs", "bos")),
+        ("perplexity", ("lengths", "protocol", "stride", "position_buckets")),
+        ("passkey retrieval", ("passkey_lengths", "passkey_trials", "passkey_max_new_tokens", "passkey_dynamic_cache",
+                               "seed")),
+        ("run", ("out", "recompute_changed")),
+    )
 
     model: str = Field("smollm2", description="HF directory, .gguf file, or 'smollm2' (the bundled asset)")
     methods: list[str] = Field(["none", "linear", "ntk", "yarn", "dynamic_yarn"],
@@ -83,12 +93,3 @@ RESULT_FIELDS = ("model", "data", "text_field", "bos", "dtype", "protocol", "str
 def load_config(path: str | None = None, overrides: dict | None = None) -> EvalConfig:
     """YAML file (optional) + overrides -> validated EvalConfig (ConfigError naming the field)."""
     return cli_config.load_config(EvalConfig, path, overrides, where="eval config")
-
-
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per EvalConfig field."""
-    cli_config.add_config_flags(parser, EvalConfig)
-
-
-def overrides_from_args(args: argparse.Namespace) -> dict:
-    return cli_config.overrides_from_args(args, EvalConfig)

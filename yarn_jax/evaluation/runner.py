@@ -23,16 +23,17 @@ from yarn_jax.rundir import RunStore, write_csv_atomic, write_json_atomic
 from yarn_jax.sharding import distributed
 
 
-def run(cfg: EvalConfig, console: Console | None = None) -> dict:
+def run(cfg: EvalConfig, console: Console | None = None, note: str | None = None) -> dict:
     """Every process of a multi-process run calls this; process 0 alone writes and prints. Process 0 holds
-    the run directory's lock for the whole run (a second command on the same --out is refused)."""
+    the run directory's lock for the whole run (a second command on the same --out is refused). `note`
+    (where the settings came from) is printed when the run starts."""
     distributed.initialize(cfg.distributed_config())
     primary = distributed.is_primary()
     with lock(cfg.out, f"run directory {cfg.out}", enabled=primary, run_dir=True):
-        return _run(cfg, console, primary)
+        return _run(cfg, console, primary, note)
 
 
-def _run(cfg: EvalConfig, console: Console | None, primary: bool) -> dict:
+def _run(cfg: EvalConfig, console: Console | None, primary: bool, note: str | None) -> dict:
     console = console or Console(stderr=True, width=max(100, Console(stderr=True).width), quiet=not primary)
     sharder = cfg.sharder()
     if cfg.passkey_lengths and jax.process_count() > 1:
@@ -70,6 +71,8 @@ def _run(cfg: EvalConfig, console: Console | None, primary: bool) -> dict:
     # every process skips the same finished cells, keyed by the same model identity
     ctx.store.cells, ctx.ident = distributed.share_from_primary(
         (ctx.store.cells, short([inputs["model"], inputs["tokenizer"]]) if primary else None))
+    if note:
+        console.print(note, markup=False, highlight=False)
     console.print(", ".join([f"[bold]{cfg.model}[/] (L0 = {l0}), {len(methods)} methods, bos = {bos}",
                              *filter(None, (t.describe() for t in tasks))]) + f"; results in {ctx.store.dir}")
     for t in tasks:

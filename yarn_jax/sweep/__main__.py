@@ -1,5 +1,8 @@
-"""python -m yarn_jax.sweep CONFIG [--set KEY.PATH=VALUE ...] [--cell ID ...] [--setup-only]
-                                   [--emit-commands] [--gather] [--list]
+"""yarn-jax sweep CONFIG: grids of rope methods x scales x fine-tuning budgets x seeds x hyperparameters.
+
+    yarn-jax sweep configs/sweeps/repro_small.yaml                      # everything, on this machine
+    yarn-jax sweep configs/sweeps/repro_small.yaml --list               # the cells and their state
+    yarn-jax sweep configs/sweeps/smollm2_ablation.yaml --cell yarn-s2 --cell none   # only these cells
 
 Without options: set up the base model, run every unfinished cell, then gather the tables and plots.
 On a cluster: `--emit-commands` prints (and writes to OUT/commands.txt) the setup command, one command
@@ -19,7 +22,7 @@ from yarn_jax.sweep.runner import Sweep
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m yarn_jax.sweep", description=__doc__,
+    ap = argparse.ArgumentParser(prog="yarn-jax sweep", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("config", help="sweep YAML (configs/sweeps/*.yaml)")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY.PATH=VALUE",

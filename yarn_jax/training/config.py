@@ -4,21 +4,36 @@ before any compute, naming the field."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+from pydantic import (Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, field_validator,
+                      model_validator)
 
 from yarn_jax.attention import BACKEND_CHOICES
 from yarn_jax.cli_config import ParallelConfig
 from yarn_jax.model import REMAT_POLICIES
+from yarn_jax.rope.spec import parse_rope_spec
 
 
 class TrainConfig(ParallelConfig):
+    """Without a config file every field has its default below: the checkpoint's own rope (no method is
+    applied unless asked for) and the paper's optimizer (AdamW 2e-5, 20 warmup steps, 400 steps)."""
+
+    FLAG_SECTIONS: ClassVar = (
+        ("model", ("model", "dtype", "param_dtype", "attention_backend", "remat")),
+        ("method", ("rope",)),
+        ("data", ("data", "text_field", "tfds_data_dir", "max_docs", "eval_docs", "seq_len", "packing", "seed")),
+        ("optimization", ("batch_size", "accum", "steps", "learning_rate", "warmup_steps", "lr_decay", "b1", "b2",
+                          "eps", "weight_decay", "clip_norm")),
+        ("run", ("out", "save_every", "keep", "async_checkpoint", "log_every", "eval_every", "eval_length")),
+    )
+
     model: str = Field("smollm2", description="initial weights: HF directory, .gguf file, yarn_jax checkpoint "
                        "(root or ROOT/<step>), or 'smollm2'")
-    rope: dict[str, Any] | None = Field(None, description="rope configuration to train with, HF style, e.g. "
+    rope: dict[str, Any] | None = Field(None, description="rope configuration to train with: an HF rope dict "
                                         "'{rope_type: yarn, factor: 16, original_max_position_embeddings: 4096}' "
-                                        "(null: the checkpoint's)")
+                                        "or the short form yarn:factor=16,original_max_position_embeddings=4096 "
+                                        "(default: the checkpoint's own)")
     data: str = Field("shakespeare", description="shakespeare | file/dir of .txt/.md | .jsonl | tfds:NAME[:SPLIT]")
     text_field: str | None = Field(None, description="JSONL/TFDS text field")
     tfds_data_dir: str | None = Field(None, description="TFDS data_dir")
@@ -29,9 +44,10 @@ class TrainConfig(ParallelConfig):
                                               "or chunk each document (the paper's PG19 chunks)")
     batch_size: PositiveInt = Field(1, description="global batch, in sequences per optimizer step")
     accum: PositiveInt = Field(1, description="gradient accumulation: micro-batches per step (divides batch_size)")
-    steps: PositiveInt = Field(10, description="optimizer steps")
+    steps: PositiveInt = Field(400, description="optimizer steps")
     learning_rate: PositiveFloat = Field(2e-5, description="peak learning rate (after warmup, constant)")
-    warmup_steps: NonNegativeInt = Field(20, description="linear warmup steps")
+    warmup_steps: NonNegativeInt = Field(20, description="linear warmup steps (step k of W runs at k/W of the "
+                                         "peak rate, k = 1..W)")
     lr_decay: Literal["constant", "cosine"] = Field("constant", description="after warmup: constant (the paper's "
                                                     "fine-tuning) or cosine to 0.1x at `steps` (pretraining)")
     b1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1, in [0, 1)")
@@ -52,6 +68,12 @@ class TrainConfig(ParallelConfig):
     log_every: PositiveInt = Field(1, description="metrics every N steps")
     eval_every: NonNegativeInt = Field(0, description="held-out perplexity every N steps (0: never)")
     eval_length: int | None = Field(None, ge=2, description="held-out evaluation length (default: seq_len)")
+
+    @field_validator("rope", mode="before")
+    @classmethod
+    def _rope_spec(cls, v):
+        """The short form (as eval.py's --methods and convert's --rope take it) or `default` / `none`."""
+        return parse_rope_spec(v) if isinstance(v, str) else v  # (a ConfigError is a ValueError: pydantic names the field)
 
     @model_validator(mode="after")
     def _accum_divides(self):

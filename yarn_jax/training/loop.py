@@ -92,16 +92,17 @@ def _global_batch(host_batch_fn, sharder, shape):
     return {k: distributed.from_process_block(v[:, block[1]], sharding, shape) for k, v in local.items()}
 
 
-def train(cfg: TrainConfig) -> dict:
+def train(cfg: TrainConfig, note: str | None = None) -> dict:
     """Run (or resume) the fine-tune described by cfg; returns the final metrics record. Process 0 holds the
-    run directory's lock throughout (a second command on the same --out is refused)."""
+    run directory's lock throughout (a second command on the same --out is refused). `note` (where the
+    settings came from) is logged when the run starts."""
     distributed.initialize(cfg.distributed_config())
     primary = distributed.is_primary()
     with lock(cfg.out, f"run directory {cfg.out}", enabled=primary, run_dir=True):
-        return _train(cfg, primary)
+        return _train(cfg, primary, note)
 
 
-def _train(cfg: TrainConfig, primary: bool) -> dict:
+def _train(cfg: TrainConfig, primary: bool, note: str | None) -> dict:
     log.setLevel(logging.INFO if primary else logging.ERROR)
     if not log.handlers:
         log.addHandler(logging.StreamHandler())
@@ -130,6 +131,8 @@ def _train(cfg: TrainConfig, primary: bool) -> dict:
     train_docs, eval_docs = docs[:len(docs) - cfg.eval_docs], docs[len(docs) - cfg.eval_docs:]
     rows = build_rows([d.ids for d in train_docs], cfg.seq_len, bos=bos, eos=eos, mode=cfg.packing)
     stream = BatchStream(rows, cfg.batch_size, cfg.seed)
+    if note:
+        log.info("%s", note)
     log.info("%s: %d training rows of %d tokens from %d document(s) (%s), %d held out; rope %s; mesh %s",
              cfg.model, len(rows), cfg.seq_len, len(train_docs), cfg.packing, len(eval_docs), mc.rope.rope_type,
              dict(sharder.mesh.shape) if sharder else "none")

@@ -41,19 +41,23 @@ def loss_terms(model: Llama, batch: dict, *, chunk: int = DEFAULT_CHUNK):
 
 def learning_rate_schedule(learning_rate: float, warmup_steps: int, decay: str = "constant",
                            total_steps: int | None = None, final_ratio: float = 0.1):
-    """Linear warmup from 0 over `warmup_steps`, then constant (the paper's fine-tuning) or cosine decay to
-    final_ratio * learning_rate at total_steps (pretraining); an optax schedule of the update count."""
+    """An optax schedule of the update count t = 0, 1, ...: linear warmup over `warmup_steps` updates — the
+    first at learning_rate / W, the W-th at the peak (no update at rate 0) — then constant (the paper's
+    fine-tuning) or cosine decay to final_ratio * learning_rate at the last update (t = total_steps - 1:
+    pretraining)."""
     if decay == "cosine":
         if total_steps is None or total_steps <= warmup_steps:
             raise ValueError(f"cosine decay needs total_steps > warmup_steps, got {total_steps}, {warmup_steps}")
-        return optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps, total_steps,
+        base = optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps, total_steps,
                                                   end_value=final_ratio * learning_rate)
-    if decay != "constant":
+    elif decay != "constant":
         raise ValueError(f"learning-rate decay {decay!r}: choose constant or cosine")
-    if warmup_steps == 0:
+    elif warmup_steps == 0:
         return optax.constant_schedule(learning_rate)
-    return optax.join_schedules([optax.linear_schedule(0.0, learning_rate, warmup_steps),
-                                 optax.constant_schedule(learning_rate)], [warmup_steps])
+    else:
+        base = optax.join_schedules([optax.linear_schedule(0.0, learning_rate, warmup_steps),
+                                     optax.constant_schedule(learning_rate)], [warmup_steps])
+    return lambda count: base(count + 1)  # update t runs at the schedule's value for step t + 1
 
 
 def make_optimizer(learning_rate: float = 2e-5, *, warmup_steps: int = 20, b1: float = 0.9, b2: float = 0.95,
