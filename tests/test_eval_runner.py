@@ -69,6 +69,11 @@ def test_perplexity_equals_transformers_and_outputs_exist(tiny_dir, corpus, tmp_
     out = tmp_path / "run"
     rows = list(csv.DictReader((out / "perplexity.csv").open()))
     assert len(rows) == 6 and {r["method"] for r in rows} == {"none", "yarn x2", "linear x2"}
+    yarn = next(r for r in rows if r["method"] == "yarn x2")  # the rope beside its label
+    assert (yarn["rope_type"], float(yarn["scale"]), yarn["original_context"]) == ("yarn", 2.0, "64")  # L0
+    assert summary["model"] == {"path": str(tiny_dir[0]), "original_context": 64}
+    (inv,) = json.loads((out / "provenance.json").read_text())["invocations"]
+    assert inv["status"] == "finished" and inv["inputs"]["model_path"] == str(tiny_dir[0])
     for png in ("ppl_vs_length.png", "nll_vs_position.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     curve = summary["position_curves"]["none"]

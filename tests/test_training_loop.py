@@ -80,6 +80,10 @@ def test_loss_falls_and_logs_are_written(reference_run):
     assert m[0]["learning_rate"] == pytest.approx(1.5e-3) and m[1]["learning_rate"] == pytest.approx(3e-3)
     assert "eval_ppl" in m[19] and m[39]["eval_ppl"] < m[19]["eval_ppl"] * 1.5
     assert list((reference_run / "tb").glob("events.out.tfevents.*"))
+    assert list((reference_run / "tb" / "hparams").glob("events.out.tfevents.*"))  # TensorBoard's hparams tab
+    (run,) = json.loads((reference_run / "provenance.json").read_text())["invocations"]
+    assert run["status"] == "finished" and run["inputs"]["rope"]["rope_type"] == "yarn"
+    assert run["inputs"]["original_context"] == 32 and run["packages"]["jax"]
     assert sorted(int(p.name) for p in (reference_run / "checkpoints").iterdir() if p.name.isdigit()) == [30, 35, 40]
 
 
@@ -105,7 +109,12 @@ def test_kill_9_then_rerun_reproduces_the_uninterrupted_run(setup, reference_run
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     killed_at = _metrics(out)[-1]["step"]
     assert killed_at < 40
-    subprocess.run(_cmd(work, out, *args), env=_env(), check=True, timeout=300, capture_output=True)
+    rerun = subprocess.run(_cmd(work, out, *args), env=_env(), check=True, timeout=300, capture_output=True, text=True)
+    # stderr is a pipe, not a terminal: plain progress lines, counting from the resumed step to the end
+    progress = [x for x in rerun.stderr.splitlines() if x.startswith("train: ")]
+    first = int(progress[0].split()[1].split("/")[0])  # the step after the last complete checkpoint
+    assert 1 < first <= killed_at + 1 and "loss=" in progress[0]
+    assert progress[-1].startswith("train: 40/40 steps (100%)") and "\r" not in rerun.stderr
     resumed, ref = _metrics(out), _metrics(reference_run)
     assert [r["step"] for r in resumed] == list(range(1, 41))  # each step logged once
     for a, b in zip(resumed, ref):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from typing import Any, Mapping
 
@@ -54,9 +55,19 @@ def absolute(path: str | os.PathLike):
     return p if "://" in os.fspath(path) else epath.Path(os.path.abspath(os.fspath(path)))
 
 
+def _not_read_only_notice(record: logging.LogRecord) -> bool:
+    """Drops orbax's notices that a read-only manager will not save or create anything (what we asked for)."""
+    message = record.getMessage()
+    return not ("read_only=True, setting" in message or message.startswith("Given directory is read only"))
+
+
 def _manager(root: str | os.PathLike, **options):
     import orbax.checkpoint as ocp
 
+    if options.get("read_only"):
+        absl = logging.getLogger("absl")
+        if _not_read_only_notice not in absl.filters:
+            absl.addFilter(_not_read_only_notice)
     return ocp.CheckpointManager(os.fspath(absolute(root)), options=ocp.CheckpointManagerOptions(**options))
 
 

@@ -21,6 +21,7 @@ from yarn_jax.checkpoint.layout import SAFETENSORS_DTYPES, check_replaceable, np
 from yarn_jax.convert.verify import VerificationError, verify
 from yarn_jax.errors import ConfigError
 from yarn_jax.outputs import Staging, check_disjoint, lock, remove_tree
+from yarn_jax.progress import Progress
 
 REPORT = "conversion.json"
 
@@ -128,9 +129,15 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = 
 
 
 def _progress(desc: str):
-    from tqdm import tqdm
+    """An iterable wrapper reporting each parameter written (a bar on a terminal, plain lines in a log)."""
+    def each(items):
+        items = list(items)
+        with Progress(len(items), desc, unit="params") as bar:
+            for item in items:
+                yield item
+                bar.update(1)
 
-    return lambda items: tqdm(list(items), desc=desc, unit="param")
+    return each
 
 
 __all__ = ["convert", "default_target", "VerificationError"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import jax
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from yarn_jax.api import from_pretrained
 from yarn_jax.assets import resolve_model
@@ -19,6 +18,8 @@ from yarn_jax.evaluation.methods import parse_methods
 from yarn_jax.evaluation.tasks import TASKS, RunContext, Task
 from yarn_jax.fingerprint import model_identity, short, tokenizer_identity
 from yarn_jax.outputs import lock
+from yarn_jax.progress import Progress
+from yarn_jax.provenance import Invocation
 from yarn_jax.rundir import RunStore, write_csv_atomic, write_json_atomic
 from yarn_jax.sharding import distributed
 
@@ -58,7 +59,7 @@ def _run(cfg: EvalConfig, console: Console | None, primary: bool, note: str | No
     bos = mc.bos_token_id if cfg.bos == "auto" else (None if cfg.bos == "none" else int(cfg.bos))
     if bos is not None and not 0 <= bos < mc.vocab_size:
         raise ConfigError(f"bos: token id {bos} is outside the vocabulary [0, {mc.vocab_size})")
-    ctx = RunContext(cfg, pm, pm.tokenizer(), methods, ropes, bos, console)
+    ctx = RunContext(cfg, pm, pm.tokenizer(), methods, ropes, bos, console, original_context=l0)
     task_inputs = {}
     for t in tasks:
         task_inputs.update(t.prepare(ctx))
@@ -75,17 +76,23 @@ def _run(cfg: EvalConfig, console: Console | None, primary: bool, note: str | No
         console.print(note, markup=False, highlight=False)
     console.print(", ".join([f"[bold]{cfg.model}[/] (L0 = {l0}), {len(methods)} methods, bos = {bos}",
                              *filter(None, (t.describe() for t in tasks))]) + f"; results in {ctx.store.dir}")
-    for t in tasks:
-        _run_cells(t, ctx, tasks)
-    summary = summarize(ctx, tasks)
-    for t in tasks:
-        t.check(ctx, summary)
+    invocation = None
+    if primary:
+        invocation = Invocation(ctx.store.dir, {"model": cfg.model, "model_path": str(model_path),
+                                                "original_context": l0, "identity": inputs}, sharder).start()
+    try:
+        for t in tasks:
+            _run_cells(t, ctx, tasks)
+        summary = summarize(ctx, tasks)
+        for t in tasks:
+            t.check(ctx, summary)
+    except BaseException as e:
+        if invocation is not None:
+            invocation.finish(e)
+        raise
+    if invocation is not None:
+        invocation.finish()
     return summary
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=False)
 
 
 def _run_cells(task: Task, ctx: RunContext, tasks: list[Task]) -> None:
@@ -94,19 +101,18 @@ def _run_cells(task: Task, ctx: RunContext, tasks: list[Task]) -> None:
     todo = [c for c in task.cells(ctx) if not ctx.store.get(c.key)]
     if not todo:
         return
-    with _progress(ctx.console) as progress:
-        bar = progress.add_task(task.name, total=sum(c.work for c in todo))
-        for cell in todo:
-            progress.update(bar, description=cell.label)
+    with Progress(sum(c.work for c in todo), task.name, unit=task.unit, enabled=not ctx.console.quiet) as bar:
+        for i, cell in enumerate(todo):
+            bar.describe(f"{task.name} {i + 1}/{len(todo)}: {cell.label}")
             done = [0]
 
             def advance(k: int, done=done) -> None:
                 done[0] += k
-                progress.advance(bar, k)
+                bar.update(k)
 
             record = task.run(ctx, cell, advance)
             ctx.store.add({**record, "key": cell.key})
-            progress.advance(bar, max(cell.work - done[0], 0))
+            bar.update(max(cell.work - done[0], 0))
             summarize(ctx, tasks, quiet=True)
 
 
@@ -114,7 +120,8 @@ def summarize(ctx: RunContext, tasks: list[Task], quiet: bool = False) -> dict:
     """summary.json and each task's CSV from the stored cells of this config; unless quiet (the per-cell
     refresh), also the plots and the tables."""
     out = ctx.store.dir
-    summary: dict = {"config": ctx.cfg.model_dump()}
+    summary: dict = {"config": ctx.cfg.model_dump(),  # and the model it named, resolved
+                     "model": {"path": ctx.model.source, "original_context": ctx.original_context}}
     for t in tasks:
         summary.update(t.summarize(ctx))
     if not ctx.store.write:  # not process 0

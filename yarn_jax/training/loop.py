@@ -28,6 +28,8 @@ from yarn_jax.sharding import distributed
 from yarn_jax.sharding.params import tree_shardings
 from yarn_jax.training.checkpoints import TrainCheckpointer
 from yarn_jax.training.config import TRAJECTORY_FIELDS, TrainConfig
+from yarn_jax.progress import Progress
+from yarn_jax.provenance import Invocation
 from yarn_jax.training.step import TrainStep, batch_sharding, learning_rate_schedule, make_optimizer
 
 log = logging.getLogger("yarn_jax.train")
@@ -161,11 +163,17 @@ def _train(cfg: TrainConfig, primary: bool, note: str | None) -> dict:
     ckpt.copy_tokenizer(pm.tokenizer_dir)
     metrics_path = _metrics_file(out, start, primary)
 
-    writer = None
+    writer = invocation = None
     if primary:
         from tensorboardX import SummaryWriter
 
+        invocation = Invocation(out, {"model": cfg.model, "model_path": str(model_path), "rope": mc.rope.to_dict(),
+                                      "original_context": mc.rope.original_max_position_embeddings
+                                      or mc.max_position_embeddings, **mine}, sharder).start()
         writer = SummaryWriter(str(out / "tb"), purge_step=start + 1)
+        with writing(out / "tb"):  # the settings and provenance beside the curves (TensorBoard's text tab)
+            writer.add_text("config", _code_block(cfg.model_dump()), start + 1)
+            writer.add_text("provenance", _code_block(invocation.record), start + 1)
     scorer = None
     if cfg.eval_every:
         scorer = PerplexityScorer(nnx.merge(graphdef, state), bos)
@@ -173,9 +181,7 @@ def _train(cfg: TrainConfig, primary: bool, note: str | None) -> dict:
     shape = (cfg.batch_size, cfg.seq_len)
     preemption = _Preemption()
     record: dict = {}
-    from tqdm import tqdm
-
-    bar = tqdm(total=cfg.steps, initial=start, desc="train", disable=not primary, dynamic_ncols=True)
+    bar = Progress(cfg.steps, "train", unit="steps", initial=start, enabled=primary)
     ckpt.quiet_writer_noise()
     try:
         for step in range(start + 1, cfg.steps + 1):
@@ -206,8 +212,7 @@ def _train(cfg: TrainConfig, primary: bool, note: str | None) -> dict:
                         if k != "step":
                             writer.add_scalar(f"train/{k}" if k != "eval_ppl" else "eval/ppl", v, step)
                     writer.flush()
-            bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
-            bar.update(1)
+            bar.update(1, loss=f"{m['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
             final = step == cfg.steps or preemption.requested
             if final or step % cfg.save_every == 0:
                 ckpt.save(step, state, opt_state, mc, stream.state(next_batch), cfg.model_dump(), force=True)
@@ -217,10 +222,27 @@ def _train(cfg: TrainConfig, primary: bool, note: str | None) -> dict:
                          step, out)
                 break
         ckpt.wait()
+        if writer is not None and record:
+            with writing(out / "tb"):  # TensorBoard's hparams tab: the trajectory's settings and where it ended
+                writer.add_hparams({k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
+                                    for k, v in cfg.model_dump().items() if k in TRAJECTORY_FIELDS},
+                                   {f"hparam/{k}": record[k] for k in ("loss", "eval_ppl") if k in record},
+                                   name="hparams", global_step=record["step"])
+    except BaseException as e:
+        if invocation is not None:
+            invocation.finish(e)
+        raise
     finally:
-        bar.close()  # ends the progress line, so an error is printed on a line of its own
+        bar.close()  # ends the progress bar's line, so an error is printed on a line of its own
         preemption.restore()
         if writer is not None:
             close_after(writer.close, out / "tb")
         close_after(ckpt.close)
+    if invocation is not None:
+        invocation.finish()
     return record
+
+
+def _code_block(obj) -> str:
+    """A mapping as a markdown code block of JSON (TensorBoard renders text summaries as markdown)."""
+    return "```\n" + json.dumps(obj, indent=2, default=str) + "\n```"

@@ -34,6 +34,7 @@ class RunContext:
     ropes: dict[str, RopeConfig]  # method key -> its rope on this model, resolved (and validated) once
     bos: int | None
     console: Console
+    original_context: int = 0  # L0 the named methods are scaled from
     store: RunStore | None = None  # set once the inputs are known
     ident: str = ""  # identity of the model and tokenizer: part of every cell key
 
@@ -46,6 +47,12 @@ class RunContext:
         if method.rope is None:
             return self.model.module
         return self.model.module.replace(config=dataclasses.replace(self.model.config, rope=self.ropes[method.key]))
+
+    def rope_columns(self, method: Method) -> dict:
+        """The method's resolved rope as table columns: its type, scale factor (1 without one) and L0."""
+        rope = self.ropes[method.key]
+        return {"rope_type": rope.rope_type, "scale": float(getattr(rope.method, "factor", 1.0)),
+                "original_context": rope.original_max_position_embeddings}
 
     def records(self, keys) -> list[dict]:
         """The stored records of these cell keys (finished ones only)."""
@@ -65,6 +72,7 @@ class Task:
     `run` and `summarize`; the rest has defaults."""
 
     name: ClassVar[str]
+    unit: ClassVar[str] = "forwards"  # what a cell's `work` counts (the progress report's unit)
 
     @staticmethod
     def check_config(cfg: EvalConfig) -> None:

@@ -19,6 +19,7 @@ from yarn_jax.evaluation.tasks.base import Cell, RunContext, Task
 
 class PasskeyTask(Task):
     name = "passkey"
+    unit = "trials"
 
     def __init__(self):
         self._modules = {}
@@ -60,7 +61,8 @@ class PasskeyTask(Task):
                 recs = self._records(ctx, n, m)
                 if recs:
                     by_len[n] = float(np.mean([r["correct"] for r in recs]))
-                    rows.append({"method": m.label, "length": n, "accuracy": by_len[n], "trials": len(recs)})
+                    rows.append({"method": m.label, **ctx.rope_columns(m), "length": n, "accuracy": by_len[n],
+                                 "trials": len(recs)})
             if by_len:
                 ctx_len, mean_acc = pk.passkey_context(by_len)
                 contexts[m.label] = {"context": ctx_len, "accuracy": mean_acc}

@@ -81,7 +81,8 @@ class PerplexityTask(Task):
             for n in cfg.lengths:
                 cells = ctx.records(self._key(ctx, n, d, m) for d in self.docs)
                 if cells:
-                    rows.append({"method": m.label, "length": n, "protocol": cfg.protocol, **aggregate(cells)})
+                    rows.append({"method": m.label, **ctx.rope_columns(m), "length": n, "protocol": cfg.protocol,
+                                 **aggregate(cells)})
             if self.docs:  # NLL by position from the longest length's forwards
                 n = max(cfg.lengths)
                 cells = ctx.records(self._key(ctx, n, d, m) for d in self.docs)

@@ -1,0 +1,100 @@
+"""Progress of long work, readable where it lands: a live bar on a terminal (tqdm), and plain lines in a log
+(stderr not a terminal: `make eval > log`, a pod driven through `gcloud ... --command`) — the first unit
+done, then one line every `every` seconds, and the last — each with the count, elapsed time, ETA and the
+latest figures (loss, tokens/s, the cell being computed).
+
+    YARN_JAX_PROGRESS=bar|lines|off   force the form (default: bar on a terminal, lines otherwise)
+    YARN_JAX_PROGRESS_EVERY=SECONDS   the interval of plain lines (default 30)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+MODES = ("bar", "lines", "off")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+class Progress:
+    """Counts units of work toward `total` (`initial` already done, e.g. resumed steps). `update(n, **info)`
+    adds n units and sets the figures shown beside the count; `describe(text)` names what is being done."""
+
+    def __init__(self, total: int, desc: str, *, unit: str = "it", initial: int = 0, enabled: bool = True,
+                 stream=None, every: float | None = None, mode: str | None = None):
+        self.total, self.desc, self.unit, self.done = total, desc, unit, initial
+        self.stream = stream or sys.stderr
+        mode = mode or os.environ.get("YARN_JAX_PROGRESS") or ("bar" if _is_terminal(self.stream) else "lines")
+        if mode not in MODES:
+            raise ValueError(f"YARN_JAX_PROGRESS={mode!r}: choose from {list(MODES)}")
+        self.mode = mode if enabled else "off"
+        self.every = float(os.environ.get("YARN_JAX_PROGRESS_EVERY", 30) if every is None else every)
+        self.info: dict = {}
+        self._start, self._initial, self._last_line = time.monotonic(), initial, None
+        self._bar = None
+        if self.mode == "bar":
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, file=self.stream,
+                             dynamic_ncols=True)
+
+    def describe(self, desc: str) -> None:
+        self.desc = desc
+        if self._bar is not None:
+            self._bar.set_description_str(desc)
+
+    def update(self, n: int = 1, **info) -> None:
+        self.done += n
+        self.info.update(info)
+        if self._bar is not None:
+            if info:
+                self._bar.set_postfix(self.info, refresh=False)
+            self._bar.update(n)
+        elif self.mode == "lines":
+            now = time.monotonic()
+            if self._last_line is None or now - self._last_line >= self.every or self.done >= self.total:
+                self._line(now)
+
+    def line(self) -> str:
+        """The plain report: `desc: done/total unit (pct), elapsed, ETA, figures`."""
+        elapsed = time.monotonic() - self._start
+        ran = self.done - self._initial
+        parts = [f"{self.desc}: {self.done}/{self.total} {self.unit}"
+                 + (f" ({100 * self.done / self.total:.0f}%)" if self.total else ""), f"{_duration(elapsed)} elapsed"]
+        if 0 < ran and self.done < self.total:
+            parts.append(f"ETA {_duration(elapsed / ran * (self.total - self.done))}")
+        parts += [f"{k}={v}" for k, v in self.info.items()]
+        return ", ".join(parts)
+
+    def _line(self, now: float) -> None:
+        self._last_line = now
+        print(self.line(), file=self.stream, flush=True)
+
+    def close(self) -> None:
+        """End the report (the bar's line ends, so what is printed next starts on its own; in plain lines the
+        last state, if not yet reported)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        elif self.mode == "lines" and self._last_line is not None and self.done < self.total:
+            self._line(time.monotonic())
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
