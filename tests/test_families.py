@@ -230,7 +230,7 @@ def test_decode_from_the_cache_equals_a_full_recompute(family, tmp_path):
     token's next-token logits equal a full forward's, and greedy tokens equal a recompute's."""
     import jax.numpy as jnp
 
-    from yarn_jax.generate import greedy_generate, greedy_generate_recompute
+    from yarn_jax.generate import generate_ids, greedy_generate_recompute
 
     _, path = hf_model(family, YARN, tmp_path)
     model = yarn_jax.from_pretrained(path).module
@@ -239,7 +239,7 @@ def test_decode_from_the_cache_equals_a_full_recompute(family, tmp_path):
     pad = [(0, 0), (0, 0), (0, 11), (0, 0), (0, 0)]
     step, _, _ = model.decode_step(jnp.asarray(prompt[:, 69]), 69, jnp.pad(k, pad), jnp.pad(v, pad))
     np.testing.assert_allclose(np.asarray(step), np.asarray(model(prompt))[:, -1], atol=1e-4, rtol=0)
-    np.testing.assert_array_equal(greedy_generate(model, prompt, 8), greedy_generate_recompute(model, prompt, 8))
+    np.testing.assert_array_equal(generate_ids(model, prompt, 8), greedy_generate_recompute(model, prompt, 8))
 
 
 def test_the_layer_differences_matter(tmp_path):

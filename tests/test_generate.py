@@ -9,7 +9,7 @@ from conftest import random_params, tiny_hf_dict
 from flax import nnx
 
 from yarn_jax.config import LlamaConfig
-from yarn_jax.generate import greedy_generate, greedy_generate_recompute
+from yarn_jax.generate import generate_ids, greedy_generate_recompute
 from yarn_jax.model import model_from_params
 
 ROPES = {
@@ -46,7 +46,7 @@ def test_greedy_tokens_equal_full_recompute(name):
     cache, length-dependent ones re-run the forward; both equal a full recompute token for token."""
     model = tiny_model(ROPES[name])
     prompt = jnp.asarray(np.random.default_rng(1).integers(0, 97, (3, 160)), jnp.int32)
-    cached = greedy_generate(model, prompt, 10, dynamic_cache=False)
+    cached = generate_ids(model, prompt, 10, dynamic_cache=False)
     recomputed = greedy_generate_recompute(model, prompt, 10)
     assert cached.shape == (3, 10)
     np.testing.assert_array_equal(cached, recomputed)
@@ -87,7 +87,7 @@ def test_decoding_on_a_mesh_is_sharded_and_gives_the_one_device_tokens(name):
     graphdef, state = nnx.split(single.replace(sharder=sharder))
     model = nnx.merge(graphdef, shard_state(state, sharder))
     prompt = jnp.asarray(np.random.default_rng(4).integers(0, 97, (2, 160)), jnp.int32)
-    np.testing.assert_array_equal(greedy_generate(model, prompt, 10), greedy_generate(single, prompt, 10))
+    np.testing.assert_array_equal(generate_ids(model, prompt, 10), generate_ids(single, prompt, 10))
 
     def programs(m):
         g, s = nnx.split(m)

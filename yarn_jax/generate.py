@@ -1,4 +1,5 @@
-"""Greedy decoding with a key/value cache (the passkey test's generator).
+"""Decoding with a key/value cache: greedy (the passkey test's generator) or sampled (temperature, top-k,
+top-p, a seed).
 
 The cache holds keys *before* the rotation. Every step rotates all cached keys with the frequencies of
 the current length (seq_len = pos + 1), the same ones the new query gets, as a full forward over the
@@ -7,7 +8,7 @@ of caching rotated keys under HF's dynamic scaling).
 
 Length-dependent methods (HF `dynamic`, Dynamic-YaRN past the original context, longrope across it)
 change their frequencies with the length, and that also changes every earlier token's deeper-layer
-keys and values, which no cache can replay. So `greedy_generate` checks whether the frequencies at the
+keys and values, which no cache can replay. So `generate_ids` checks whether the frequencies at the
 prompt length and at the final length differ: if not (static methods; dynamic ones inside the original
 context) it decodes from the cache, exactly; if so it re-runs the forward over the whole sequence for
 each new token (exactly a full recompute), unless `dynamic_cache=True` asks for the fast approximation
@@ -17,6 +18,7 @@ context: max |dlogit| 0.004-0.06 over 10 steps, logits of std 1.4).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -24,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from yarn_jax.errors import ConfigError
 from yarn_jax.model import Llama
 
 
@@ -60,12 +63,59 @@ def frequencies_change(model: Llama, start_len: int, end_len: int) -> bool:
     return not all(bool(jnp.array_equal(x, y)) for x, y in zip(a, b))
 
 
-def greedy_generate(model: Llama, prompt_ids, max_new_tokens: int, stop_ids=(), *, done_fn=None,
-                    dynamic_cache: bool = False) -> jax.Array:
-    """prompt_ids [B, T] -> the greedily generated ids [B, n] (n <= max_new_tokens; stops early once every
-    row has produced one of `stop_ids`, or `done_fn(ids [B, n] numpy) -> bool [B]` says so). Equal to a
-    full recompute per token (see the module docstring); dynamic_cache=True decodes length-dependent
-    methods from the cache as well."""
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """Sampled decoding: logits / temperature, restricted to the top_k most likely tokens and to the smallest
+    set whose probability reaches top_p (HF's TopKLogitsWarper / TopPLogitsWarper), drawn with a key from
+    `seed` folded with the step. temperature 0 is greedy."""
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if not (self.temperature >= 0 and np.isfinite(self.temperature)):
+            raise ConfigError(f"temperature={self.temperature!r} must be a finite number >= 0")
+        if self.top_k is not None and (isinstance(self.top_k, bool) or self.top_k < 1):
+            raise ConfigError(f"top_k={self.top_k!r} must be a positive integer")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p={self.top_p!r} must be in (0, 1]")
+
+    def __call__(self, logits, step: int):
+        """logits [B, V] -> the next tokens [B] int32."""
+        if self.temperature == 0:
+            return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        key = jax.random.fold_in(jax.random.PRNGKey(self.seed), step)
+        return jax.random.categorical(key, filtered_logits(logits / self.temperature, self.top_k, self.top_p),
+                                      axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def filtered_logits(logits, top_k: int | None, top_p: float | None):
+    """logits [B, V] float with the tokens outside the top-k / the top-p nucleus at -inf (at least the most
+    likely token is kept)."""
+    logits = logits.astype(jnp.float32)
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if top_p is not None and top_p < 1:
+        order = jnp.argsort(-logits, axis=-1)
+        probs = jax.nn.softmax(jnp.take_along_axis(logits, order, axis=-1), axis=-1)
+        before = jnp.cumsum(probs, axis=-1) - probs  # probability of the more likely tokens
+        keep_sorted = before < top_p  # the first token always (0 < top_p)
+        keep = jnp.zeros_like(keep_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
+        logits = jnp.where(keep, logits, -jnp.inf)
+    return logits
+
+
+def generate_ids(model: Llama, prompt_ids, max_new_tokens: int, stop_ids=(), *, sampling: Sampling | None = None,
+                 done_fn=None, dynamic_cache: bool = False) -> jax.Array:
+    """prompt_ids [B, T] -> the generated ids [B, n] (n <= max_new_tokens; greedy, or drawn by `sampling`;
+    stops early once every row has produced one of `stop_ids`, or `done_fn(ids [B, n] numpy) -> bool [B]`
+    says so). Equal to a full recompute per token (see the module docstring); dynamic_cache=True decodes
+    length-dependent methods from the cache as well."""
+    choose = sampling or Sampling(temperature=0.0)
     prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
     b, t = prompt_ids.shape
     graphdef, state = nnx.split(model)
@@ -77,7 +127,7 @@ def greedy_generate(model: Llama, prompt_ids, max_new_tokens: int, stop_ids=(), 
         logits = _last_logits(graphdef, state, padded, jnp.int32(t))
     out, done = [], jnp.zeros((b,), bool)
     for i in range(max_new_tokens):
-        token = jnp.argmax(logits, axis=-1).astype(jnp.int32)  # [B]
+        token = choose(logits, i)  # [B]
         out.append(token)
         done = done | jnp.isin(token, jnp.asarray(stop_ids, jnp.int32))
         if done_fn is not None:

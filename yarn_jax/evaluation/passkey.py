@@ -16,7 +16,7 @@ import re
 import numpy as np
 
 from yarn_jax.errors import ConfigError
-from yarn_jax.generate import greedy_generate
+from yarn_jax.generate import generate_ids
 from yarn_jax.model import Llama
 
 TASK = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
@@ -103,7 +103,7 @@ def run_trial(model: Llama, tokenizer, length: int, depth: float, key: int, *, b
         return [re.search(r"\d+\D", tokenizer.decode(row.tolist(), skip_special_tokens=True)) is not None
                 for row in tokens]
 
-    out = np.asarray(greedy_generate(model, ids[None], max_new_tokens, stop, done_fn=answered,
+    out = np.asarray(generate_ids(model, ids[None], max_new_tokens, stop, done_fn=answered,
                                      dynamic_cache=dynamic_cache))[0]
     answer = tokenizer.decode(out.tolist(), skip_special_tokens=True)
     return Trial(length, depth, key, int(ids.size), answer, first_integer(answer) == key)
