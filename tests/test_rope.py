@@ -1,5 +1,5 @@
 """Rotary frequencies and attention factors against transformers' `modeling_rope_utils` (the reference),
-the check values of docs/method.md, and the paper's formulas for the variants HF lacks."""
+the check values of docs/methods.md, and the paper's formulas for the variants HF lacks."""
 
 from __future__ import annotations
 
@@ -139,7 +139,7 @@ def test_type_alias_and_transformers4_dict():
     assert a == b and a.theta == 5e5
 
 
-# ---- docs/method.md check values ---------------------------------------------------------------------------
+# ---- docs/methods.md check values ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("d,base,l0,raw,truncated", [
@@ -201,7 +201,7 @@ def test_ntk_static_formula_and_hf_dynamic_equivalence(head_dim, theta):
 
 
 def ntk_by_parts_float64(d, base, s, l0, beta_fast=32.0, beta_slow=1.0):
-    """docs/method.md (the NTK-by-parts ramp) written out in float64 numpy (ramp in the pair index, truncated range)."""
+    """docs/methods.md (the NTK-by-parts ramp) written out in float64 numpy (ramp in the pair index, truncated range)."""
     j = np.arange(d // 2)
     theta = base ** (-2 * j / d)
     corr = lambda r: d * math.log(l0 / (2 * math.pi * r)) / (2 * math.log(base))  # noqa: E731

@@ -25,7 +25,7 @@ from yarn_jax.sharding.mesh import MeshConfig
 
 
 class ParallelConfig(BaseModel):
-    """Device mesh and multi-process settings (see README "Running on a Cloud TPU pod slice")."""
+    """Device mesh and multi-process settings (see docs/pods.md)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # every float field finite
 
@@ -48,7 +48,7 @@ class ParallelConfig(BaseModel):
         "blocks passed around the axis: O(T/P) per device)")
     splash_blocks: dict[str, Union[bool, int]] = Field(
         {}, description="splash attention tile sizes / backward kernel overriding the defaults, e.g. "
-        "'{block_q: 1024, fused_bwd: false}' (README 'Splash attention blocks')")
+        "'{block_q: 1024, fused_bwd: false}' (docs/attention.md, splash attention blocks)")
     distributed: Literal["auto", "on", "off"] = Field("auto", description="multi-process: auto (from the flags "
                                                       "below, JAX_* environment, or a TPU VM) | on | off")
     coordinator_address: str | None = Field(None, description="multi-process: host:port of process 0")

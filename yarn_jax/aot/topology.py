@@ -116,7 +116,7 @@ CHIPS["h100"] = Chip("NVIDIA H100 SXM", 80e9, 989e12, 3350e9, 900e9, 400e9 / 8,
 @dataclasses.dataclass(frozen=True)
 class GpuTopology:
     """One host of N H100s (`h100-8`), compiled for through the jax CUDA plugin with no GPU attached
-    (needs `jax[cuda12]`; README "Compiling for a GPU host")."""
+    (needs `jax[cuda12]`; docs/pods.md "Compiling for a GPU host")."""
 
     name: str
     chips: int

@@ -59,7 +59,7 @@ class SplashBlocks:
     Forward: `block_q` queries against `block_kv` keys per grid step, the keys processed `block_kv_compute`
     at a time. Backward: the dK/dV kernel's blocks (`*_dkv`) and the dQ kernel's (`*_dq`); with
     `fused_bwd` one kernel computes dQ, dK and dV (no dQ blocks). Each block is capped at the padded
-    length it tiles, so the defaults serve short sequences too. Defaults (README "Splash attention
+    length it tiles, so the defaults serve short sequences too. Defaults (docs/attention.md "Splash attention
     blocks", bench/aot_splash_blocks.py): 512 everywhere with separate dK/dV and dQ kernels — every
     candidate compiled with Mosaic for head_dim 64 and 128; among the 512 blocks MaxText runs by default,
     the separate backward needs fewer temporaries than the fused one — by 16.6 GiB per chip for the

@@ -4,7 +4,7 @@ A method maps `(RopeConfig, seq_len) -> (inv_freq [d/2] float32, attention_facto
 multiplies cos and sin (so attention logits are scaled by its square), exactly as HF transformers'
 `LlamaRotaryEmbedding` does. Methods are keyed by HF `rope_type` names where one exists (default, linear,
 dynamic, yarn, llama3, longrope), plus the YaRN paper's variants HF lacks (ntk, ntk_by_parts,
-dynamic_yarn). Equations: docs/method.md. Adding a method is one record here (and its tests).
+dynamic_yarn). Equations: docs/methods.md. Adding a method is one record here (and its tests).
 
 `seq_len` may be a traced scalar: length-dependent methods use `jnp.where` rather than Python branches,
 so one compiled function serves every length. Static methods return host (numpy) constants.

@@ -31,7 +31,7 @@ from yarn_jax.sharding.rules import DEFAULT_RULES, Sharder
 AXES = ("data", "fsdp", "sequence", "tensor")
 DCN_AXES = ("data", "fsdp")  # the axes that may span slices
 
-# Which preset for which job (README "Running on a TPU pod slice or a multi-GPU host"):
+# Which preset for which job (docs/pods.md):
 PRESETS: dict[str, dict[str, int]] = {
     "none": {},  # one device, no mesh
     "dp": {"data": -1},  # model fits a device: replicate it, split the batch

@@ -1,0 +1,142 @@
+"""The documentation's commands cannot go stale: every command in a ```bash block of README.md and docs/*.md
+(also inside `gcloud ... --command "..."`) names an existing `make` target or `yarn-jax` verb, uses only
+flags that verb accepts, and points at config files that exist; `yarn-jax train` / `eval` commands are
+parsed and validated as the command would (pydantic, the YAML they name). The README's Python quickstart
+calls only methods the model object has. Also: the front page stays a front page (size, links resolve)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from yarn_jax import cli_config
+from yarn_jax.__main__ import VERBS
+from yarn_jax.api import PretrainedModel
+from yarn_jax.evaluation.config import EvalConfig
+from yarn_jax.training.config import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+SCRIPTS = {"train.py": "train", "eval.py": "eval"}
+
+
+def _blocks(page: Path, lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", page.read_text(), re.S)
+
+
+def _commands(block: str) -> list[list[str]]:
+    """Each command of a shell block as tokens: continuation lines joined, comments dropped, `&&`-chained
+    and quoted (`--command "..."`) commands split out."""
+    out = []
+    for line in block.replace("\\\n", " ").splitlines():
+        try:
+            tokens = shlex.split(line, comments=True)
+        except ValueError:
+            raise AssertionError(f"unparsable shell line: {line!r}") from None
+        out += _split(tokens)
+    return out
+
+
+def _split(tokens: list[str]) -> list[list[str]]:
+    out, current = [], []
+    for tok in tokens:
+        if tok in ("&&", ";", "|", "||", ">", "2>&1") or tok.startswith(">"):
+            out.append(current)
+            current = [] if tok in ("&&", ";", "|", "||") else ["<redirect>"]
+        elif " " in tok and ("yarn-jax" in tok or "make " in tok):  # a quoted command (gcloud --command)
+            for part in tok.split("&&"):
+                out += _split(shlex.split(part))
+        else:
+            current.append(tok)
+    out.append(current)
+    return [c for c in out if c and c[0] != "<redirect>"]
+
+
+def _verb(cmd: list[str]) -> tuple[str, list[str]] | None:
+    """(verb, its arguments) of a yarn_jax command in any of its spellings, else None."""
+    head = cmd[0].rsplit("/", 1)[-1]
+    if head == "yarn-jax" and len(cmd) > 1:
+        return cmd[1], cmd[2:]
+    if head.startswith("python") and len(cmd) > 1:
+        if cmd[1] in SCRIPTS:
+            return SCRIPTS[cmd[1]], cmd[2:]
+        if cmd[1] == "-m" and len(cmd) > 2 and cmd[2].startswith("yarn_jax"):
+            if cmd[2] == "yarn_jax":
+                return cmd[3], cmd[4:]
+            return cmd[2].split(".")[1], cmd[3:]
+    return None
+
+
+def _help_flags(verb: str) -> set[str]:
+    import importlib
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        importlib.import_module(VERBS[verb]).main(["--help"] if verb != "convert" else ["--help"])
+    return set(re.findall(r"--[a-z][a-z0-9-]*", out.getvalue()))
+
+
+def _settings_flags(cls) -> set[str]:
+    flags = {f"--{n.replace('_', '-')}" for n in cls.model_fields}
+    return flags | {f"--no-{f[2:]}" for f in flags} | {"--config"}
+
+
+ALL_COMMANDS = [(page.name, cmd) for page in PAGES for block in _blocks(page, "bash") for cmd in _commands(block)]
+
+
+def test_the_docs_have_commands_to_check():
+    verbs = {v[0] for _, c in ALL_COMMANDS if (v := _verb(c))}
+    assert {"eval", "train", "convert", "sweep", "aot"} <= verbs, verbs
+
+
+@pytest.mark.parametrize("page, cmd", [c for c in ALL_COMMANDS if c[1][0] == "make" or _verb(c[1])],
+                         ids=lambda x: x if isinstance(x, str) else " ".join(x)[:60])
+def test_documented_command_is_valid(page, cmd):
+    if cmd[0] == "make":
+        targets = re.findall(r"^([a-z][a-z0-9_-]*):", (ROOT / "Makefile").read_text(), re.M)
+        assert all(t in targets for t in cmd[1:] if not t.startswith("-")), (page, cmd)
+        return
+    verb, args = _verb(cmd)
+    assert verb in VERBS, f"{page}: no verb {verb!r} in {cmd}"
+    args = [a for a in args if a != "..."]  # an elision in the docs
+    for a in args:
+        if a.startswith(("configs/", "results/")) and not any(c in a for c in "*<{"):
+            assert (ROOT / a).exists(), f"{page}: {a} does not exist ({cmd})"
+    if verb in ("train", "eval"):
+        cls = TrainConfig if verb == "train" else EvalConfig
+        args = [re.sub(r"^\$\w+$", "1", a) for a in args]  # $RANK and the like
+        if "--config" in args and not args[args.index("--config") + 1].startswith("configs/"):
+            i = args.index("--config")  # the reader's own file (my.yaml): the flags are still checked
+            args = args[:i] + args[i + 2:]
+        cfg, _ = cli_config.parse_command(cls, [str(ROOT / a) if a.startswith("configs/") else a for a in args],
+                                          prog=verb, description="", where=f"{page}")
+        assert cfg is not None
+        return
+    allowed = _help_flags(verb) | ({f for c in (TrainConfig, EvalConfig) for f in _settings_flags(c)}
+                                   if verb == "aot" else set())
+    used = {a.split("=")[0] for a in args if a.startswith("--")}
+    assert used <= allowed, f"{page}: {sorted(used - allowed)} are not flags of yarn-jax {verb} ({cmd})"
+
+
+def test_python_quickstart_uses_what_exists():
+    calls = set()
+    for page in PAGES:
+        for block in _blocks(page, "python"):
+            compile(block, str(page), "exec")  # at least valid Python
+            calls |= set(re.findall(r"\bmodel\.(\w+)\(", block))
+    assert calls, "no Python examples found"
+    assert calls <= set(dir(PretrainedModel)), calls - set(dir(PretrainedModel))
+
+
+def test_front_page_is_a_front_page_and_links_resolve():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.encode()) <= 12 * 1024
+    assert text.splitlines()[3].startswith("make eval") and text.splitlines()[4].startswith("make test")
+    for page in PAGES:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
+            assert (page.parent / target).exists(), f"{page.name}: broken link {target}"
