@@ -13,6 +13,7 @@ from pydantic import Field, PositiveInt, field_validator, model_validator
 from yarn_jax import cli_config
 from yarn_jax.attention import BACKEND_CHOICES
 from yarn_jax.cli_config import ParallelConfig
+from yarn_jax.rope import NAMED
 
 
 class EvalConfig(ParallelConfig):
@@ -30,7 +31,8 @@ class EvalConfig(ParallelConfig):
 
     model: str = Field("smollm2", description="HF directory, .gguf file, or 'smollm2' (the bundled asset)")
     methods: list[str] = Field(["none", "linear", "ntk", "yarn", "dynamic_yarn"],
-                               description="method names (scaled by each of `scales`) or full rope specs")
+                               description="method names — none | " + " | ".join(NAMED) + " — each scaled by "
+                               "every one of `scales`, or full rope specs (yarn:factor=4,beta_fast=16 or a dict)")
     scales: list[float] = Field([2.0], description="scale factors s for named methods")
     original_context: PositiveInt | None = Field(None, description="L0 for named methods (default: the model's)")
     lengths: list[int] = Field([2048, 4096, 8192, 16384], description="evaluation lengths in tokens")
@@ -40,7 +42,8 @@ class EvalConfig(ParallelConfig):
     text_field: str | None = Field(None, description="JSONL/TFDS text field")
     tfds_data_dir: str | None = Field(None, description="TFDS data_dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
     max_docs: PositiveInt = Field(1, description="documents per length (the first ones long enough)")
-    bos: Union[int, Literal["auto", "none"]] = Field("auto", description="BOS id prepended to each window")
+    bos: Union[int, Literal["auto", "none"]] = Field("auto", description="BOS prepended to each window: auto (the "
+                                                     "model's bos_token_id, if any) | none | a token id")
     position_buckets: PositiveInt = Field(16, description="buckets of the NLL-by-position curve")
     passkey_lengths: list[int] = Field([], description="passkey prompt lengths (empty: no passkey test)")
     passkey_trials: PositiveInt = Field(10, description="trials per passkey length (depths spread uniformly)")
