@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from yarn_jax.api import from_pretrained
+from yarn_jax.pretrained import load_pretrained
 from yarn_jax.errors import YarnJaxError
 
 # (max |Δ logit|, mean KL in nats): what our transformers-parity tests hold to in float32 (a conversion
@@ -41,7 +41,7 @@ def yarn_jax_logits(path: str, ids: np.ndarray, rope: Mapping[str, Any] | None =
                     weights: str = "float32") -> np.ndarray:
     """[T, V] float32 logits of a checkpoint (any format) in yarn_jax, under `rope` if given, its weights
     held in `weights` precision (float32 compute)."""
-    model = from_pretrained(path, rope_scaling=rope, param_dtype=weights)
+    model = load_pretrained(path, rope_scaling=rope, param_dtype=weights)
     out = np.asarray(model.logits(ids), np.float32)
     del model
     gc.collect()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 from rich.console import Console
 
-from yarn_jax.api import from_pretrained
+from yarn_jax.pretrained import load_pretrained
 from yarn_jax.assets import resolve_model
 from yarn_jax.errors import ConfigError
 from yarn_jax.evaluation.config import RESULT_FIELDS, EvalConfig
@@ -45,7 +45,7 @@ def _run(cfg: EvalConfig, console: Console | None, primary: bool, note: str | No
         t.check_config(cfg)
     model_path = resolve_model(cfg.model) if primary or jax.process_count() == 1 else None
     model_path = distributed.share_from_primary(model_path)  # only process 0 fetches the bundled asset
-    pm = from_pretrained(model_path, dtype=cfg.dtype, attention_backend=cfg.attention_backend, sharder=sharder,
+    pm = load_pretrained(model_path, dtype=cfg.dtype, attention_backend=cfg.attention_backend, sharder=sharder,
                          splash_blocks=cfg.splash())
     if sharder is not None:
         console.print(f"mesh {dict(sharder.mesh.shape)} over {jax.device_count()} devices, "

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from yarn_jax.api import from_pretrained
+from yarn_jax.pretrained import load_pretrained
 from yarn_jax.assets import resolve_model
 from yarn_jax.data.corpus import check_source, load_documents
 from yarn_jax.data.packing import BatchStream, build_rows
@@ -115,9 +115,9 @@ def _train(cfg: TrainConfig, primary: bool, note: str | None) -> dict:
     model_path = distributed.share_from_primary(resolve_model(cfg.model) if primary else None)
     mine = _run_identity(cfg, model_path)
     _check_run_dir(out, mine)  # before the model loads; the record is written once every input validated
-    pm = from_pretrained(model_path, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                                  attention_backend=cfg.attention_backend, remat=cfg.remat, sharder=sharder,
-                                  splash_blocks=cfg.splash())
+    pm = load_pretrained(model_path, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                         attention_backend=cfg.attention_backend, remat=cfg.remat, sharder=sharder,
+                         splash_blocks=cfg.splash())
     if cfg.rope is not None:
         pm = pm.with_rope(cfg.rope, where="rope")
     mc = pm.config

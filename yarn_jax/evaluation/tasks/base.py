@@ -15,7 +15,7 @@ from typing import Any, Callable, ClassVar
 from rich.console import Console
 from rich.table import Table
 
-from yarn_jax.api import PretrainedModel
+from yarn_jax.pretrained import LoadedModel
 from yarn_jax.evaluation.config import EvalConfig
 from yarn_jax.evaluation.methods import Method
 from yarn_jax.model import Llama
@@ -28,7 +28,7 @@ class RunContext:
     """What every task of one run shares."""
 
     cfg: EvalConfig
-    model: PretrainedModel
+    model: LoadedModel
     tokenizer: Any  # tokenizers.Tokenizer
     methods: list[Method]
     ropes: dict[str, RopeConfig]  # method key -> its rope on this model, resolved (and validated) once
