@@ -8,6 +8,7 @@ fields typed as strings (paths, names, rope specs, choices like `off`), which st
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import types
 import typing
@@ -132,6 +133,21 @@ def load_config(cls: type[BaseModel], path: str | None = None, overrides: dict |
         return cls(**data)
     except ValidationError as e:
         raise ConfigError(_validation_message(e, where, path, overrides or {}, flags)) from None
+
+
+def config_command(cls: type[BaseModel], run, report, *, prog: str, description: str, where: str):
+    """The main(argv) of a command whose settings are `cls`: parse them (`parse_command`), `run(cfg, note=...)`,
+    and print `report(cfg, result)` as one JSON line on stdout (process 0 of a multi-process run)."""
+    def main(argv=None) -> int:
+        import jax
+
+        cfg, note = parse_command(cls, argv, prog=prog, description=description, where=where)
+        result = run(cfg, note=note)
+        if jax.process_index() == 0:
+            print(json.dumps(report(cfg, result)))
+        return 0
+
+    return main
 
 
 class CommandParser(argparse.ArgumentParser):
