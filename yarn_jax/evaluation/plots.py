@@ -40,8 +40,14 @@ def log_scale_if_positive(ax) -> None:
         ax.set_yscale("log")
 
 
-def ppl_vs_length(rows: list[dict], path: Path, title: str) -> Path:
-    """Perplexity against evaluation length, one line per method (the paper's Figure 1 layout)."""
+def mark_original_context(ax, l0: int | None) -> None:
+    """A dashed vertical line at the original context L0 (where an unscaled rope leaves its training)."""
+    if l0:
+        ax.axvline(l0, color="0.45", linestyle="--", linewidth=1, zorder=0, label=f"L0 = {l0}")
+
+
+def ppl_vs_length(rows: list[dict], path: Path, title: str, l0: int | None = None) -> Path:
+    """Perplexity against evaluation length, one line per method (the paper's Figure 1 layout); L0 dashed."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method in dict.fromkeys(r["method"] for r in rows):
         pts = sorted((r["length"], r["ppl"]) for r in rows if r["method"] == method)
@@ -52,6 +58,7 @@ def ppl_vs_length(rows: list[dict], path: Path, title: str) -> Path:
     ax.set_xticks(lengths, [str(n) for n in lengths])
     ax.minorticks_off()
     log_scale_if_positive(ax)
+    mark_original_context(ax, l0)
     ax.set_xlabel("evaluation length (tokens)")
     ax.set_ylabel("perplexity")
     ax.set_title(title)
@@ -61,11 +68,13 @@ def ppl_vs_length(rows: list[dict], path: Path, title: str) -> Path:
     return save_figure(fig, path, dpi=120)
 
 
-def nll_vs_position(curves: dict[str, tuple[list[float], list[float]]], path: Path, title: str) -> Path:
-    """Mean NLL by position bucket, one line per method: {method: (bucket centres, mean NLL)}."""
+def nll_vs_position(curves: dict[str, tuple[list[float], list[float]]], path: Path, title: str,
+                    l0: int | None = None) -> Path:
+    """Mean NLL by position bucket, one line per method: {method: (bucket centres, mean NLL)}; L0 dashed."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method, (x, y) in curves.items():
         ax.plot(*finite_points(x, y, method), marker=".", label=method)
+    mark_original_context(ax, l0)
     ax.set_xlabel("position in the window (tokens)")
     ax.set_ylabel("mean NLL (nats)")
     ax.set_title(title)

@@ -99,11 +99,13 @@ class PerplexityTask(Task):
         cfg, paths = ctx.cfg, []
         if summary["perplexity"]:
             paths.append(plots.ppl_vs_length(summary["perplexity"], out / "ppl_vs_length.png",
-                                             f"{cfg.model}: {cfg.protocol} perplexity on {cfg.data}"))
+                                             f"{cfg.model}: {cfg.protocol} perplexity on {cfg.data}",
+                                             l0=ctx.original_context))
         if summary["position_curves"]:
             curves = {k: (v["bucket_centres"], v["mean_nll"]) for k, v in summary["position_curves"].items()}
             paths.append(plots.nll_vs_position(curves, out / "nll_vs_position.png",
-                                               f"NLL by position at {max(cfg.lengths)} tokens"))
+                                               f"NLL by position at {max(cfg.lengths)} tokens",
+                                               l0=ctx.original_context))
         return paths
 
     def table(self, ctx, summary):
