@@ -23,6 +23,18 @@ def test_full_specs_are_used_as_given():
     assert j.rope == {"rope_type": "linear", "factor": 3}
 
 
+def test_named_methods_with_parameters_are_scaled_like_the_bare_name():
+    """`yarn:temperature=0.07` (no factor): every scale, from L0, the parameter added and in the label."""
+    ms = parse_methods(["yarn:temperature=0.07", "dynamic_yarn:temperature=0,beta_fast=16"], [2, 4], 8192)
+    assert [m.label for m in ms] == ["yarn x2 (temperature=0.07)", "yarn x4 (temperature=0.07)",
+                                     "dynamic_yarn x2 (beta_fast=16, temperature=0)",
+                                     "dynamic_yarn x4 (beta_fast=16, temperature=0)"]
+    assert ms[1].rope == {"rope_type": "yarn", "temperature": 0.07, "factor": 4.0,
+                          "original_max_position_embeddings": 8192}
+    with pytest.raises(ConfigError, match="scale"):
+        parse_method("yarn:temperature=0.07", 0.5, 8192)
+
+
 def test_grid_expands_named_methods_over_scales_once_for_the_rest():
     ms = parse_methods(["none", "yarn", "linear:factor=2"], [2, 4], 8192)
     assert [m.label for m in ms] == ["none", "yarn x2", "yarn x4", "linear x2"]

@@ -94,6 +94,30 @@ def test_interrupted_run_resumes_and_keeps_finished_cells(tiny_dir, corpus, tmp_
     assert len((out / "cells.jsonl").read_text().splitlines()) == 12
 
 
+def test_shared_prefix_cells_equal_a_forward_per_length(tiny_dir, corpus, tmp_path):
+    """Truncate cells scored from the longest forward with the same frequencies equal a forward per length
+    (static ropes share every length; dynamic_yarn only those inside L0 = 64, then 96 is its own forward)."""
+    extra = ["--lengths", "24", "48", "64", "96", "--methods", "none", "yarn", "dynamic_yarn"]
+    shared = run(tiny_dir, corpus, tmp_path / "shared", *extra)
+    separate = run(tiny_dir, corpus, tmp_path / "separate", *extra, "--no-share-prefix")
+    recs = {name: {json.loads(x)["key"]: json.loads(x) for x in (tmp_path / name / "cells.jsonl").read_text().splitlines()}
+            for name in ("shared", "separate")}
+    assert recs["shared"].keys() == recs["separate"].keys() and len(recs["shared"]) == 4 * 2 * 3
+    obtained = {}
+    for key, a in recs["shared"].items():
+        b = recs["separate"][key]
+        assert a["nll_sum"] == pytest.approx(b["nll_sum"], rel=1e-5) and a["tokens"] == b["tokens"], key
+        assert a["bucket_sums"] == pytest.approx(b["bucket_sums"], rel=1e-5, abs=1e-6), key
+        assert b["obtained"] == "forward"
+        obtained[(a.get("same_as", a["method"]) if a["method"] == "dynamic_yarn x2" else a["method"],
+                  a["length"])] = a["obtained"]
+    assert obtained[("none", 96)] == "forward" and obtained[("yarn x2", 24)] == "prefix of L=96"
+    assert obtained[("dynamic_yarn x2", 96)] == "forward"  # past L0: frequencies of its own
+    assert obtained[("none", 48)] == "prefix of L=96"  # dynamic_yarn inside L0 is the unscaled rope
+    assert [r["ppl"] for r in shared["perplexity"]] == pytest.approx([r["ppl"] for r in separate["perplexity"]],
+                                                                     rel=1e-5)
+
+
 @pytest.mark.parametrize("mesh", [["--mesh", "fsdp_sequence"],
                                   ["--mesh", "dp", "--mesh-axes", "{data: 2, sequence: 4}", "--load-balance", "striped",
                                    "--context-parallel", "ring"]])

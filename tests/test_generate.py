@@ -33,7 +33,7 @@ def test_cached_step_logits_equal_full_forward_for_static_methods(name):
     from yarn_jax.generate import _prefill, _step
 
     graphdef, state = nnx.split(model)
-    logits, kc, vc = _prefill(graphdef, state, ids[:, :30], 40)
+    logits, kc, vc = _prefill(graphdef, state, ids[:, :30], jnp.int32(30), 40)
     np.testing.assert_allclose(logits, model(ids[:, :30])[:, -1], atol=1e-5)
     for pos in range(30, 39):
         logits, kc, vc = _step(graphdef, state, ids[:, pos], jnp.int32(pos), kc, vc)
@@ -52,6 +52,21 @@ def test_greedy_tokens_equal_full_recompute(name):
     np.testing.assert_array_equal(cached, recomputed)
 
 
+@pytest.mark.parametrize("name", ["yarn", "dynamic_yarn"])
+def test_padded_prompts_decode_the_unpadded_tokens_and_allowed_tokens_are_respected(name):
+    """pad_to (one program for prompts of any length up to it): the tokens of the unpadded call, for a static
+    rope (cache) and a dynamic one past L0 (recompute, its rope at the real length); `allowed` restricts
+    every chosen token to the mask."""
+    model = tiny_model(ROPES[name])
+    for t in (37, 90):
+        prompt = jnp.asarray(np.random.default_rng(t).integers(0, 97, (2, t)), jnp.int32)
+        np.testing.assert_array_equal(generate_ids(model, prompt, 6, pad_to=100), generate_ids(model, prompt, 6))
+    allowed = np.zeros(97, bool)
+    allowed[[3, 5, 8]] = True
+    out = np.asarray(generate_ids(model, prompt, 6, allowed=allowed))
+    assert set(out.ravel()) <= {3, 5, 8}
+
+
 def test_dynamic_cache_mode_rotates_every_key_at_the_current_length():
     """dynamic_cache=True past the original context: each step's logits are those of a full forward up to
     the one effect a cache cannot replay (earlier tokens' deeper-layer states at the prompt's scale); on a
@@ -63,7 +78,7 @@ def test_dynamic_cache_mode_rotates_every_key_at_the_current_length():
 
     assert frequencies_change(model, 50, 59) and not frequencies_change(model, 10, 32)
     graphdef, state = nnx.split(model)
-    _, kc, vc = _prefill(graphdef, state, ids[:, :50], 60)
+    _, kc, vc = _prefill(graphdef, state, ids[:, :50], jnp.int32(50), 60)
     for pos in range(50, 59):
         logits, kc, vc = _step(graphdef, state, ids[:, pos], jnp.int32(pos), kc, vc)
         np.testing.assert_allclose(logits, model(ids[:, :pos + 1])[:, -1], atol=1e-5, err_msg=f"pos {pos}")
@@ -92,7 +107,7 @@ def test_decoding_on_a_mesh_is_sharded_and_gives_the_one_device_tokens(name):
     def programs(m):
         g, s = nnx.split(m)
         kc = jnp.zeros((2, 2, 170, 2, 16))
-        return [_prefill.lower(g, s, prompt, 170).as_text(), _step.lower(g, s, prompt[:, 0], jnp.int32(160), kc, kc)
+        return [_prefill.lower(g, s, prompt, jnp.int32(160), 170).as_text(), _step.lower(g, s, prompt[:, 0], jnp.int32(160), kc, kc)
                 .as_text(), _last_logits.lower(g, s, jnp.pad(prompt, ((0, 0), (0, 9))), jnp.int32(160)).as_text()]
 
     prefill, step, recompute = programs(model)

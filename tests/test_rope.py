@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -246,6 +247,66 @@ def test_dynamic_yarn_tracks_length():
         ref_inv, ref_af = hf_yarn(s)
         assert_rel(inv, ref_inv, what=f"finetuned dynamic_yarn l={seq_len}")
         assert_rel([af], [ref_af], what="finetuned dynamic_yarn factor")
+
+
+@pytest.mark.parametrize("k", [0.0, 0.07, 0.1, 0.25])
+def test_yarn_temperature_coefficient(k):
+    """`temperature` k: sqrt(1/t) = k ln s + 1 by hand; k = 0.1 is the paper's yarn to the bit, k = 0 is
+    NTK-by-parts; its HF form (an attention_factor) gives the same numbers in transformers; Dynamic-YaRN
+    takes the same k at its length's scale."""
+    from yarn_jax.rope import parse_rope_spec
+
+    head_dim, theta, l0, s = 64, 1e4, 4096, 8.0
+    base = {"rope_type": "yarn", "factor": s, "original_max_position_embeddings": l0}
+    inv, af = ours({**base, "temperature": k}, head_dim, l0, theta, 10)
+    assert af == pytest.approx(k * math.log(s) + 1, rel=1e-7)
+    assert np.array_equal(inv, ours(base, head_dim, l0, theta, 10)[0])
+    if k == 0.1:
+        assert af == ours(base, head_dim, l0, theta, 10)[1]
+    if k == 0.0:
+        parts, parts_af = ours({**base, "rope_type": "ntk_by_parts"}, head_dim, l0, theta, 10)
+        assert np.array_equal(inv, parts) and af == parts_af == 1.0
+    cfg = parse_rope_config({**base, "temperature": k}, head_dim=head_dim, max_position_embeddings=l0,
+                            rope_theta=theta)
+    hf = cfg.hf_parameters()
+    assert "temperature" not in hf and hf["attention_factor"] == pytest.approx(k * math.log(s) + 1, rel=1e-7)
+    ref_inv, ref_af = ROPE_INIT_FUNCTIONS["yarn"](hf_config(hf, head_dim, l0, theta), None)
+    assert_rel(inv, ref_inv.numpy(), what="yarn temperature via HF")
+    assert_rel([af], [ref_af], what="yarn temperature factor via HF")
+    dyn = {**base, "rope_type": "dynamic_yarn", "temperature": k}
+    for seq_len, scale in ((l0 // 2, 1.0), (3 * l0, 3.0)):
+        dinv, daf = ours(dyn, head_dim, l0, theta, seq_len)
+        assert daf == pytest.approx(k * math.log(scale) + 1, rel=1e-6)
+    assert parse_rope_spec(f"yarn:temperature={k}")["temperature"] == k
+
+
+def test_dynamic_yarn_at_a_concrete_length_is_static_yarn_to_the_bit():
+    """At a known length l, Dynamic-YaRN is YaRN at s = l/L0 exactly (so an evaluation copies the cell of
+    `yarn xs` instead of recomputing it); traced inside jit it agrees to float32 rounding."""
+    l0, head_dim, theta = 4096, 64, 1e4
+    dyn = parse_rope_config({"rope_type": "dynamic_yarn", "factor": 2.0, "original_max_position_embeddings": l0},
+                            head_dim=head_dim, max_position_embeddings=l0, rope_theta=theta)
+    for seq_len in (2 * l0, 3 * l0 + 5):
+        static = parse_rope_config({"rope_type": "yarn", "factor": seq_len / l0, "original_max_position_embeddings":
+                                    l0}, head_dim=head_dim, max_position_embeddings=l0, rope_theta=theta)
+        inv, af = rope_frequencies(dyn, seq_len)
+        ref_inv, ref_af = rope_frequencies(static, None)
+        if seq_len == 2 * l0:  # s exactly representable: the same bytes
+            assert np.asarray(inv).tobytes() == np.asarray(ref_inv).tobytes() and float(af) == float(ref_af)
+        traced_inv, traced_af = jax.jit(lambda n: rope_frequencies(dyn, n))(seq_len)
+        assert_rel(traced_inv, ref_inv, rtol=1e-6, what="traced dynamic_yarn")
+        assert_rel([traced_af], [ref_af], rtol=1e-6, what="traced dynamic_yarn factor")
+
+
+def test_temperature_conflicts_and_range_are_refused():
+    from yarn_jax.errors import ConfigError
+
+    base = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4096}
+    for extra, message in (({"temperature": 0.07, "attention_factor": 1.2}, "both set the attention factor"),
+                           ({"temperature": 0.07, "mscale": 1.0}, "both set the attention factor"),
+                           ({"temperature": -0.1}, "'temperature'] must be >= 0")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            parse_rope_config({**base, **extra}, head_dim=64, max_position_embeddings=4096, rope_theta=1e4)
 
 
 @pytest.mark.parametrize("rope", [

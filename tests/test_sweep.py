@@ -5,6 +5,7 @@ equals transformers' on the exported base model; bad configs fail before compute
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
@@ -74,10 +75,24 @@ def test_pipeline_writes_every_cell_table_and_plots(swept):
     mean, half = (float(x) for x in row.split("|")[5].split("±"))
     assert mean == pytest.approx((a["32"] + b["32"]) / 2, abs=0.006)
     assert half == pytest.approx(abs(a["32"] - b["32"]) / 2, abs=0.006)
-    for png in ("ppl_vs_length.png", "nll_vs_position.png", "train_loss.png"):
-        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    rows = (out / "table.csv").read_text().splitlines()
-    assert len(rows) == 1 + 5  # linear/yarn fine-tuned, none/yarn/dynamic_yarn untuned
+    for name in ("ppl_vs_length", "nll_vs_position", "train_loss"):  # paper figures: 2 widths, PNG and PDF
+        for suffix in ("", "_column"):
+            assert (out / f"{name}{suffix}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert (out / f"{name}{suffix}.pdf").read_bytes()[:4] == b"%PDF"
+    rows = list(csv.DictReader((out / "table.csv").open()))
+    assert len(rows) == 5  # linear/yarn fine-tuned, none/yarn/dynamic_yarn untuned
+    # single-seed rows: a 95 % interval around the value; one best per length; Dynamic-YaRN at L0 is the
+    # unscaled rope, so whichever of the two is not the best differs from it by exactly 0: not resolved
+    untuned = {r["method"]: r for r in rows if r["finetune_steps"] == "0"}
+    for n in (32, 64, 128):
+        for r in untuned.values():
+            assert float(r[f"lo@{n}"]) <= float(r[f"ppl@{n}"]) <= float(r[f"hi@{n}"])
+        best = min(untuned.values(), key=lambda r: float(r[f"ppl@{n}"]))
+        assert [m for m, r in untuned.items() if r[f"best@{n}"] == "True"] == [best["method"]]
+    none, dyn = untuned["none"], untuned["dynamic_yarn"]
+    assert float(none["ppl@32"]) == pytest.approx(float(dyn["ppl@32"]), rel=1e-5)  # a prefix vs a forward
+    assert "True" in (none["best@32"], none["unresolved@32"]) and "True" in (dyn["best@32"], dyn["unresolved@32"])
+    assert "**" in table and "not resolved" in table
 
 
 def test_position_curves_average_back_to_the_perplexity(swept):
@@ -186,6 +201,32 @@ def test_context_parallel_settings_are_sweep_axes(tmp_path):
     assert "context_parallel=ring-load_balance=striped" in cells[-1].id
     with pytest.raises(ConfigError, match="load_balance"):
         Sweep(load_sweep(CONFIG, ci_sets(tmp_path / "s") + ["train.load_balance=zigzag"])).run()
+    assert not (tmp_path / "s").exists()
+
+
+def test_rope_parameters_are_sweep_axes(tmp_path):
+    """`vary: {temperature: [...]}` over named yarn methods: one cell per value, the parameter in the method
+    each cell evaluates (and fine-tunes with), not in its train settings; a key no method of the grid takes
+    fails naming it."""
+    from yarn_jax.sweep.runner import expand
+
+    grid = ("grids=[{methods: [yarn, dynamic_yarn], scales: [2], vary: {temperature: [0, 0.07]}},"
+            " {methods: [yarn], scales: [2], finetune_steps: [2], vary: {temperature: [0.07], learning_rate: [0.01]}}]")
+    sweep = Sweep(load_sweep(CONFIG, ci_sets(tmp_path / "s") + [grid]))
+    cells = expand(sweep.cfg)
+    assert [c.id for c in cells] == ["yarn-s2-temperature=0", "yarn-s2-temperature=0.07",
+                                     "dynamic_yarn-s2-temperature=0", "dynamic_yarn-s2-temperature=0.07",
+                                     "yarn-s2-ft2-seed0-learning_rate=0.01-temperature=0.07"]
+    _, ec = sweep.cell_configs(cells[1])
+    assert ec.methods == ["yarn:temperature=0.07"]
+    tc, ec = sweep.cell_configs(cells[-1])
+    assert tc.rope == {"rope_type": "yarn", "temperature": 0.07, "factor": 2.0,
+                       "original_max_position_embeddings": L0}
+    assert tc.learning_rate == 0.01 and ec.methods == ["none"]
+    bad = "grids=[{methods: [none, yarn], scales: [2], vary: {temperature: [0.07]}}]"
+    with pytest.raises(ConfigError, match=r"'temperature' is neither a TrainConfig field nor a parameter of the "
+                                          r"named rope method\(s\) \['none'\]"):
+        load_sweep(CONFIG, ci_sets(tmp_path / "s") + [bad])
     assert not (tmp_path / "s").exists()
 
 

@@ -30,13 +30,16 @@ from yarn_jax.errors import ConfigError
 from yarn_jax.model import Llama
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _prefill(graphdef, state, ids, cache_len: int):
-    """ids [B, T] -> (last-position logits [B, V], k_cache, v_cache [L, B, cache_len, K, D])."""
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _prefill(graphdef, state, ids, real_len, cache_len: int):
+    """Right-padded ids [B, W] whose first real_len are the prompt -> (logits at position real_len - 1 [B, V],
+    k_cache, v_cache [L, B, cache_len, K, D]). Padding is invisible to causal attention and is overwritten
+    by the decoded tokens; the rope is evaluated at real_len, as an unpadded forward would."""
     model: Llama = nnx.merge(graphdef, state)
-    h, (k, v) = model.hidden_states(ids, return_kv=True)  # k/v [L, B, T, K, D]
+    h, (k, v) = model.hidden_states(ids, frequencies=model.frequencies(real_len), return_kv=True)  # [L, B, W, K, D]
     pad = [(0, 0), (0, 0), (0, cache_len - ids.shape[1]), (0, 0), (0, 0)]
-    return model.logits_from_hidden(h[:, -1:])[:, 0], jnp.pad(k, pad), jnp.pad(v, pad)
+    last = jax.lax.dynamic_slice_in_dim(h, real_len - 1, 1, axis=1)
+    return model.logits_from_hidden(last)[:, 0], jnp.pad(k, pad), jnp.pad(v, pad)
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
@@ -61,6 +64,17 @@ def frequencies_change(model: Llama, start_len: int, end_len: int) -> bool:
         return False
     a, b = model.frequencies(start_len), model.frequencies(end_len)
     return not all(bool(jnp.array_equal(x, y)) for x, y in zip(a, b))
+
+
+def decode_signature(model: Llama, start_len: int, end_len: int) -> bytes:
+    """Bytes equal for two models exactly when their rope frequencies agree at every length of a decode from
+    start_len to end_len, so greedy decoding gives the same tokens (every method's frequencies change at
+    most once, at L0, or grow monotonically with the length: the two ends decide)."""
+    out = b""
+    for n in (start_len, end_len):
+        inv, factor = model.config.rope.frequencies(int(n))
+        out += np.asarray(inv, np.float32).tobytes() + np.asarray(factor, np.float32).tobytes()
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,20 +124,31 @@ def filtered_logits(logits, top_k: int | None, top_p: float | None):
 
 
 def generate_ids(model: Llama, prompt_ids, max_new_tokens: int, stop_ids=(), *, sampling: Sampling | None = None,
-                 done_fn=None, dynamic_cache: bool = False) -> jax.Array:
+                 done_fn=None, dynamic_cache: bool = False, allowed=None, pad_to: int | None = None) -> jax.Array:
     """prompt_ids [B, T] -> the generated ids [B, n] (n <= max_new_tokens; greedy, or drawn by `sampling`;
     stops early once every row has produced one of `stop_ids`, or `done_fn(ids [B, n] numpy) -> bool [B]`
     says so). Equal to a full recompute per token (see the module docstring); dynamic_cache=True decodes
-    length-dependent methods from the cache as well."""
-    choose = sampling or Sampling(temperature=0.0)
+    length-dependent methods from the cache as well. `allowed` [V] bool: only these tokens are chosen.
+    `pad_to`: right-pad the prompt to this many positions, so prompts of different lengths share one compiled
+    program (the results are the unpadded ones)."""
+    sample = sampling or Sampling(temperature=0.0)
+    if allowed is None:
+        choose = sample
+    else:
+        mask = jnp.asarray(allowed, bool)
+
+        def choose(logits, step):
+            return sample(jnp.where(mask, logits, -jnp.inf), step)
     prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
     b, t = prompt_ids.shape
     graphdef, state = nnx.split(model)
+    width = max(t, pad_to or 0)
     use_cache = dynamic_cache or not frequencies_change(model, t, t + max_new_tokens - 1)
     if use_cache:
-        logits, k_cache, v_cache = _prefill(graphdef, state, prompt_ids, t + max_new_tokens)
+        logits, k_cache, v_cache = _prefill(graphdef, state, jnp.pad(prompt_ids, ((0, 0), (0, width - t))),
+                                            jnp.int32(t), width + max_new_tokens)
     else:
-        padded = jnp.pad(prompt_ids, ((0, 0), (0, max_new_tokens - 1)))  # [B, T + max_new - 1]
+        padded = jnp.pad(prompt_ids, ((0, 0), (0, width - t + max_new_tokens - 1)))  # [B, W + max_new - 1]
         logits = _last_logits(graphdef, state, padded, jnp.int32(t))
     out, done = [], jnp.zeros((b,), bool)
     for i in range(max_new_tokens):

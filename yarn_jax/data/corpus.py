@@ -38,12 +38,12 @@ class Document:
         return ids_digest(self.ids)
 
 
-def check_source(source: str) -> None:
+def check_source(source: str, field: str = "data") -> None:
     """ConfigError now when a path source does not exist (called before any model is loaded)."""
     if source == "shakespeare" or source.startswith("tfds:"):
         return
     if not Path(source).exists():
-        raise ConfigError(f"data: {source!r} is neither 'shakespeare', 'tfds:NAME[:SPLIT]' nor an existing path")
+        raise ConfigError(f"{field}: {source!r} is neither 'shakespeare', 'tfds:NAME[:SPLIT]' nor an existing path")
 
 
 def _read_text(path: Path) -> str:

@@ -13,6 +13,7 @@ from pydantic import Field, PositiveInt, field_validator, model_validator
 from yarn_jax import cli_config
 from yarn_jax.attention import BACKEND_CHOICES
 from yarn_jax.cli_config import ParallelConfig
+from yarn_jax.evaluation.ruler import TASKS as RULER_TASKS
 from yarn_jax.rope import NAMED
 
 
@@ -21,11 +22,12 @@ class EvalConfig(ParallelConfig):
 
     FLAG_SECTIONS: ClassVar = (
         ("model", ("model", "dtype", "attention_backend")),
-        ("methods", ("methods", "scales", "original_context")),
+        ("methods", ("methods", "scales", "original_context", "compare")),
         ("data", ("data", "text_field", "tfds_data_dir", "max_docs", "bos")),
-        ("perplexity", ("lengths", "protocol", "stride", "position_buckets")),
+        ("perplexity", ("lengths", "protocol", "stride", "position_buckets", "share_prefix")),
         ("passkey retrieval", ("passkey_lengths", "passkey_trials", "passkey_max_new_tokens", "passkey_dynamic_cache",
                                "seed")),
+        ("RULER-style tasks", ("ruler", "ruler_lengths", "ruler_trials", "ruler_haystack", "ruler_chat")),
         ("run", ("out", "recompute_changed")),
     )
 
@@ -35,6 +37,8 @@ class EvalConfig(ParallelConfig):
                                "every one of `scales`, or full rope specs (yarn:factor=4,beta_fast=16 or a dict)")
     scales: list[float] = Field([2.0], description="scale factors s for named methods")
     original_context: PositiveInt | None = Field(None, description="L0 for named methods (default: the model's)")
+    compare: list[str] = Field([], description="method pairs 'A vs B' (labels, or names at every scale) whose "
+                               "paired differences are reported with a 95 % interval")
     lengths: list[int] = Field([2048, 4096, 8192, 16384], description="evaluation lengths in tokens")
     protocol: Literal["truncate", "sliding", "none"] = Field("truncate", description="perplexity protocol")
     stride: PositiveInt = Field(256, description="sliding-window stride S")
@@ -45,19 +49,28 @@ class EvalConfig(ParallelConfig):
     bos: Union[int, Literal["auto", "none"]] = Field("auto", description="BOS prepended to each window: auto (the "
                                                      "model's bos_token_id, if any) | none | a token id")
     position_buckets: PositiveInt = Field(16, description="buckets of the NLL-by-position curve")
+    share_prefix: bool = Field(True, description="truncate: score each shorter length from the longest forward "
+                               "whose rope frequencies are the same (exact by causality; off: a forward per length)")
     passkey_lengths: list[int] = Field([], description="passkey prompt lengths (empty: no passkey test)")
     passkey_trials: PositiveInt = Field(10, description="trials per passkey length (depths spread uniformly)")
     passkey_max_new_tokens: PositiveInt = Field(10, description="greedy tokens generated per passkey trial")
     passkey_dynamic_cache: bool = Field(False, description="decode length-dependent ropes from the cache "
-                                        "(fast, approximate) instead of recomputing")
-    seed: int = Field(0, description="passkey keys")
+                                        "(fast, approximate) instead of recomputing (passkey and ruler)")
+    seed: int = Field(0, description="passkey keys, ruler trials and bootstrap resampling")
+    ruler: list[str] = Field([], description="RULER-style tasks: all | " + " | ".join(RULER_TASKS) +
+                             " (empty: none)")
+    ruler_lengths: list[int] = Field([], description="prompt + answer lengths of the ruler tasks (empty: `lengths`)")
+    ruler_trials: PositiveInt = Field(5, description="trials per task and length (depths spread uniformly)")
+    ruler_haystack: str = Field("shakespeare", description="text the haystacks and words come from (as --data)")
+    ruler_chat: Literal["auto", "on", "off"] = Field("auto", description="wrap prompts in the tokenizer's chat "
+                                                     "template: auto (when it ships one) | on | off")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="compute dtype")
     attention_backend: Literal[BACKEND_CHOICES] = Field("auto", description=" | ".join(BACKEND_CHOICES))
     out: str = Field("runs/eval", description="output directory (results are resumed from it)")
     recompute_changed: bool = Field(False, description="when the model, tokenizer or a document changed since "
                                     "the cells in --out were computed: compute new cells instead of refusing")
 
-    @field_validator("lengths", "passkey_lengths")
+    @field_validator("lengths", "passkey_lengths", "ruler_lengths")
     @classmethod
     def _positive_lengths(cls, v):
         if any(x < 2 for x in v):

@@ -13,8 +13,9 @@ from rich.console import Console
 from yarn_jax.pretrained import load_pretrained
 from yarn_jax.assets import resolve_model
 from yarn_jax.errors import ConfigError
+from yarn_jax.evaluation import statistics
 from yarn_jax.evaluation.config import RESULT_FIELDS, EvalConfig
-from yarn_jax.evaluation.methods import parse_methods
+from yarn_jax.evaluation.methods import parse_methods, parse_pairs
 from yarn_jax.evaluation.tasks import TASKS, RunContext, Task
 from yarn_jax.fingerprint import model_identity, short, tokenizer_identity
 from yarn_jax.outputs import lock
@@ -37,9 +38,10 @@ def run(cfg: EvalConfig, console: Console | None = None, note: str | None = None
 def _run(cfg: EvalConfig, console: Console | None, primary: bool, note: str | None) -> dict:
     console = console or Console(stderr=True, width=max(100, Console(stderr=True).width), quiet=not primary)
     sharder = cfg.sharder()
-    if cfg.passkey_lengths and jax.process_count() > 1:
-        raise ConfigError("passkey_lengths: passkey decoding runs in a single process (a mesh over its devices "
-                          "is fine); run it without the multi-process settings")
+    decoding = [f for f in ("passkey_lengths", "ruler") if getattr(cfg, f)]
+    if decoding and jax.process_count() > 1:
+        raise ConfigError(f"{decoding[0]}: decoding runs in a single process (a mesh over its devices is fine); "
+                          "run it without the multi-process settings")
     tasks = [t() for t in TASKS]
     for t in tasks:  # before the model loads
         t.check_config(cfg)
@@ -54,12 +56,13 @@ def _run(cfg: EvalConfig, console: Console | None, primary: bool, note: str | No
     mc = pm.config
     l0 = cfg.original_context or mc.rope.original_max_position_embeddings or mc.max_position_embeddings
     methods = parse_methods(cfg.methods, cfg.scales, l0)
+    pairs = parse_pairs(cfg.compare, methods, cfg.scales, l0)
     # every rope dict validated now, not after an hour of compute, and resolved once for every task
     ropes = {m.key: mc.with_rope(m.rope, where=f"method {m.label!r}").rope if m.rope else mc.rope for m in methods}
     bos = mc.bos_token_id if cfg.bos == "auto" else (None if cfg.bos == "none" else int(cfg.bos))
     if bos is not None and not 0 <= bos < mc.vocab_size:
         raise ConfigError(f"bos: token id {bos} is outside the vocabulary [0, {mc.vocab_size})")
-    ctx = RunContext(cfg, pm, pm.tokenizer(), methods, ropes, bos, console, original_context=l0)
+    ctx = RunContext(cfg, pm, pm.tokenizer(), methods, ropes, bos, console, original_context=l0, pairs=pairs)
     task_inputs = {}
     for t in tasks:
         task_inputs.update(t.prepare(ctx))
@@ -124,6 +127,10 @@ def summarize(ctx: RunContext, tasks: list[Task], quiet: bool = False) -> dict:
                      "model": {"path": ctx.model.source, "original_context": ctx.original_context}}
     for t in tasks:
         summary.update(t.summarize(ctx))
+    summary["comparisons"] = comparisons(ctx, tasks)
+    summary["statistics"] = {"level": statistics.LEVEL, "bootstrap_resamples": statistics.N_BOOT,
+                             "seed": ctx.cfg.seed, "perplexity": "two-stage bootstrap: documents, then position "
+                             "blocks", "accuracy": "Wilson score", "differences": "paired bootstrap"}
     if not ctx.store.write:  # not process 0
         return summary
     write_json_atomic(out / "summary.json", summary)
@@ -138,9 +145,25 @@ def summarize(ctx: RunContext, tasks: list[Task], quiet: bool = False) -> dict:
         table = t.table(ctx, summary)
         if table is not None:
             ctx.console.print(table)
+    for c in summary["comparisons"]:
+        ctx.console.print(f"{c['a']} vs {c['b']}, {c['metric']}: delta {c['delta']:+.4g}, 95 % CI "
+                          f"[{c['ci_low']:+.4g}, {c['ci_high']:+.4g}] ({c['n']}; "
+                          f"{'resolved' if c['resolved'] else 'not resolved'})", highlight=False)
     for p in paths:
         ctx.console.print(f"plot: {p}")
     return summary
+
+
+def comparisons(ctx: RunContext, tasks: list[Task]) -> list[dict]:
+    """Every `compare` pair's paired differences, task by task; resolved = the interval excludes 0 and the
+    difference exceeds rounding."""
+    out = []
+    for a, b in ctx.pairs:
+        for t in tasks:
+            for c in t.compare(ctx, a, b):
+                res = statistics.resolved(c["delta"], statistics.Interval(c["ci_low"], c["ci_high"]), c["scale"])
+                out.append({"a": a.label, "b": b.label, **c, "resolved": res})
+    return out
 
 
 def task_metrics(summary: dict) -> dict[str, float]:

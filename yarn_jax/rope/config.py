@@ -246,6 +246,14 @@ def optional_number(positive: bool = False) -> Reader:
     return read
 
 
+def temperature_coefficient(d, key, ctx, got) -> float | None:
+    """YaRN's k in sqrt(1/t) = k ln s + 1 (paper Eq. 22: 0.1): a number >= 0, or absent."""
+    value = number(d, key, ctx.where)
+    if value is not None and value < 0:
+        raise ConfigError(f"{ctx.where}['{key}'] must be >= 0 (0: no temperature, NTK-by-parts), got {value}")
+    return None if value is None else float(value)
+
+
 def required_number(d, key, ctx, got) -> float:
     value = number(d, key, ctx.where)
     if value is None:

@@ -33,18 +33,24 @@ from yarn_jax.rope.config import (
     pretraining_context,
     required_number,
     scale_factor,
+    temperature_coefficient,
 )
 
 # ----------------------------------------------------------------------------------------------------------
 # Shared frequency math. Arrays float32 [d/2].
 
 
-def get_mscale(scale, mscale: float = 1.0):
-    """YaRN attention factor sqrt(1/t) = 0.1 * mscale * ln(s) + 1 for s > 1, else 1 (paper Eq. 22; HF)."""
+def temperature_factor(scale, k: float = 0.1):
+    """YaRN attention factor sqrt(1/t) = k ln(s) + 1 for s > 1, else 1 (paper Eq. 22: k = 0.1)."""
     if isinstance(scale, (int, float)):
-        return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+        return 1.0 if scale <= 1 else k * math.log(scale) + 1.0
     scale = jnp.asarray(scale, jnp.float32)
-    return jnp.where(scale <= 1, 1.0, 0.1 * mscale * jnp.log(jnp.maximum(scale, 1.0)) + 1.0)
+    return jnp.where(scale <= 1, 1.0, k * jnp.log(jnp.maximum(scale, 1.0)) + 1.0)
+
+
+def get_mscale(scale, mscale: float = 1.0):
+    """HF's `get_mscale`: 0.1 * mscale * ln(s) + 1 (the temperature factor at k = 0.1 * mscale)."""
+    return temperature_factor(scale, 0.1 * mscale)
 
 
 def _exponents(dim: int) -> np.ndarray:
@@ -217,7 +223,8 @@ class ByParts(_Ramp):
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Yarn(_Ramp):
     """YaRN: NTK-by-parts plus the temperature sqrt(1/t) = 0.1 ln s + 1 (paper Eq. 20-22); DeepSeek's
-    mscale / mscale_all_dim ratio and an explicit attention_factor as in HF."""
+    mscale / mscale_all_dim ratio and an explicit attention_factor as in HF; `temperature` k (yarn_jax's
+    key, not HF's) sets sqrt(1/t) = k ln s + 1 — 0.1 is the paper's, 0 is NTK-by-parts."""
 
     name = "yarn"
     gguf_type = "yarn"
@@ -225,15 +232,32 @@ class Yarn(_Ramp):
     attention_factor: float | None = param(optional_number(positive=True))
     mscale: float | None = param(optional_number())
     mscale_all_dim: float | None = param(optional_number())
+    temperature: float | None = param(temperature_coefficient)
+
+    def check(self, where):
+        super().check(where)
+        given = [k for k in ("attention_factor", "mscale", "mscale_all_dim") if getattr(self, k) is not None]
+        if self.temperature is not None and given:
+            raise ConfigError(f"{where}['temperature'] and {where}['{given[0]}'] both set the attention factor; "
+                              "give one")
 
     def frequencies(self, rope, seq_len):
         if self.attention_factor is not None:
             af = self.attention_factor
+        elif self.temperature is not None:
+            af = temperature_factor(self.factor, self.temperature)
         elif self.mscale and self.mscale_all_dim:  # DeepSeek: ratio of two mscales (1.0 when equal)
             af = get_mscale(self.factor, self.mscale) / get_mscale(self.factor, self.mscale_all_dim)
         else:
             af = get_mscale(self.factor)
         return yarn_inv_freq(rope, self.factor), af
+
+    def hf_parameters(self, rope):
+        """HF's yarn; a temperature becomes the attention_factor it gives."""
+        if self.temperature is None:
+            return rope.to_dict()
+        out = {k: v for k, v in rope.to_dict().items() if k != "temperature"}
+        return {**out, "attention_factor": float(self.frequencies(rope, None)[1])}
 
     def gguf_metadata(self, rope):
         return yarn_gguf_metadata(rope, self, float(self.frequencies(rope, None)[1]))
@@ -260,11 +284,16 @@ class DynamicYarn(_Ramp):
     in_transformers = False
     length_dependent = True
     finetuned: bool = param(flag(False), False)
+    temperature: float | None = param(temperature_coefficient)  # as yarn's (absent: 0.1)
 
     def frequencies(self, rope, seq_len):
         floor = self.factor if self.finetuned else 1.0
+        k = 0.1 if self.temperature is None else self.temperature
+        if isinstance(seq_len, (int, np.integer)):  # a concrete length: exactly the static yarn at that s
+            scale = max(float(np.float32(seq_len) / np.float32(self.original_max_position_embeddings)), floor)
+            return yarn_inv_freq(rope, scale), temperature_factor(scale, k)
         scale = jnp.maximum(jnp.asarray(seq_len, jnp.float32) / self.original_max_position_embeddings, floor)
-        return yarn_inv_freq(rope, scale), get_mscale(scale)
+        return yarn_inv_freq(rope, scale), temperature_factor(scale, k)
 
     def hf_parameters(self, rope):
         raise ConfigError("rope_type 'dynamic_yarn' has no transformers equivalent; cannot write an HF config")

@@ -11,6 +11,7 @@ by pydantic before anything runs; a bad value fails naming its field.
       - {methods: [linear, ntk, ntk_by_parts, yarn], scales: [4, 8], finetune_steps: [60], seeds: [0, 1]}
       - {methods: [none, linear, ntk, dynamic, yarn, dynamic_yarn], scales: [4, 8]}   # no fine-tuning
       - {methods: [yarn], scales: [4], finetune_steps: [60], vary: {learning_rate: [1e-4, 3e-4]}}
+      - {methods: [yarn, dynamic_yarn], scales: [2], vary: {temperature: [0, 0.07, 0.1]}}   # a rope parameter
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, 
 from yarn_jax.cli_config import load_config
 from yarn_jax.errors import ConfigError
 from yarn_jax.evaluation.config import EvalConfig
+from yarn_jax.rope import METHODS, NAMED
+from yarn_jax.rope.config import L0
 from yarn_jax.training.config import TrainConfig
 
 # set by the sweep for each cell: not allowed in the shared `train` / `eval` sections
@@ -55,8 +58,13 @@ class Grid(_Strict):
     seeds: list[int] = Field([0], min_length=1, description="fine-tuning data order (ignored without "
                              "fine-tuning)")
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields for this grid's cells")
-    vary: dict[str, list[Any]] = Field(default_factory=dict, description="TrainConfig field -> values: "
-                                       "extra axes of the grid (hyperparameter sweeps)")
+    vary: dict[str, list[Any]] = Field(default_factory=dict, description="TrainConfig field or a parameter of "
+                                       "the grid's named rope methods (e.g. temperature, beta_fast) -> values: "
+                                       "extra axes of the grid (hyperparameter and method ablations)")
+
+    def rope_keys(self) -> list[str]:
+        """The `vary` keys that are rope parameters (the others are TrainConfig fields)."""
+        return sorted(k for k in self.vary if k not in TrainConfig.model_fields)
 
 
 class SweepConfig(_Strict):
@@ -82,9 +90,15 @@ class SweepConfig(_Strict):
             bad = sorted((set(g.train) | set(g.vary)) & set(TRAIN_OWNED))
             if bad:
                 raise ValueError(f"grids[{i}]: {bad} are set per cell by the sweep")
-            unknown = sorted((set(g.train) | set(g.vary)) - set(TrainConfig.model_fields))
+            unknown = sorted(set(g.train) - set(TrainConfig.model_fields))
             if unknown:
                 raise ValueError(f"grids[{i}]: {unknown} are not TrainConfig fields")
+            for k in g.rope_keys():
+                takes = [m for m in g.methods if m in NAMED and k in METHODS[m].keys() - {"factor", L0}]
+                if takes != g.methods:
+                    bad = [m for m in g.methods if m not in takes]
+                    raise ValueError(f"grids[{i}].vary: {k!r} is neither a TrainConfig field nor a parameter of "
+                                     f"the named rope method(s) {bad}")
         for section, cls in (("train", TrainConfig), ("eval", EvalConfig)):
             unknown = sorted(set(getattr(self, section)) - set(cls.model_fields))
             if unknown:

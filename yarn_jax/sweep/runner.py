@@ -47,6 +47,13 @@ class Cell:
     seed: int
     train: tuple[tuple[str, Any], ...]  # TrainConfig overrides of this cell (grid `train` + `vary` values)
     vary: tuple[tuple[str, Any], ...]  # the varied ones (part of the id)
+    rope: tuple[tuple[str, Any], ...] = ()  # varied rope parameters, added to the named method
+
+    @property
+    def method_spec(self) -> str:
+        """The method as evaluation.methods reads it: `yarn`, or `yarn:temperature=0.07` with varied
+        rope parameters."""
+        return self.method + (":" + ",".join(f"{k}={v}" for k, v in self.rope) if self.rope else "")
 
     @property
     def id(self) -> str:
@@ -72,7 +79,7 @@ def expand(cfg: SweepConfig) -> list[Cell]:
     fine-tuning."""
     cells: dict[str, Cell] = {}
     for g in cfg.grids:
-        keys = sorted(g.vary)
+        keys, rope_keys = sorted(g.vary), g.rope_keys()
         for method, scale, steps, seed, *values in itertools.product(
                 g.methods, g.scales, g.finetune_steps, g.seeds, *(g.vary[k] for k in keys)):
             if method in ("none", "default"):
@@ -80,8 +87,9 @@ def expand(cfg: SweepConfig) -> list[Cell]:
             if not steps:
                 seed = 0
             vary = tuple(zip(keys, values))
-            cell = Cell(method, float(scale), int(steps), int(seed), tuple(sorted({**g.train, **dict(vary)}.items())),
-                        vary)
+            train = {**g.train, **{k: v for k, v in vary if k not in rope_keys}}
+            cell = Cell(method, float(scale), int(steps), int(seed), tuple(sorted(train.items())), vary,
+                        tuple((k, v) for k, v in vary if k in rope_keys))
             cells.setdefault(cell.id, cell)
     return list(cells.values())
 
@@ -152,7 +160,7 @@ class Sweep:
         """(TrainConfig or None, EvalConfig) of a cell; validates every field before anything runs."""
         base, l0, eval_data = self.plan()
         d = self.cell_dir(cell)
-        method = parse_method(cell.method, cell.scale, l0)
+        method = parse_method(cell.method_spec, cell.scale, l0)
         if method.rope is not None:  # the rope too, before any cell runs
             self.model_config.with_rope(method.rope, where=f"cell {cell.id}: method {cell.method!r}")
         tc = None
@@ -168,7 +176,7 @@ class Sweep:
         ec = load_config(EvalConfig, None, {
             **{"data": eval_data}, **self.cfg.eval,
             "model": str(d / "train" / "checkpoints") if tc else base,
-            "methods": ["none"] if tc else [cell.method], "scales": [max(cell.scale, 1.0)],
+            "methods": ["none"] if tc else [cell.method_spec], "scales": [max(cell.scale, 1.0)],
             "original_context": l0, "out": str(d / "eval")}, where=f"cell {cell.id}: eval")
         return tc, ec
 
@@ -241,7 +249,8 @@ class Sweep:
         results, missing = report.load_results(self.out / "cells", [c.id for c in self.cells])
         self.out.mkdir(parents=True, exist_ok=True)
         l0 = self._l0_hint()
-        rows, lengths, vary_keys = report.summarize(results)
+        blocks = {r["id"]: report.cell_blocks(self.out / "cells", r) for r in results}
+        rows, lengths, vary_keys = report.summarize(results, blocks)
         write_csv_atomic(self.out / "cells.csv", [{k: v for k, v in r.items() if k not in ("perplexity", "tokens",
                                                    "train_final", "metrics")} | _metric_columns(r, lengths)
                                                    for r in results])

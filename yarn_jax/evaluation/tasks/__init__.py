@@ -4,7 +4,8 @@ order they run; their names are their sections of summary.json and their CSV fil
 from yarn_jax.evaluation.tasks.base import Cell, RunContext, Task
 from yarn_jax.evaluation.tasks.passkey import PasskeyTask
 from yarn_jax.evaluation.tasks.perplexity import PerplexityTask
+from yarn_jax.evaluation.tasks.ruler import RulerTask
 
-TASKS: tuple[type[Task], ...] = (PerplexityTask, PasskeyTask)
+TASKS: tuple[type[Task], ...] = (PerplexityTask, PasskeyTask, RulerTask)
 
-__all__ = ["TASKS", "Task", "Cell", "RunContext", "PerplexityTask", "PasskeyTask"]
+__all__ = ["TASKS", "Task", "Cell", "RunContext", "PerplexityTask", "PasskeyTask", "RulerTask"]

@@ -35,6 +35,7 @@ class RunContext:
     bos: int | None
     console: Console
     original_context: int = 0  # L0 the named methods are scaled from
+    pairs: list = dataclasses.field(default_factory=list)  # (Method, Method) pairs to compare
     store: RunStore | None = None  # set once the inputs are known
     ident: str = ""  # identity of the model and tokenizer: part of every cell key
 
@@ -97,6 +98,11 @@ class Task:
     def summarize(self, ctx: RunContext) -> dict:
         """Its sections of summary.json from the stored records; `summary[name]` holds its CSV rows."""
         raise NotImplementedError
+
+    def compare(self, ctx: RunContext, a: Method, b: Method) -> list[dict]:
+        """Paired differences a - b on the same documents / trials: {metric, delta, ci_low, ci_high, n, scale}
+        each (`scale`: the magnitude of the values compared, for the rounding threshold)."""
+        return []
 
     def plots(self, ctx: RunContext, summary: dict, out: Path) -> list[Path]:
         return []
