@@ -28,6 +28,7 @@ import numpy as np
 from yarn_jax.errors import ConfigError
 from yarn_jax.evaluation import passkey
 
+VERSION = 1  # of the generators' output: part of every cell's key (bump it when a prompt changes)
 FILLER = passkey.FILLER  # RULER's noise haystack is the passkey test's filler
 NIAH_INSTRUCTION = ("Special {kinds} are hidden in the long text below, each one tied to a key. Read the whole text "
                     "carefully and remember them: a question about them follows the text.")

@@ -159,7 +159,8 @@ def markdown_table(rows: list[dict], lengths: list[int], vary_keys: list[str], l
                 text += " †"
             cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
-    notes = ["(a–b): 95 % bootstrap interval (documents, then position blocks); ± : half the range over seeds.",
+    notes = [f"(a–b): 95 % bootstrap interval (documents, then position blocks; {statistics.N_BOOT} resamples, "
+             "seed 0); ± : half the range over seeds.",
              "**Bold**: the lowest perplexity of its panel (scale, fine-tuned or not) and length; † : its paired "
              "95 % interval of the difference from the bold one contains 0 (not resolved)."]
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"

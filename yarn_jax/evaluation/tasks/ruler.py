@@ -100,7 +100,7 @@ class RulerTask(Task):
         return f"ruler: {len(self.names)} task(s), {self.format} prompts" if self.names else ""
 
     def _key(self, ctx, name, n, trial, method) -> str:
-        return ctx.key("ruler", name, n, trial, self.format, self.digest, method.key)
+        return ctx.key(f"ruler{ruler.VERSION}", name, n, trial, self.format, self.digest, method.key)
 
     def cells(self, ctx: RunContext) -> list[Cell]:
         cfg = ctx.cfg
