@@ -95,11 +95,14 @@ def log_scale_if_positive(ax) -> None:
 
 
 def mark_context(ax, l0: int | None, scales=()) -> None:
-    """Vertical lines at L0 (dashed, labelled "L0") and at each s·L0 (dotted, "s·L0"), labelled in the plot."""
+    """Vertical lines at L0 (dashed, labelled "L0") and at each s·L0 (dotted, "s·L0") within the plotted range."""
     if not l0:
         return
     marks = [(l0, "--", "L0", 1)] + [(s * l0, ":", f"{s:g}·L0", -1) for s in sorted(set(scales)) if s > 1]
-    for x, ls, text, side in marks:  # L0's label right of its line, s·L0's left of it (often the last length)
+    lo, hi = sorted(ax.get_xlim())
+    for x, ls, text, side in marks:
+        if not lo <= x <= hi:  # outside the data: a mark would only stretch the axis
+            continue  # L0's label right of its line, s·L0's left of it (often the last length)
         ax.axvline(x, color="0.4", linestyle=ls, linewidth=0.8, zorder=0)
         ax.annotate(text, (x, 1.0), xycoords=("data", "axes fraction"), xytext=(2 * side, -2),
                     textcoords="offset points", ha="left" if side > 0 else "right", va="top", fontsize="small",
@@ -174,8 +177,10 @@ def nll_vs_position(curves: dict[str, tuple[list[float], list[float]]], path: Pa
     return save_paper(draw, path)
 
 
-def depth_heatmap(acc: dict[str, dict[tuple[int, float], float]], path: Path, label: str = "accuracy") -> Path:
-    """Score per (length, depth), one panel per method (the methods' order), a shared color bar."""
+def depth_heatmap(acc: dict[str, dict[tuple[int, float], float]], path: Path, label: str = "accuracy",
+                  title: str | None = None) -> Path:
+    """Score per (length, depth), one panel per method (the methods' order), each cell's value written in it
+    (grids up to 12 x 12), a shared color bar."""
     methods = list(acc)
 
     def draw(width):
@@ -192,6 +197,10 @@ def depth_heatmap(acc: dict[str, dict[tuple[int, float], float]], path: Path, la
             depths = sorted({key[1] for key in acc[method]})
             grid = np.array([[acc[method].get((n, d), np.nan) for n in lengths] for d in depths])
             im = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto", origin="lower")
+            if grid.shape[0] <= 12 and grid.shape[1] <= 12:
+                for (r, c), v in np.ndenumerate(grid):
+                    if np.isfinite(v):
+                        ax.text(c, r, f"{v:.0%}", ha="center", va="center", fontsize="x-small")
             ax.set_xticks(range(len(lengths)), [str(n) for n in lengths], rotation=45, ha="right")
             ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
             ax.set_title(method, fontsize="medium")
@@ -200,6 +209,8 @@ def depth_heatmap(acc: dict[str, dict[tuple[int, float], float]], path: Path, la
             if k // cols == rows - 1:
                 ax.set_xlabel("prompt length")
         fig.colorbar(im, ax=axes, shrink=0.8, label=label)
+        if title:
+            fig.suptitle(title)
         return fig
 
     return save_paper(draw, path)

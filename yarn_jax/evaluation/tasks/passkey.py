@@ -101,7 +101,8 @@ class PasskeyTask(Task):
             for n in ctx.cfg.passkey_lengths:
                 for r in self._records(ctx, n, m):
                     acc[m.label][(n, r["depth"])] = float(r["correct"])
-        return [plots.depth_heatmap(dict(acc), out / "passkey_heatmap.png", "accuracy")] if acc else []
+        return [plots.depth_heatmap(dict(acc), out / "passkey_heatmap.png", "accuracy",
+                                    "passkey retrieval by length and depth")] if acc else []
 
     def table(self, ctx, summary):
         if not summary["passkey"]:

@@ -220,7 +220,8 @@ class RulerTask(Task):
                     for r in self._records(ctx, name, n, m):
                         acc[m.label][(n, r["depth"])] = r["score"]
             if acc:
-                paths.append(plots.depth_heatmap(dict(acc), out / f"ruler_{name}_heatmap.png", f"{name}: score"))
+                paths.append(plots.depth_heatmap(dict(acc), out / f"ruler_{name}_heatmap.png", "score",
+                                                 f"{name}: score by length and depth ({self.format} prompts)"))
         return paths
 
     def table(self, ctx, summary):
