@@ -169,3 +169,25 @@ def test_eval_runs_every_task_with_intervals_copies_and_plots(tiny_model_dir, tm
     assert not (out / "ruler_cwe_heatmap.png").exists()  # no depth axis
     before = (out / "cells.jsonl").read_text()
     assert eval_cli.main(argv) == 0 and (out / "cells.jsonl").read_text() == before
+
+
+def test_another_trial_count_makes_other_cells_not_reused_ones(tiny_model_dir, tmp_path):
+    """Trial i of N sits at depth i/(N-1): re-running a directory with another --ruler-trials / --passkey-trials
+    computes the new trials instead of passing off trial 1 of 2 (depth 1) as trial 1 of 3 (depth 0.5)."""
+    from yarn_jax.evaluation import cli as eval_cli
+
+    out = tmp_path / "run"
+
+    def run(trials):
+        assert eval_cli.main(["--model", str(tiny_model_dir), "--protocol", "none", "--ruler", "niah_single_1",
+                              "--ruler-lengths", "512", "--ruler-trials", str(trials), "--passkey-lengths", "256",
+                              "--passkey-trials", str(trials), "--methods", "none", "--out", str(out)]) == 0
+        return json.loads((out / "summary.json").read_text())
+
+    run(2)
+    summary = run(3)
+    recs = [json.loads(x) for x in (out / "cells.jsonl").read_text().splitlines()]
+    assert len(recs) == 2 * (2 + 3)  # ruler + passkey cells of both runs
+    assert summary["ruler"][0]["trials"] == 3 and summary["passkey"][0]["trials"] == 3
+    depths = sorted(r["depth"] for r in recs[4:] if r["kind"] == "ruler")
+    assert depths == [0.0, 0.5, 1.0]

@@ -32,7 +32,8 @@ class PasskeyTask(Task):
         return {}
 
     def _key(self, ctx, n, method, trial) -> str:
-        return ctx.key("passkey", n, method.key, trial)
+        """Trial i of N (its depth is i/(N-1)): another trial count makes other cells."""
+        return ctx.key("passkey", n, method.key, f"{trial}/{ctx.cfg.passkey_trials}")
 
     def cells(self, ctx: RunContext) -> list[Cell]:
         cfg = ctx.cfg

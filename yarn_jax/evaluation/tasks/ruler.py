@@ -61,7 +61,8 @@ class RulerTask(Task):
         self.src = ruler.Sources(lines, ruler.Vocab.from_lines(list(lines)))
         self._template = self._chat_template(ctx)
         self.format = "chat" if self._template else "plain"
-        self.digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+        template = self._template("{user}") if self._template else ""  # the chat template's identity
+        self.digest = hashlib.sha256("\n".join((template, *lines)).encode()).hexdigest()[:16]
         shortest = min(self.lengths(cfg))
         for name in self.names:  # a length too short fails now, before any compute
             ruler.fit(ruler.TASKS[name], ruler.trial_seed(cfg.seed, name, shortest, 0), 0.5, self.src,
@@ -100,7 +101,8 @@ class RulerTask(Task):
         return f"ruler: {len(self.names)} task(s), {self.format} prompts" if self.names else ""
 
     def _key(self, ctx, name, n, trial, method) -> str:
-        return ctx.key(f"ruler{ruler.VERSION}", name, n, trial, self.format, self.digest, method.key)
+        return ctx.key(f"ruler{ruler.VERSION}", name, n, f"{trial}/{ctx.cfg.ruler_trials}", self.format, self.digest,
+                       method.key)  # trial i of N: its depth is i/(N-1)
 
     def cells(self, ctx: RunContext) -> list[Cell]:
         cfg = ctx.cfg
