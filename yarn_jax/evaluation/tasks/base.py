@@ -73,7 +73,8 @@ class Task:
     `run` and `summarize`; the rest has defaults."""
 
     name: ClassVar[str]
-    unit: ClassVar[str] = "forwards"  # what a cell's `work` counts (the progress report's unit)
+    unit: ClassVar[str] = "tokens"  # what a cell's `work` counts (the progress report's unit): tokens run
+    # through the model, so cells of different lengths weigh in the ETA by their size
 
     @staticmethod
     def check_config(cfg: EvalConfig) -> None:

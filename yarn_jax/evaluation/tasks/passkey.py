@@ -20,7 +20,6 @@ from yarn_jax.generate import decode_signature
 
 class PasskeyTask(Task):
     name = "passkey"
-    unit = "trials"
 
     def __init__(self):
         self._modules, self._same, self._prompt_len = {}, {}, {}
@@ -37,7 +36,7 @@ class PasskeyTask(Task):
 
     def cells(self, ctx: RunContext) -> list[Cell]:
         cfg = ctx.cfg
-        return [Cell(self._key(ctx, n, m, i), f"passkey L={n} {m.label} depth {depth:.0%}", 1, (n, m, i, depth, key))
+        return [Cell(self._key(ctx, n, m, i), f"passkey L={n} {m.label} depth {depth:.0%}", n, (n, m, i, depth, key))
                 for n in cfg.passkey_lengths for i, (depth, key) in enumerate(pk.trials(cfg.passkey_trials, cfg.seed, n))
                 for m in ctx.methods]  # a trial's methods together: its prompt is built once
 

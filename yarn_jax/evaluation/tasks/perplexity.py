@@ -86,7 +86,7 @@ class PerplexityTask(Task):
                     work = 0
                     if ctx.store.get(key) is None and (d.name, m.key, src) not in planned:
                         planned.add((d.name, m.key, src))
-                        work = len(self.scorer.windows(d, src, cfg.stride, cfg.protocol))
+                        work = len(self.scorer.windows(d, src, cfg.stride, cfg.protocol)) * src
                     out.append(Cell(key, f"{cfg.protocol} L={n} {d.name} {m.label}", work, (n, d, m)))
         return out
 
@@ -95,7 +95,8 @@ class PerplexityTask(Task):
         cfg, k = ctx.cfg, (doc.name, method.key, n)
         if k not in self._forwards:
             t0 = time.perf_counter()
-            scores = self.scorer.score(doc, n, method, protocol=cfg.protocol, stride=cfg.stride, progress=advance)
+            scores = self.scorer.score(doc, n, method, protocol=cfg.protocol, stride=cfg.stride,
+                                       progress=lambda windows: advance(windows * n))  # n tokens each
             self._forwards = {kk: v for kk, v in self._forwards.items() if kk[:2] == k[:2]}  # this group's only
             self._forwards[k] = scores, time.perf_counter() - t0
         return self._forwards[k]

@@ -31,7 +31,6 @@ AVERAGE = "average"
 
 class RulerTask(Task):
     name = "ruler"
-    unit = "trials"
 
     def __init__(self):
         self.src, self.names, self.format, self.digest = None, [], "plain", ""
@@ -106,7 +105,7 @@ class RulerTask(Task):
 
     def cells(self, ctx: RunContext) -> list[Cell]:
         cfg = ctx.cfg
-        return [Cell(self._key(ctx, name, n, i, m), f"{name} L={n} trial {i} {m.label}", 1, (name, n, i, depth, m))
+        return [Cell(self._key(ctx, name, n, i, m), f"{name} L={n} trial {i} {m.label}", n, (name, n, i, depth, m))
                 for name in self.names for n in self.lengths(cfg)
                 for i, depth in enumerate(ruler.depths(cfg.ruler_trials)) for m in ctx.methods]
 
