@@ -19,7 +19,7 @@ from yarn_jax.data.corpus import Document
 from yarn_jax.errors import ConfigError
 from yarn_jax.evaluation.methods import Method
 from yarn_jax.evaluation.perplexity import PerplexityScorer
-from yarn_jax.generate import Sampling, generate_ids
+from yarn_jax.generate import Sampling, eos_ids, generate_ids
 from yarn_jax.pretrained import LoadedModel, load_pretrained
 
 
@@ -86,8 +86,7 @@ class PretrainedModel(LoadedModel):
         stop_ids = [x for x in stops if isinstance(x, (int, np.integer))]
         stop_texts = [x for x in stops if isinstance(x, str)]
         if stop is None:
-            eos = self.config.eos_token_id
-            stop_ids = [] if eos is None else list(eos) if isinstance(eos, tuple) else [eos]
+            stop_ids = list(eos_ids(self.module))
         done_fn = None
         if stop_texts:
             def done_fn(rows):

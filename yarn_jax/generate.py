@@ -66,6 +66,12 @@ def frequencies_change(model: Llama, start_len: int, end_len: int) -> bool:
     return not all(bool(jnp.array_equal(x, y)) for x, y in zip(a, b))
 
 
+def eos_ids(model: Llama) -> tuple[int, ...]:
+    """The model's end-of-sequence ids (config `eos_token_id`: none, one or several) as stop ids."""
+    eos = model.config.eos_token_id
+    return () if eos is None else (eos if isinstance(eos, tuple) else (eos,))
+
+
 def decode_signature(model: Llama, start_len: int, end_len: int) -> bytes:
     """Bytes equal for two models exactly when their rope frequencies agree at every length of a decode from
     start_len to end_len, so greedy decoding gives the same tokens (every method's frequencies change at

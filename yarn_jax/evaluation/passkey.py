@@ -16,7 +16,7 @@ import re
 import numpy as np
 
 from yarn_jax.errors import ConfigError
-from yarn_jax.generate import generate_ids
+from yarn_jax.generate import eos_ids, generate_ids
 from yarn_jax.model import Llama
 
 TASK = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
@@ -97,8 +97,7 @@ def trials(n: int, seed: int, length: int) -> list[tuple[float, int]]:
 def run_trial(model: Llama, tokenizer, length: int, depth: float, key: int, *, bos: int | None,
               max_new_tokens: int = 10, dynamic_cache: bool = False) -> Trial:
     ids = prompt_ids(tokenizer, key, length, depth, bos)
-    eos = model.config.eos_token_id
-    stop = () if eos is None else (eos if isinstance(eos, tuple) else (eos,))
+    stop = eos_ids(model)
     def answered(tokens):  # an integer followed by something else: the answer cannot change any more
         return [re.search(r"\d+\D", tokenizer.decode(row.tolist(), skip_special_tokens=True)) is not None
                 for row in tokens]

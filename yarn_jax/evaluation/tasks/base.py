@@ -60,6 +60,12 @@ class RunContext:
         return [r for r in (self.store.get(k) for k in keys) if r]
 
 
+def copied(first: dict, method: Method) -> dict:
+    """The record of a method whose frequencies equal those of the method that computed `first` on this cell:
+    its scores, under this method's name, marked `same_as`."""
+    return {**first, "method": method.label, "rope": method.rope, "seconds": 0.0, "same_as": first["method"]}
+
+
 @dataclasses.dataclass(frozen=True)
 class Cell:
     key: str  # where its record is stored

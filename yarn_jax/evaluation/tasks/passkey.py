@@ -14,7 +14,7 @@ from rich.table import Table
 
 from yarn_jax.evaluation import passkey as pk
 from yarn_jax.evaluation import plots, statistics
-from yarn_jax.evaluation.tasks.base import Cell, RunContext, Task
+from yarn_jax.evaluation.tasks.base import Cell, RunContext, Task, copied
 from yarn_jax.generate import decode_signature
 
 
@@ -50,7 +50,7 @@ class PasskeyTask(Task):
         sig = (n, i, decode_signature(self._modules[method.key], start, start + cfg.passkey_max_new_tokens - 1))
         if sig in self._same:  # the same frequencies over the whole decode: the same answer
             first = self._same[sig]
-            return {**first, "method": method.label, "rope": method.rope, "seconds": 0.0, "same_as": first["method"]}
+            return copied(first, method)
         t0 = time.perf_counter()
         trial = pk.run_trial(self._modules[method.key], ctx.tokenizer, n, depth, key, bos=ctx.bos,
                              max_new_tokens=cfg.passkey_max_new_tokens, dynamic_cache=cfg.passkey_dynamic_cache)

@@ -23,7 +23,7 @@ from yarn_jax.data.corpus import check_source, load_documents
 from yarn_jax.errors import NumericsError
 from yarn_jax.evaluation import plots, statistics
 from yarn_jax.evaluation.perplexity import PerplexityScorer, Scores, aggregate, position_buckets
-from yarn_jax.evaluation.tasks.base import Cell, RunContext, Task
+from yarn_jax.evaluation.tasks.base import Cell, RunContext, Task, copied
 
 
 def _blocks(cells: list[dict]) -> tuple[np.ndarray, np.ndarray]:
@@ -106,7 +106,7 @@ class PerplexityTask(Task):
         sig = (n, doc.name, self.scorer.signature(method, doc, n, cfg.stride, cfg.protocol))
         if sig in self._same:  # identical frequencies at every window: identical scores
             first = self._same[sig]
-            return {**first, "method": method.label, "rope": method.rope, "seconds": 0.0, "same_as": first["method"]}
+            return copied(first, method)
         src = self._source(ctx, n, doc, method)
         scores, seconds = self._scores(ctx, doc, method, src, advance)
         obtained = "forward"

@@ -23,8 +23,8 @@ from rich.table import Table
 from yarn_jax.data.corpus import check_source, iter_texts
 from yarn_jax.errors import ConfigError
 from yarn_jax.evaluation import plots, ruler, statistics
-from yarn_jax.evaluation.tasks.base import Cell, RunContext, Task
-from yarn_jax.generate import decode_signature, generate_ids
+from yarn_jax.evaluation.tasks.base import Cell, RunContext, Task, copied
+from yarn_jax.generate import decode_signature, eos_ids, generate_ids
 
 AVERAGE = "average"
 
@@ -128,7 +128,7 @@ class RulerTask(Task):
             for i in range(min(vocab, ctx.tokenizer.get_vocab_size())):
                 text = ctx.tokenizer.decode([i], skip_special_tokens=False)
                 mask[i] = bool(text) and re.fullmatch(r"\s*\d*\s*", text) is not None
-            mask[list(_stops(ctx))] = True
+            mask[list(eos_ids(ctx.model.module))] = True
             self._digits = mask
         return self._digits
 
@@ -142,7 +142,7 @@ class RulerTask(Task):
         sig = (name, n, trial, decode_signature(module, ids.size, ids.size + task.max_new_tokens - 1))
         if sig in self._same:  # the same frequencies over the whole decode: the same output
             first = self._same[sig]
-            return {**first, "method": method.label, "rope": method.rope, "seconds": 0.0, "same_as": first["method"]}
+            return copied(first, method)
         t0 = time.perf_counter()
         tok = ctx.tokenizer
 
@@ -152,7 +152,7 @@ class RulerTask(Task):
                 return [re.search(r"\d+\D", t) is not None for t in texts]
             return [ruler.score(task, parts.answers, t) == 1.0 for t in texts]
 
-        out = np.asarray(generate_ids(module, ids[None], task.max_new_tokens, tuple(_stops(ctx)), done_fn=done,
+        out = np.asarray(generate_ids(module, ids[None], task.max_new_tokens, eos_ids(module), done_fn=done,
                                       dynamic_cache=cfg.passkey_dynamic_cache,
                                       allowed=self._digits_mask(ctx) if task.digits_only else None,
                                       pad_to=n - task.max_new_tokens))[0]  # one program per task and length
@@ -252,8 +252,3 @@ def _row(ctx: RunContext, m, task: str, n: int, scores: list[float], mean: float
     iv = statistics.wilson_interval(mean, len(scores))
     return {"task": task, "method": m.label, **ctx.rope_columns(m), "length": n, "score": mean,
             "trials": len(scores), "ci_low": iv.low, "ci_high": iv.high}
-
-
-def _stops(ctx: RunContext) -> tuple[int, ...]:
-    eos = ctx.model.config.eos_token_id
-    return () if eos is None else (eos if isinstance(eos, tuple) else (eos,))
