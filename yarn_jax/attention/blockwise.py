@@ -6,7 +6,8 @@ repeats K/V. Only the output and the per-row log-sum-exp [B, K, G, T] are saved 
 scores exist one [block_q, block_k] tile at a time. Under causal masking the key loop of each query
 block stops at the diagonal (and the dK/dV loop starts there); a sliding window or chunks also start it
 at the band's lower edge (and stop the dK/dV loop there) — fully-masked tiles are skipped, and only tiles
-that cross an edge (or hold padding, or when segment ids are given) build a mask.
+that cross an edge (or hold padding, or when segment ids are given) build a mask. Each tile's work runs as
+one independent chain of ops per group of KV heads, and its exponentials are `softexp.exp2` in base 2.
 Lengths need not divide the block sizes: inputs are padded inside and padded keys are masked.
 """
 
@@ -18,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from yarn_jax.attention import softexp
 from yarn_jax.attention.masks import CAUSAL, Mask, query_positions
 from yarn_jax.shapes import cdiv, pad_axis
 
@@ -151,31 +153,51 @@ def _scores(qi, kj, ok):
     return s if ok is None else jnp.where(ok, s, MASK)
 
 
+MAX_CHAINS = 8
+
+
+def _head_groups(kv_heads: int) -> list[slice]:
+    """The KV heads split into at most MAX_CHAINS contiguous groups. Each group's tile work is its own chain
+    of ops (two dots, the softmax pass, the accumulator update), independent of the others, so XLA:CPU's
+    thunk executor runs the chains side by side, each on a tile a few MB in size (SmolLM2 shapes, 2 cores:
+    the forward at 8k ~10 % faster than one batched tile over all heads, the backward at 4k ~3 %)."""
+    n = min(kv_heads, MAX_CHAINS)
+    edges = [round(i * kv_heads / n) for i in range(n + 1)]
+    return [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
+
+
 def _forward(q, k, v, q_seg, k_seg, dims: _Dims):
     """q [B, K, G, Tp, D] (pre-scaled), k/v [B, K, Sp, D] -> out [B, K, G, Tp, D] (q dtype),
-    lse [B, K, G, Tp] f32."""
+    lse [B, K, G, Tp] f32 (natural log). Online softmax in base 2: log2(e) folded into q once, the tile's
+    exponentials by `softexp.exp2`."""
     b, kh, g, _, d = q.shape
+    q2 = (q.astype(jnp.float32) * softexp.LOG2E).astype(q.dtype)  # scores in log2 units
+    groups = _head_groups(kh)
 
     def q_block(i):
-        qi = lax.dynamic_slice_in_dim(q, i * dims.bq, dims.bq, axis=3)
+        qi = lax.dynamic_slice_in_dim(q2, i * dims.bq, dims.bq, axis=3)
 
         def step(masked, j, carry):
-            m, l, acc = carry
             kj = lax.dynamic_slice_in_dim(k, j * dims.bk, dims.bk, axis=2)
             vj = lax.dynamic_slice_in_dim(v, j * dims.bk, dims.bk, axis=2)
-            s = _scores(qi, kj, dims.allowed(i, j, q_seg, k_seg) if masked else None)
-            m_new = jnp.maximum(m, s.max(-1))
-            p = jnp.exp(s - m_new[..., None])
-            correction = jnp.exp(m - m_new)
-            l = l * correction + p.sum(-1)
-            pv = _matmul_rows(p.astype(v.dtype), vj)
-            return m_new, l, acc * correction[..., None] + pv
+            ok = dims.allowed(i, j, q_seg, k_seg) if masked else None
+            new = []
+            for heads, (m, l, acc) in zip(groups, carry):  # one independent chain per head group
+                s = _scores(qi[:, heads], kj[:, heads], ok)  # [B, k, G, bq, bk], log2 units
+                m_new = jnp.maximum(m, s.max(-1))
+                p = softexp.exp2(s - m_new[..., None])
+                correction = softexp.exp2(m - m_new)
+                pv = _matmul_rows(p.astype(v.dtype), vj[:, heads])
+                new.append((m_new, l * correction + p.sum(-1), acc * correction[..., None] + pv))
+            return tuple(new)
 
-        init = (jnp.full((b, kh, g, dims.bq), MASK, jnp.float32), jnp.zeros((b, kh, g, dims.bq), jnp.float32),
-                jnp.zeros((b, kh, g, dims.bq, d), jnp.float32))
-        m, l, acc = lax.fori_loop(*dims.k_block_range(i), lambda j, c: _per_tile(dims, i, j, step, j, c), init)
+        init = tuple((jnp.full((b, h.stop - h.start, g, dims.bq), MASK, jnp.float32),
+                      jnp.zeros((b, h.stop - h.start, g, dims.bq), jnp.float32),
+                      jnp.zeros((b, h.stop - h.start, g, dims.bq, d), jnp.float32)) for h in groups)
+        chains = lax.fori_loop(*dims.k_block_range(i), lambda j, c: _per_tile(dims, i, j, step, j, c), init)
+        m, l, acc = (jnp.concatenate(x, axis=1) for x in zip(*chains))
         l = jnp.maximum(l, 1e-30)
-        return (acc / l[..., None]).astype(q.dtype), m + jnp.log(l)
+        return (acc / l[..., None]).astype(q.dtype), m / softexp.LOG2E + jnp.log(l)
 
     out, lse = lax.map(q_block, jnp.arange(dims.nq))  # [nq, B, K, G, bq, (D)]
     out = jnp.moveaxis(out, 0, 3).reshape(b, kh, g, dims.tp, d)
@@ -184,48 +206,61 @@ def _forward(q, k, v, q_seg, k_seg, dims: _Dims):
 
 
 def _backward(q, k, v, q_seg, k_seg, out, lse, dout, dims: _Dims):
-    """FlashAttention-2 backward from the saved log-sum-exp; one tile of scores at a time."""
+    """FlashAttention-2 backward from the saved log-sum-exp; one tile of scores at a time, one chain of
+    ops per head group (as the forward)."""
     b, kh, g, _, d = q.shape
     delta = jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)  # [B, K, G, Tp]
+    q2 = (q.astype(jnp.float32) * softexp.LOG2E).astype(q.dtype)  # scores in log2 units, as the forward
+    lse2 = lse * softexp.LOG2E
+    groups = _head_groups(kh)
 
-    def tile(masked, i, j):
-        qi = lax.dynamic_slice_in_dim(q, i * dims.bq, dims.bq, axis=3)
-        kj = lax.dynamic_slice_in_dim(k, j * dims.bk, dims.bk, axis=2)
-        vj = lax.dynamic_slice_in_dim(v, j * dims.bk, dims.bk, axis=2)
-        doi = lax.dynamic_slice_in_dim(dout, i * dims.bq, dims.bq, axis=3)
-        lse_i = lax.dynamic_slice_in_dim(lse, i * dims.bq, dims.bq, axis=3)
-        delta_i = lax.dynamic_slice_in_dim(delta, i * dims.bq, dims.bq, axis=3)
+    def tile(masked, i, j, heads):
+        rows = functools.partial(lax.dynamic_slice_in_dim, start_index=i * dims.bq, slice_size=dims.bq, axis=3)
+        keys = functools.partial(lax.dynamic_slice_in_dim, start_index=j * dims.bk, slice_size=dims.bk, axis=2)
+        qi, q2i, doi = rows(q[:, heads]), rows(q2[:, heads]), rows(dout[:, heads])
+        lse_i, delta_i = rows(lse2[:, heads]), rows(delta[:, heads])
+        kj, vj = keys(k[:, heads]), keys(v[:, heads])
         ok = dims.allowed(i, j, q_seg, k_seg) if masked else None
-        p = jnp.exp(_scores(qi, kj, ok) - lse_i[..., None])  # [B, K, G, bq, bk]
+        p = softexp.exp2(_scores(q2i, kj, ok) - lse_i[..., None])  # [B, k, G, bq, bk]
         if masked:
             p = jnp.where(ok, p, 0.0)
-        dp = _matmul_rows(doi, jnp.swapaxes(vj, -1, -2))  # [B, K, G, bq, bk]
+        dp = _matmul_rows(doi, jnp.swapaxes(vj, -1, -2))  # [B, k, G, bq, bk]
         ds = p * (dp - delta_i[..., None])
         return qi, kj, doi, p, ds
 
     def dkv_block(j, dq):
         """Key block j: its dK/dV over the query blocks that see it; each tile's dQ share is added into
-        dq [B, K, G, Tp, D] as it goes (one pass: every score tile is computed once, not once for dQ and
-        once for dK/dV)."""
+        dq (per head group [B, k, G, Tp, D]) as it goes (one pass: every score tile is computed once, not
+        once for dQ and once for dK/dV)."""
         def step(masked, i, j):
-            qi, kj, doi, p, ds = tile(masked, i, j)
-            dv = jnp.einsum("bkqc,bkqd->bkcd", _rows(p.astype(dout.dtype)), _rows(doi),
-                            preferred_element_type=jnp.float32)
-            dk = jnp.einsum("bkqc,bkqd->bkcd", _rows(ds.astype(q.dtype)), _rows(qi),
-                            preferred_element_type=jnp.float32)
-            return dk, dv, _matmul_rows(ds.astype(k.dtype), kj)
+            out = []
+            for heads in groups:
+                qi, kj, doi, p, ds = tile(masked, i, j, heads)
+                dv = jnp.einsum("bkqc,bkqd->bkcd", _rows(p.astype(dout.dtype)), _rows(doi),
+                                preferred_element_type=jnp.float32)
+                dk = jnp.einsum("bkqc,bkqd->bkcd", _rows(ds.astype(q.dtype)), _rows(qi),
+                                preferred_element_type=jnp.float32)
+                out.append((dk, dv, _matmul_rows(ds.astype(k.dtype), kj)))
+            return tuple(out)
 
         def body(i, carry):
-            dk, dv, dq = carry
-            dk_i, dv_i, dq_i = _per_tile(dims, i, j, step, i, j)
-            dq_rows = lax.dynamic_slice_in_dim(dq, i * dims.bq, dims.bq, axis=3)
-            return dk + dk_i, dv + dv_i, lax.dynamic_update_slice_in_dim(dq, dq_rows + dq_i, i * dims.bq, axis=3)
+            new = []
+            for (dk, dv, dq_h), (dk_i, dv_i, dq_i) in zip(carry, _per_tile(dims, i, j, step, i, j)):
+                dq_rows = lax.dynamic_slice_in_dim(dq_h, i * dims.bq, dims.bq, axis=3)
+                new.append((dk + dk_i, dv + dv_i,
+                            lax.dynamic_update_slice_in_dim(dq_h, dq_rows + dq_i, i * dims.bq, axis=3)))
+            return tuple(new)
 
-        zeros = jnp.zeros((b, kh, dims.bk, d), jnp.float32)
-        dk, dv, dq = lax.fori_loop(*dims.q_block_range(j), body, (zeros, zeros, dq))
-        return dq, (dk, dv)
+        init = tuple((jnp.zeros((b, h.stop - h.start, dims.bk, d), jnp.float32),) * 2 + (dq_h,)
+                     for h, dq_h in zip(groups, dq))
+        chains = lax.fori_loop(*dims.q_block_range(j), body, init)
+        return tuple(c[2] for c in chains), tuple((c[0], c[1]) for c in chains)
 
-    dq, (dk, dv) = lax.scan(lambda dq, j: dkv_block(j, dq), jnp.zeros(q.shape, jnp.float32), jnp.arange(dims.nk))
+    dq0 = tuple(jnp.zeros((b, h.stop - h.start, g, dims.tp, d), jnp.float32) for h in groups)
+    dq, dkv = lax.scan(lambda dq, j: dkv_block(j, dq), dq0, jnp.arange(dims.nk))
+    dq = jnp.concatenate(dq, axis=1)
+    dk = jnp.concatenate([x[0] for x in dkv], axis=2)  # [nk, B, K, bk, D]
+    dv = jnp.concatenate([x[1] for x in dkv], axis=2)
     dk = jnp.moveaxis(dk, 0, 2).reshape(k.shape)
     dv = jnp.moveaxis(dv, 0, 2).reshape(v.shape)
     return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
