@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from yarn_jax.attention import CAUSAL, FULL, Mask, attention, blockwise_attention, reference_attention, resolve_backend
+from yarn_jax.attention import blockwise
 from yarn_jax.attention.blockwise import _Dims
 from yarn_jax.attention.kernels import SplashBlocks, gpu_flash_attention, splash_attention
 from yarn_jax.errors import ConfigError
@@ -217,3 +218,15 @@ def test_auto_backend_by_platform_and_length():
     q, k, v, kw = make_inputs(CASES["gqa_causal_odd"], jnp.float32)
     with pytest.raises(ConfigError, match="do not fit"):
         attention(q, k[:, :, :1].repeat(4, axis=2)[:, :, :4], v, **kw)
+
+
+def test_blockwise_head_chains_match_reference_with_uneven_groups():
+    """12 KV heads run as 8 chains of 1 or 2 heads (segments and a window: every masked path per chain)."""
+    case = (1, 40, 40, 24, 12, 16, Mask(window=19), True)
+    q, k, v, kw = make_inputs(case, jnp.float32)
+    assert len(blockwise._head_groups(12)) == 8
+    out, grads = value_and_grads(KERNELS["blockwise"], q, k, v, kw)
+    ref_out, ref_grads = value_and_grads(reference_attention, q, k, v, kw)
+    np.testing.assert_allclose(out, ref_out, atol=TOLS["float32"][0])
+    for got, want in zip(grads, ref_grads):
+        np.testing.assert_allclose(got, want, atol=TOLS["float32"][1])
