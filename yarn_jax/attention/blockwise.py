@@ -176,18 +176,19 @@ def _forward(q, k, v, q_seg, k_seg, dims: _Dims):
 
     def q_block(i):
         qi = lax.dynamic_slice_in_dim(q2, i * dims.bq, dims.bq, axis=3)
+        q_chains = [qi[:, heads] for heads in groups]  # sliced once per query block, not per tile
 
         def step(masked, j, carry):
-            kj = lax.dynamic_slice_in_dim(k, j * dims.bk, dims.bk, axis=2)
-            vj = lax.dynamic_slice_in_dim(v, j * dims.bk, dims.bk, axis=2)
             ok = dims.allowed(i, j, q_seg, k_seg) if masked else None
             new = []
-            for heads, (m, l, acc) in zip(groups, carry):  # one independent chain per head group
-                s = _scores(qi[:, heads], kj[:, heads], ok)  # [B, k, G, bq, bk], log2 units
+            for heads, qh, (m, l, acc) in zip(groups, q_chains, carry):  # one independent chain per head group
+                kj = lax.dynamic_slice_in_dim(k[:, heads], j * dims.bk, dims.bk, axis=2)
+                vj = lax.dynamic_slice_in_dim(v[:, heads], j * dims.bk, dims.bk, axis=2)
+                s = _scores(qh, kj, ok)  # [B, k, G, bq, bk], log2 units
                 m_new = jnp.maximum(m, s.max(-1))
                 p = softexp.exp2(s - m_new[..., None])
                 correction = softexp.exp2(m - m_new)
-                pv = _matmul_rows(p.astype(v.dtype), vj[:, heads])
+                pv = _matmul_rows(p.astype(v.dtype), vj)
                 new.append((m_new, l * correction + p.sum(-1), acc * correction[..., None] + pv))
             return tuple(new)
 
