@@ -12,7 +12,6 @@ median ratio and its range over the alternating pairs. Also checks the outputs a
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
