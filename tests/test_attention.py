@@ -230,3 +230,10 @@ def test_blockwise_head_chains_match_reference_with_uneven_groups():
     np.testing.assert_allclose(out, ref_out, atol=TOLS["float32"][0])
     for got, want in zip(grads, ref_grads):
         np.testing.assert_allclose(got, want, atol=TOLS["float32"][1])
+
+
+@pytest.mark.parametrize("kv_heads, chains", [(1, 1), (3, 3), (8, 8), (12, 8), (32, 8)])
+def test_head_groups_cover_every_head_once(kv_heads, chains):
+    groups = blockwise._head_groups(kv_heads)
+    assert len(groups) == chains
+    assert [h for g in groups for h in range(g.start, g.stop)] == list(range(kv_heads))

@@ -7,7 +7,7 @@ scores exist one [block_q, block_k] tile at a time. Under causal masking the key
 block stops at the diagonal (and the dK/dV loop starts there); a sliding window or chunks also start it
 at the band's lower edge (and stop the dK/dV loop there) — fully-masked tiles are skipped, and only tiles
 that cross an edge (or hold padding, or when segment ids are given) build a mask. Each tile's work runs as
-one independent chain of ops per group of KV heads, and its exponentials are `softexp.exp2` in base 2.
+one independent chain of ops per group of KV heads.
 Lengths need not divide the block sizes: inputs are padded inside and padded keys are masked.
 """
 
@@ -19,7 +19,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from yarn_jax.attention import softexp
 from yarn_jax.attention.masks import CAUSAL, Mask, query_positions
 from yarn_jax.shapes import cdiv, pad_axis
 
@@ -168,14 +167,12 @@ def _head_groups(kv_heads: int) -> list[slice]:
 
 def _forward(q, k, v, q_seg, k_seg, dims: _Dims):
     """q [B, K, G, Tp, D] (pre-scaled), k/v [B, K, Sp, D] -> out [B, K, G, Tp, D] (q dtype),
-    lse [B, K, G, Tp] f32 (natural log). Online softmax in base 2: log2(e) folded into q once, the tile's
-    exponentials by `softexp.exp2`."""
+    lse [B, K, G, Tp] f32."""
     b, kh, g, _, d = q.shape
-    q2 = (q.astype(jnp.float32) * softexp.LOG2E).astype(q.dtype)  # scores in log2 units
     groups = _head_groups(kh)
 
     def q_block(i):
-        qi = lax.dynamic_slice_in_dim(q2, i * dims.bq, dims.bq, axis=3)
+        qi = lax.dynamic_slice_in_dim(q, i * dims.bq, dims.bq, axis=3)
         q_chains = [qi[:, heads] for heads in groups]  # sliced once per query block, not per tile
 
         def step(masked, j, carry):
@@ -184,10 +181,10 @@ def _forward(q, k, v, q_seg, k_seg, dims: _Dims):
             for heads, qh, (m, l, acc) in zip(groups, q_chains, carry):  # one independent chain per head group
                 kj = lax.dynamic_slice_in_dim(k[:, heads], j * dims.bk, dims.bk, axis=2)
                 vj = lax.dynamic_slice_in_dim(v[:, heads], j * dims.bk, dims.bk, axis=2)
-                s = _scores(qh, kj, ok)  # [B, k, G, bq, bk], log2 units
+                s = _scores(qh, kj, ok)  # [B, k, G, bq, bk]
                 m_new = jnp.maximum(m, s.max(-1))
-                p = softexp.exp2(s - m_new[..., None])
-                correction = softexp.exp2(m - m_new)
+                p = jnp.exp(s - m_new[..., None])
+                correction = jnp.exp(m - m_new)
                 pv = _matmul_rows(p.astype(v.dtype), vj)
                 new.append((m_new, l * correction + p.sum(-1), acc * correction[..., None] + pv))
             return tuple(new)
@@ -198,7 +195,7 @@ def _forward(q, k, v, q_seg, k_seg, dims: _Dims):
         chains = lax.fori_loop(*dims.k_block_range(i), lambda j, c: _per_tile(dims, i, j, step, j, c), init)
         m, l, acc = (jnp.concatenate(x, axis=1) for x in zip(*chains))
         l = jnp.maximum(l, 1e-30)
-        return (acc / l[..., None]).astype(q.dtype), m / softexp.LOG2E + jnp.log(l)
+        return (acc / l[..., None]).astype(q.dtype), m + jnp.log(l)
 
     out, lse = lax.map(q_block, jnp.arange(dims.nq))  # [nq, B, K, G, bq, (D)]
     out = jnp.moveaxis(out, 0, 3).reshape(b, kh, g, dims.tp, d)
@@ -211,18 +208,16 @@ def _backward(q, k, v, q_seg, k_seg, out, lse, dout, dims: _Dims):
     ops per head group (as the forward)."""
     b, kh, g, _, d = q.shape
     delta = jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)  # [B, K, G, Tp]
-    q2 = (q.astype(jnp.float32) * softexp.LOG2E).astype(q.dtype)  # scores in log2 units, as the forward
-    lse2 = lse * softexp.LOG2E
     groups = _head_groups(kh)
 
     def tile(masked, i, j, heads):
         rows = functools.partial(lax.dynamic_slice_in_dim, start_index=i * dims.bq, slice_size=dims.bq, axis=3)
         keys = functools.partial(lax.dynamic_slice_in_dim, start_index=j * dims.bk, slice_size=dims.bk, axis=2)
-        qi, q2i, doi = rows(q[:, heads]), rows(q2[:, heads]), rows(dout[:, heads])
-        lse_i, delta_i = rows(lse2[:, heads]), rows(delta[:, heads])
+        qi, doi = rows(q[:, heads]), rows(dout[:, heads])
+        lse_i, delta_i = rows(lse[:, heads]), rows(delta[:, heads])
         kj, vj = keys(k[:, heads]), keys(v[:, heads])
         ok = dims.allowed(i, j, q_seg, k_seg) if masked else None
-        p = softexp.exp2(_scores(q2i, kj, ok) - lse_i[..., None])  # [B, k, G, bq, bk]
+        p = jnp.exp(_scores(qi, kj, ok) - lse_i[..., None])  # [B, k, G, bq, bk]
         if masked:
             p = jnp.where(ok, p, 0.0)
         dp = _matmul_rows(doi, jnp.swapaxes(vj, -1, -2))  # [B, k, G, bq, bk]
