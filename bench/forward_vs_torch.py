@@ -180,8 +180,8 @@ def main(argv=None) -> None:
                     progress.advance(task)
 
     table = Table(title=f"SmolLM2-135M forward + per-token NLL, YaRN x4, float32 ({os.cpu_count()} CPU cores)")
-    for col in ("T", "yarn_jax tok/s", "torch tok/s", "ratio", "per repeat", "yarn_jax GB", "torch GB", "yarn_jax MFU",
-                "NLL jax / torch"):
+    for col in ("T", "yarn_jax tok/s", "torch tok/s", "ratio", "per repeat", "yarn_jax GB", "torch GB",
+                "yarn_jax MFU", "NLL jax / torch"):
         table.add_column(col, justify="right")
     summary = []
     for n in args.lengths:
@@ -194,20 +194,18 @@ def main(argv=None) -> None:
                     x["peak_rss_gb"] for x in ok), "nll": ok[0]["nll"], "runs": len(ok)}
         if "jax" in row and "torch" in row:
             row["ratio_tok_s"] = row["jax"]["tok_s"] / row["torch"]["tok_s"]
-            per_repeat = [t["seconds"] / j["seconds"] for r in range(args.repeats)  # each repeat's pair
-                          for j in report["runs"] if j["impl"] == "jax" and j["tokens"] == n and j["repeat"] == r
-                          and "seconds" in j
-                          for t in report["runs"] if t["impl"] == "torch" and t["tokens"] == n
-                          and t["repeat"] == r and "seconds" in t]
-            row["ratio_per_repeat"] = per_repeat
+            secs = {(x["impl"], x["repeat"]): x["seconds"] for x in report["runs"]
+                    if x["tokens"] == n and "seconds" in x}
+            row["ratio_per_repeat"] = [secs["torch", r] / secs["jax", r] for r in range(args.repeats)
+                                       if ("jax", r) in secs and ("torch", r) in secs]  # each alternating pair
         if "jax" in row and peak_gflops:
             row["jax"]["mfu"] = model_flops(n) / row["jax"]["seconds"] / (peak_gflops * 1e9)
         summary.append(row)
         g = lambda k, f, key="tok_s": f.format(row[k][key]) if k in row and key in row[k] else "—"  # noqa
         table.add_row(str(n), g("jax", "{:.0f}"), g("torch", "{:.0f}"),
                       f"{row['ratio_tok_s']:.2f}" if "ratio_tok_s" in row else "—",
-                      "–".join(f"{x:.2f}" for x in sorted(row.get("ratio_per_repeat", []))[::max(
-                          1, len(row.get("ratio_per_repeat", [])) - 1)]) or "—",
+                      f"{min(row['ratio_per_repeat']):.2f}–{max(row['ratio_per_repeat']):.2f}"
+                      if row.get("ratio_per_repeat") else "—",
                       g("jax", "{:.2f}", "peak_rss_gb"), g("torch", "{:.2f}", "peak_rss_gb"),
                       g("jax", "{:.0%}", "mfu"),
                       f"{row['jax']['nll']:.4f} / {row['torch']['nll']:.4f}" if "ratio_tok_s" in row else "—")
