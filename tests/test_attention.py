@@ -224,16 +224,28 @@ def test_blockwise_head_chains_match_reference_with_uneven_groups():
     """12 KV heads run as 8 chains of 1 or 2 heads (segments and a window: every masked path per chain)."""
     case = (1, 40, 40, 24, 12, 16, Mask(window=19), True)
     q, k, v, kw = make_inputs(case, jnp.float32)
-    assert len(blockwise._head_groups(12)) == 8
-    out, grads = value_and_grads(KERNELS["blockwise"], q, k, v, kw)
+    chained = functools.partial(KERNELS["blockwise"], chains=8)
+    out, grads = value_and_grads(chained, q, k, v, kw)
     ref_out, ref_grads = value_and_grads(reference_attention, q, k, v, kw)
     np.testing.assert_allclose(out, ref_out, atol=TOLS["float32"][0])
     for got, want in zip(grads, ref_grads):
         np.testing.assert_allclose(got, want, atol=TOLS["float32"][1])
 
 
-@pytest.mark.parametrize("kv_heads, chains", [(1, 1), (3, 3), (8, 8), (12, 8), (32, 8)])
-def test_head_groups_cover_every_head_once(kv_heads, chains):
-    groups = blockwise._head_groups(kv_heads)
-    assert len(groups) == chains
-    assert [h for g in groups for h in range(g.start, g.stop)] == list(range(kv_heads))
+@pytest.mark.parametrize("kv_heads, chains, groups", [(1, 8, 1), (3, 8, 3), (8, 8, 8), (12, 8, 8), (32, 8, 8),
+                                                      (12, 1, 1), (5, 2, 2)])
+def test_head_groups_cover_every_head_once(kv_heads, chains, groups):
+    got = blockwise._head_groups(kv_heads, chains)
+    assert len(got) == groups
+    assert [h for g in got for h in range(g.start, g.stop)] == list(range(kv_heads))
+    sizes = [g.stop - g.start for g in got]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_head_chains_by_tile_size():
+    """SmolLM2's 512 x 512 tile (1 x 3 KV heads x 3 queries each, 9.4 MB in f32) runs one chain per KV
+    head; a test model's 16 x 8 tile, or anything under 1 MiB, runs as one batched chain."""
+    assert blockwise.head_chains(1, 3, 3, 512, 512) == 3
+    assert blockwise.head_chains(1, 32, 1, 512, 512) == blockwise.MAX_CHAINS
+    assert blockwise.head_chains(2, 2, 3, 16, 8) == 1
+    assert blockwise.head_chains(1, 3, 3, 128, 128) == 1  # 0.56 MiB

@@ -6,8 +6,8 @@ repeats K/V. Only the output and the per-row log-sum-exp [B, K, G, T] are saved 
 scores exist one [block_q, block_k] tile at a time. Under causal masking the key loop of each query
 block stops at the diagonal (and the dK/dV loop starts there); a sliding window or chunks also start it
 at the band's lower edge (and stop the dK/dV loop there) — fully-masked tiles are skipped, and only tiles
-that cross an edge (or hold padding, or when segment ids are given) build a mask. Each tile's work runs as
-one independent chain of ops per group of KV heads.
+that cross an edge (or hold padding, or when segment ids are given) build a mask. A large tile's work runs
+as one independent chain of ops per group of KV heads.
 Lengths need not divide the block sizes: inputs are padded inside and padded keys are masked.
 """
 
@@ -33,8 +33,9 @@ class _Dims:
     chunks, a stripe) or a ring's visiting keys. Tile ranges and masks are by positions, so every layout
     skips the same tiles its mask leaves empty."""
 
-    def __init__(self, t: int, s: int, block_q: int, block_k: int, mask: Mask = CAUSAL, segments: bool = False):
-        self.t, self.s, self.mask, self.segments = t, s, mask, segments
+    def __init__(self, t: int, s: int, block_q: int, block_k: int, mask: Mask = CAUSAL, segments: bool = False,
+                 chains: int = 1):
+        self.t, self.s, self.mask, self.segments, self.chains = t, s, mask, segments, chains
         self.bq, self.bk = min(block_q, t), min(block_k, s)
         self.nq, self.nk = cdiv(t, self.bq), cdiv(s, self.bk)
         self.tp, self.sp = self.nq * self.bq, self.nk * self.bk
@@ -153,14 +154,23 @@ def _scores(qi, kj, ok):
 
 
 MAX_CHAINS = 8
+CHAIN_MIN_TILE_BYTES = 1 << 20
 
 
-def _head_groups(kv_heads: int) -> list[slice]:
-    """The KV heads split into at most MAX_CHAINS contiguous groups. Each group's tile work is its own chain
-    of ops (two dots, the softmax pass, the accumulator update), independent of the others, so XLA:CPU's
-    thunk executor runs the chains side by side, each on a tile a few MB in size (SmolLM2 shapes, 2 cores:
-    the forward at 8k ~10 % faster than one batched tile over all heads, the backward at 4k ~3 %)."""
-    n = min(kv_heads, MAX_CHAINS)
+def head_chains(batch: int, kv_heads: int, group: int, block_q: int, block_k: int) -> int:
+    """How many independent chains the tile work runs as: one per KV head (at most MAX_CHAINS) when the
+    batched f32 score tile [B, K, G, bq, bk] is at least CHAIN_MIN_TILE_BYTES, else one. XLA:CPU's thunk
+    executor runs the chains side by side, each on a tile a few MB in size (SmolLM2 shapes, 2 cores: the
+    forward at 8k ~10 % faster than one batched tile over all heads, the backward at 4k ~3 %); small tiles
+    gain nothing and every chain is more ops to compile."""
+    if batch * kv_heads * group * block_q * block_k * 4 < CHAIN_MIN_TILE_BYTES:
+        return 1
+    return min(kv_heads, MAX_CHAINS)
+
+
+def _head_groups(kv_heads: int, chains: int) -> list[slice]:
+    """The KV heads split into `chains` contiguous groups (sizes differ by at most one)."""
+    n = max(1, min(kv_heads, chains))
     edges = [round(i * kv_heads / n) for i in range(n + 1)]
     return [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
 
@@ -169,7 +179,7 @@ def _forward(q, k, v, q_seg, k_seg, dims: _Dims):
     """q [B, K, G, Tp, D] (pre-scaled), k/v [B, K, Sp, D] -> out [B, K, G, Tp, D] (q dtype),
     lse [B, K, G, Tp] f32."""
     b, kh, g, _, d = q.shape
-    groups = _head_groups(kh)
+    groups = _head_groups(kh, dims.chains)
 
     def q_block(i):
         qi = lax.dynamic_slice_in_dim(q, i * dims.bq, dims.bq, axis=3)
@@ -208,7 +218,7 @@ def _backward(q, k, v, q_seg, k_seg, out, lse, dout, dims: _Dims):
     ops per head group (as the forward)."""
     b, kh, g, _, d = q.shape
     delta = jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)  # [B, K, G, Tp]
-    groups = _head_groups(kh)
+    groups = _head_groups(kh, dims.chains)
 
     def tile(masked, i, j, heads):
         rows = functools.partial(lax.dynamic_slice_in_dim, start_index=i * dims.bq, slice_size=dims.bq, axis=3)
@@ -282,16 +292,20 @@ _attention_core.defvjp(_core_fwd, _core_bwd)
 
 
 def blockwise_attention(q, k, v, *, mask: Mask = CAUSAL, q_segment_ids=None, kv_segment_ids=None, scale=None,
-                        q_offset=None, q_positions=None, kv_positions=None, block_q: int = 512, block_k: int = 512):
+                        q_offset=None, q_positions=None, kv_positions=None, block_q: int = 512, block_k: int = 512,
+                        chains: int | None = None):
     """q [B, T, H, D], k/v [B, S, K, D] -> [B, T, H, D]; memory O(T + S) beyond one score tile.
     q_offset (int, may be traced): key position of query 0 (default S - T). q_positions [T] / kv_positions
     [S] (int, may be traced, nondecreasing): each query's / key's position instead — a load-balanced
-    shard's queries (two chunks or a stripe), a ring's visiting keys."""
+    shard's queries (two chunks or a stripe), a ring's visiting keys. chains: how many independent chains
+    of ops (groups of KV heads) each tile's work runs as; None: `head_chains` by tile size."""
     b, t, h, d = q.shape
     s, kh = k.shape[1], k.shape[2]
     g = h // kh
     scale = float(d ** -0.5 if scale is None else scale)
-    dims = _Dims(t, s, block_q, block_k, mask, segments=q_segment_ids is not None)
+    if chains is None:
+        chains = head_chains(b, kh, g, min(block_q, t), min(block_k, s))
+    dims = _Dims(t, s, block_q, block_k, mask, segments=q_segment_ids is not None, chains=chains)
     # The softmax scale is folded into q once (T x D multiplies instead of T x S); autodiff carries it to dq.
     q = (q.astype(jnp.float32) * scale).astype(q.dtype)
     qg = pad_axis(jnp.moveaxis(q.reshape(b, t, kh, g, d), 1, 3), 3, dims.tp)  # [B, K, G, Tp, D]
