@@ -43,11 +43,12 @@ def run_jax(n: int, remat: bool, steps: int) -> list[float]:
 
     import yarn_jax
     from yarn_jax import assets
-    from yarn_jax.training.step import TrainStep, make_optimizer
+    from yarn_jax.training.step import TrainStep, donatable, make_optimizer
 
     pm = yarn_jax.from_pretrained(assets.smollm2(), rope_scaling=ROPE, remat="full" if remat else "none")
-    state = nnx.state(pm.module)
     step = TrainStep(pm.module, make_optimizer(2e-5, warmup_steps=0, clip_norm=1.0))
+    state = donatable(nnx.state(pm.module))  # as the training loop: parameters in buffers the step can donate
+    del pm
     opt = step.init(state)
     batch = {"input_ids": jnp.asarray([_ids(n)], jnp.int32)}
     times = []

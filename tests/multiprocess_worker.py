@@ -29,7 +29,7 @@ from yarn_jax.evaluation.perplexity import PerplexityScorer  # noqa: E402
 from yarn_jax.evaluation.runner import run  # noqa: E402
 from yarn_jax.model import model_params  # noqa: E402
 from yarn_jax.sharding import MeshConfig, Sharder, distributed, make_mesh  # noqa: E402
-from yarn_jax.training.step import TrainStep, batch_sharding, make_optimizer  # noqa: E402
+from yarn_jax.training.step import TrainStep, batch_sharding, donatable, make_optimizer  # noqa: E402
 
 MESH = {"fsdp": 2, "sequence": 2}
 
@@ -53,6 +53,7 @@ def main(workdir: Path, port: int, pid: int) -> None:
     # tiny gradient comes from cancellation would compare summation orders, not sharding
     step = TrainStep(model, make_optimizer(1e-2, warmup_steps=1, clip_norm=0.5, eps=1e-3))
     opt = step.init(state)
+    state = donatable(state)  # as the training loop (global arrays: each process copies its shards)
     losses, blocks = [], []
     data = np.load(workdir / "batches.npz")
     for name in ("batch0", "batch1"):

@@ -30,7 +30,7 @@ from yarn_jax.training.checkpoints import TrainCheckpointer
 from yarn_jax.training.config import TRAJECTORY_FIELDS, TrainConfig
 from yarn_jax.progress import Progress
 from yarn_jax.provenance import Invocation
-from yarn_jax.training.step import TrainStep, batch_sharding, learning_rate_schedule, make_optimizer
+from yarn_jax.training.step import TrainStep, batch_sharding, donatable, learning_rate_schedule, make_optimizer
 
 log = logging.getLogger("yarn_jax.train")
 
@@ -156,6 +156,8 @@ def _train(cfg: TrainConfig, primary: bool, note: str | None) -> dict:
         log.info("resumed from %s/checkpoints/%d (next batch %d)", out, start, next_batch)
     else:
         start, next_batch, opt_state = 0, 0, step_fn.init(state)
+    state = donatable(state)
+    nnx.update(pm.module, state)  # the module holds the training state only: no loaded arrays kept alive
     if primary:  # every input validated and the checkpoints (if any) restored: the run directory is ours
         ckpt.check_space(state, opt_state)
         out.mkdir(parents=True, exist_ok=True)

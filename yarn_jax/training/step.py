@@ -141,6 +141,19 @@ class TrainStep:
         return self.program(params, opt_state, {k: v.shape for k, v in batch.items()})(params, opt_state, batch)
 
 
+def donatable(tree):
+    """The jax arrays of `tree` on CPU copied into buffers XLA owns (others as they are). Checkpoints load on
+    CPU without a copy — jax.device_put aliases the aligned host memory — but XLA cannot reuse such a buffer
+    for a donated argument, so the train step's first call would copy every parameter (SmolLM2, 1k tokens:
+    peak RSS 3.70 GB, 3.11 GB from owned buffers). On accelerators device_put has copied already."""
+    def own(x):
+        if isinstance(x, jax.Array) and all(d.platform == "cpu" for d in x.devices()):
+            return jnp.copy(x)
+        return x
+
+    return jax.tree.map(own, tree)
+
+
 def batch_sharding(sharder: Sharder, shape):
     """[B, T] batch arrays: rows over the data/fsdp axes, tokens over the sequence axis."""
     return sharder.named(BATCH_NAMES, shape)
