@@ -18,10 +18,12 @@ from yarn_jax.attention import blockwise
 from yarn_jax.attention.blockwise import _Dims
 from yarn_jax.attention.kernels import SplashBlocks, gpu_flash_attention, splash_attention
 from yarn_jax.errors import ConfigError
+from yarn_jax.shapes import cdiv
 
 # small blocks so that several tiles (and the causal skipping) are exercised at test sizes
 KERNELS = {
-    "blockwise": functools.partial(blockwise_attention, block_q=16, block_k=8),
+    # the backward in 4 x 8 tiles (as the default's 128 x 512 under 512 x 512 forward tiles)
+    "blockwise": functools.partial(blockwise_attention, block_q=16, block_k=8, backward_blocks=(4, 8)),
     "splash": functools.partial(splash_attention, blocks=SplashBlocks(*[128] * 8)),
     "gpu_flash": functools.partial(gpu_flash_attention, block_q=16, block_k=16),
 }
@@ -218,6 +220,21 @@ def test_auto_backend_by_platform_and_length():
     q, k, v, kw = make_inputs(CASES["gqa_causal_odd"], jnp.float32)
     with pytest.raises(ConfigError, match="do not fit"):
         attention(q, k[:, :, :1].repeat(4, axis=2)[:, :, :4], v, **kw)
+
+
+@pytest.mark.parametrize("backward_blocks", [None, (8, 4), (5, 8)], ids=["forward_tiles", "narrower_keys", "no_divisor"])
+@pytest.mark.parametrize("case", ["gqa_causal_odd", "window_below_blocks_segments", "cache_t_lt_s"])
+def test_blockwise_backward_tiles_match_reference(case, backward_blocks):
+    """The backward in its own tiles (or the forward's: None, or a tile that does not divide them)."""
+    q, k, v, kw = make_inputs(CASES[case], jnp.float32)
+    fn = functools.partial(blockwise_attention, block_q=16, block_k=8, backward_blocks=backward_blocks)
+    _, grads = value_and_grads(fn, q, k, v, kw)
+    _, ref_grads = value_and_grads(reference_attention, q, k, v, kw)
+    for name, g, rg in zip(("dq", "dk", "dv"), grads, ref_grads):
+        np.testing.assert_allclose(g, rg, atol=TOLS["float32"][1], err_msg=f"{case} {name}")
+    dims = _Dims(q.shape[1], k.shape[1], 16, 8, backward_blocks=backward_blocks).for_backward()
+    assert (dims.bq, dims.bk) == ((8, 4) if backward_blocks == (8, 4) else (16, 8))
+    assert (dims.nq * dims.bq, dims.nk * dims.bk) == (cdiv(q.shape[1], 16) * 16, cdiv(k.shape[1], 8) * 8)
 
 
 def test_blockwise_head_chains_match_reference_with_uneven_groups():
