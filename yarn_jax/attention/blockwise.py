@@ -67,14 +67,16 @@ class _Dims:
         bq, bk = self.backward_blocks
         if self.bq % bq or self.bk % bk:
             return self
-        out = object.__new__(_Dims)
-        out.__dict__.update(self.__dict__, bq=bq, bk=bk, nq=self.tp // bq, nk=self.sp // bk)
-        return out
+        return self._with(bq=bq, bk=bk, nq=self.tp // bq, nk=self.sp // bk)
 
     def at(self, q_pos, k_pos=None) -> "_Dims":
         """The same geometry with queries (and keys) at the given padded positions ([Tp] / [Sp])."""
+        return self._with(_q_pos=q_pos, _k_pos=k_pos)
+
+    def _with(self, **fields) -> "_Dims":
+        """A copy with these attributes replaced."""
         out = object.__new__(_Dims)
-        out.__dict__.update(self.__dict__, _q_pos=q_pos, _k_pos=k_pos)
+        out.__dict__.update(self.__dict__, **fields)
         return out
 
     # the first and last position of each query / key tile: [nq] / [nk]
