@@ -104,9 +104,9 @@ class RulerTask(Task):
                        method.key)  # trial i of N: its depth is i/(N-1)
 
     def cells(self, ctx: RunContext) -> list[Cell]:
-        cfg = ctx.cfg
+        cfg = ctx.cfg  # shortest length first: an interrupted run holds every task at the lengths it reached
         return [Cell(self._key(ctx, name, n, i, m), f"{name} L={n} trial {i} {m.label}", n, (name, n, i, depth, m))
-                for name in self.names for n in self.lengths(cfg)
+                for n in sorted(self.lengths(cfg)) for name in self.names
                 for i, depth in enumerate(ruler.depths(cfg.ruler_trials)) for m in ctx.methods]
 
     def sample(self, ctx: RunContext, name: str, n: int, trial: int, depth: float):
