@@ -1,13 +1,14 @@
 """One training step (forward, backward, AdamW update, gradient clipping) on SmolLM2-135M, float32:
 yarn_jax (`TrainStep`, YaRN x2) against transformers' LlamaForCausalLM (sdpa) + torch.optim.AdamW, same
 tokens of a Shakespeare play, same rope, at 1k and 4k tokens, with rematerialization on and off
-(yarn_jax `remat: full` per scanned layer; transformers `gradient_checkpointing_enable()`).
+(yarn_jax's `--jax-remat` policy per scanned layer, `full` by default or `attention`, which also keeps the
+attention kernel's output; transformers `gradient_checkpointing_enable()`).
 
 Each (implementation, length, remat) runs in its own subprocess (peak RSS = that run alone): one untimed
 step (compilation / allocator warm-up), then timed steps; implementations alternate, repeats follow each
 other, the table quotes medians and ratios. JSON is written after every measurement.
 
-    python bench/train_step_vs_torch.py --lengths 1024 4096 --repeats 2 --steps 2
+    python bench/train_step_vs_torch.py --lengths 1024 4096 --repeats 2 --steps 2 [--jax-remat attention]
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def _ids(n: int):
     return tok.encode(assets.play_text("hamlet")).ids[:n]
 
 
-def run_jax(n: int, remat: bool, steps: int) -> list[float]:
+def run_jax(n: int, remat: str, steps: int) -> list[float]:
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -45,7 +46,7 @@ def run_jax(n: int, remat: bool, steps: int) -> list[float]:
     from yarn_jax import assets
     from yarn_jax.training.step import TrainStep, donatable, make_optimizer
 
-    pm = yarn_jax.from_pretrained(assets.smollm2(), rope_scaling=ROPE, remat="full" if remat else "none")
+    pm = yarn_jax.from_pretrained(assets.smollm2(), rope_scaling=ROPE, remat=remat or "none")
     step = TrainStep(pm.module, make_optimizer(2e-5, warmup_steps=0, clip_norm=1.0))
     state = donatable(nnx.state(pm.module))  # as the training loop: parameters in buffers the step can donate
     del pm
@@ -91,10 +92,12 @@ def run_torch(n: int, remat: bool, steps: int) -> list[float]:
     return times
 
 
-def child(impl: str, n: int, remat: bool, steps: int) -> None:
-    times = (run_jax if impl == "yarn_jax" else run_torch)(n, remat, steps)
+def child(impl: str, n: int, remat: bool, steps: int, policy: str) -> None:
+    times = run_jax(n, policy if remat else "", steps) if impl == "yarn_jax" else run_torch(n, remat, steps)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(json.dumps({"impl": impl, "tokens": n, "remat": remat, "step_s": statistics.median(times),
+    print(json.dumps({"impl": impl, "tokens": n, "remat": remat,
+                      "remat_policy": (policy if impl == "yarn_jax" else "gradient_checkpointing") if remat else None,
+                      "step_s": statistics.median(times),
                       "tok_s": n / statistics.median(times), "peak_gb": peak, "times": times}))
 
 
@@ -102,14 +105,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096])
     ap.add_argument("--remat", choices=["on", "off", "both"], default="both")
+    ap.add_argument("--jax-remat", default="full", choices=["full", "attention", "dots"],
+                    help="yarn_jax's remat policy when remat is on")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--steps", type=int, default=2, help="timed steps per measurement")
     ap.add_argument("--out", default=str(HERE / "results" / "train_step_vs_torch.json"))
-    ap.add_argument("--child", nargs=4, metavar=("IMPL", "N", "REMAT", "STEPS"))
+    ap.add_argument("--child", nargs=5, metavar=("IMPL", "N", "REMAT", "STEPS", "POLICY"))
     args = ap.parse_args()
     if args.child:
-        impl, n, remat, steps = args.child
-        return child(impl, int(n), remat == "1", int(steps))
+        impl, n, remat, steps, policy = args.child
+        return child(impl, int(n), remat == "1", int(steps), policy)
     from yarn_jax import assets
 
     assets.smollm2()
@@ -120,7 +125,7 @@ def main() -> None:
             for r in range(args.repeats):
                 for impl in ("yarn_jax", "torch") if r % 2 == 0 else ("torch", "yarn_jax"):
                     out = subprocess.run([sys.executable, __file__, "--child", impl, str(n), "1" if remat else "0",
-                                          str(args.steps)], capture_output=True, text=True, timeout=7200)
+                                          str(args.steps), args.jax_remat], capture_output=True, text=True, timeout=7200)
                     if out.returncode:
                         raise SystemExit(out.stderr[-3000:])
                     runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -137,7 +142,7 @@ def main() -> None:
                          "torch_tok_s": med["torch"]["tok_s"], "ratio": med["yarn_jax"]["tok_s"] / med["torch"]["tok_s"],
                          "yarn_jax_peak_gb": med["yarn_jax"]["peak_gb"], "torch_peak_gb": med["torch"]["peak_gb"]})
     for r in rows:
-        r["remat_name"] = "on" if r["remat"] else "off"
+        r["remat_name"] = f"on ({args.jax_remat})" if r["remat"] else "off"
     report(args.out, runs, rows, [("tokens", "{tokens}"), ("remat", "{remat_name}"),
                                   ("yarn_jax tok/s", "{yarn_jax_tok_s:.1f}"), ("torch tok/s", "{torch_tok_s:.1f}"),
                                   ("ratio", "{ratio:.2f}"), ("yarn_jax peak RSS", "{yarn_jax_peak_gb:.2f} GB"),

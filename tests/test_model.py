@@ -197,7 +197,7 @@ def test_remat_policies_give_the_same_gradients():
     params = random_params(cfg, seed=9, std=0.1)
     ids = ids_for(24, cfg.vocab_size)
     grads = {}
-    for remat in ("none", "full", "dots"):
+    for remat in ("none", "full", "attention", "dots"):
         graphdef, state = nnx.split(model_from_params(cfg, params, remat=remat))
 
         def loss(s):
@@ -205,9 +205,42 @@ def test_remat_policies_give_the_same_gradients():
             return -jax.numpy.mean(jax.numpy.take_along_axis(jax.nn.log_softmax(logits), ids[:, 1:, None], -1))
 
         grads[remat] = jax.tree.leaves(jax.grad(loss)(state))
-    for remat in ("full", "dots"):
+    for remat in ("full", "attention", "dots"):
         for a, b in zip(grads["none"], grads[remat]):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_attention_remat_keeps_the_kernel_output_and_runs_its_forward_once():
+    """jax's own accounting of what the scanned layers save for the backward: `attention` keeps what `full`
+    keeps plus exactly the blockwise kernel's output [L, B, K, G, T, D] and log-sum-exp [L, B, K, G, T]
+    (stacked over layers), and the gradient program holds one attention forward loop fewer (the backward
+    reruns no kernel)."""
+    import contextlib
+    import io
+
+    import jax
+    from flax import nnx
+    from jax.ad_checkpoint import print_saved_residuals
+
+    cfg = LlamaConfig.from_hf_dict(tiny_hf_dict(HF_ROPES["yarn"], max_pos=4 * L0))
+    params = random_params(cfg, seed=9, std=0.1)
+    ids = ids_for(24, cfg.vocab_size)
+    saved, loops = {}, {}
+    for remat in ("full", "attention"):
+        graphdef, state = nnx.split(model_from_params(cfg, params, remat=remat, attention_backend="blockwise"))
+
+        def loss(s):
+            return nnx.merge(graphdef, s)(ids).sum()
+
+        with contextlib.redirect_stdout(io.StringIO()) as printed:  # jax's public form of the list
+            print_saved_residuals(loss, state)
+        saved[remat] = sorted(line.split()[0] for line in printed.getvalue().splitlines() if "output of scan" in line)
+        loops[remat] = str(jax.make_jaxpr(jax.grad(loss))(state)).count("while[")
+    b, t = ids.shape
+    kv, g, d = cfg.num_key_value_heads, cfg.num_attention_heads // cfg.num_key_value_heads, cfg.head_dim
+    kernel = [f"f32[{cfg.num_hidden_layers},{b},{kv},{g},{t},{d}]", f"f32[{cfg.num_hidden_layers},{b},{kv},{g},{t}]"]
+    assert saved["attention"] == sorted(saved["full"] + kernel), saved
+    assert loops["attention"] == loops["full"] - 1, loops
 
 
 def test_parameters_carry_logical_axis_names():

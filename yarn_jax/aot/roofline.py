@@ -38,8 +38,9 @@ def flops(cfg: LlamaConfig, seq_len: int, sequences: int, *, train: bool, remat:
     attn_fwd = 2 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * seq_len ** 2 * sequences
     passes = 3 if train else 1
     # backward recomputation: "full" reruns the layers' forward; "dots" keeps the projections' outputs
-    # and reruns attention (the kernels' forward) and the elementwise work only
-    dense_again = 2 * layers * tokens if train and remat == "full" else 0
+    # and reruns attention (the kernels' forward) and the elementwise work only; "attention" is "full" with
+    # the TPU / GPU kernels (only the blockwise kernel names its output for the policy to keep)
+    dense_again = 2 * layers * tokens if train and remat in ("full", "attention") else 0
     attn_again = attn_fwd if train and remat != "none" else 0
     return {"model_flops": passes * (dense_fwd + attn_fwd),
             "hardware_flops": passes * (dense_fwd + attn_fwd) + dense_again + attn_again,

@@ -18,6 +18,7 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.ad_checkpoint import checkpoint_name
 
 from yarn_jax.attention.masks import CAUSAL, Mask, query_positions
 from yarn_jax.shapes import cdiv, pad_axis
@@ -299,6 +300,8 @@ def _attention_core(q, k, v, q_seg, k_seg, q_pos, k_pos, dims):
 
 def _core_fwd(q, k, v, q_seg, k_seg, q_pos, k_pos, dims):
     out, lse = _forward(q, k, v, q_seg, k_seg, dims.at(q_pos, k_pos))
+    # named for the "attention" remat policy: kept, the backward needs no second forward (model.REMAT_POLICIES)
+    out, lse = checkpoint_name(out, "attention_out"), checkpoint_name(lse, "attention_lse")
     return out, (q, k, v, q_seg, k_seg, q_pos, k_pos, out, lse)
 
 
