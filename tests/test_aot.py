@@ -145,6 +145,24 @@ def test_remat_policies_change_the_compiled_program():
     assert got["dots"][1] > got["full"][1]  # and dots keeps their outputs instead
 
 
+def test_attention_remat_keeps_the_ring_forward_out_of_the_backward():
+    """Ring attention (blockwise tiles, K/V passed with ppermute) under `attention` remat, compiled for
+    v5e-4: the compiler's FLOPs drop by about one attention forward of the layers and the program holds
+    fewer collective-permutes than under `full` (the backward does not run the ring's hops again)."""
+    cfg = _tiny()
+    t = topology("v5e-4")
+    got = {}
+    for remat in ("full", "attention"):
+        tcfg = _train_cfg(mesh="fsdp_sequence", context_parallel="ring", load_balance="dual_chunk", remat=remat)
+        sharder = tcfg.sharder(t.devices())
+        r = compile_report(train_program(cfg, tcfg, sharder), cfg, sharder, t, remat=remat, keep_hlo=True)
+        assert r["memory"]["fits"]
+        got[remat] = (r["compiler_cost"]["flops_per_chip"], r["hlo_text"].count("collective-permute-start"))
+    attention_fwd = roofline.flops(cfg, 1024, 4, train=False)["attention_flops"] / 4  # per chip
+    assert got["full"][0] - got["attention"][0] == pytest.approx(attention_fwd, rel=0.1), (got, attention_fwd)
+    assert got["attention"][1] < got["full"][1], got
+
+
 def test_smollm2_shaped_train_and_eval_compile_for_tpu():
     """SmolLM2-135M's real shapes (head_dim 64, 9 query / 3 KV heads) at 4k: train step and the eval
     scorer, sequence-parallel splash on v5e-4."""

@@ -46,10 +46,11 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 # elementwise work and attention; "dots_no_batch" is the same here (none of these matmuls has batch
 # dimensions; attention's batched products live inside the kernels). Found by compiling for TPU: before
 # the names, both policies compiled to exactly the program of "full".
-# "attention" recomputes everything but the blockwise kernel's output and log-sum-exp (named inside its
-# custom VJP, [B, K, G, T, D] + [B, K, G, T] f32 per layer), so the backward reruns the projections and
-# elementwise work but not the attention forward (SmolLM2 shapes at 4k on CPU: 938 -> 825 ms per layer,
-# fwd + bwd). The splash and Pallas GPU kernels keep their residuals inside: with them it is "full".
+# "attention" recomputes everything but the attention's output and log-sum-exp (named inside the custom
+# VJPs of the blockwise kernel and of ring attention, [B, K, G, T, D] + [B, K, G, T] f32 per layer), so the
+# backward reruns the projections and elementwise work but not the attention forward (SmolLM2 shapes at 4k
+# on CPU: 938 -> 825 ms per layer, fwd + bwd; a ring's forward hops are not repeated). The splash and
+# Pallas GPU kernels keep their residuals inside: with them it is "full".
 _SAVE_PROJECTIONS = jax.checkpoint_policies.save_only_these_names("proj")
 REMAT_POLICIES = {
     "none": None,

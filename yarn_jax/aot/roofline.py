@@ -39,7 +39,8 @@ def flops(cfg: LlamaConfig, seq_len: int, sequences: int, *, train: bool, remat:
     passes = 3 if train else 1
     # backward recomputation: "full" reruns the layers' forward; "dots" keeps the projections' outputs
     # and reruns attention (the kernels' forward) and the elementwise work only; "attention" is "full" with
-    # the TPU / GPU kernels (only the blockwise kernel names its output for the policy to keep)
+    # the TPU / GPU kernels (only blockwise and ring attention name their output for the policy to keep:
+    # with those the model counts one attention forward too many)
     dense_again = 2 * layers * tokens if train and remat in ("full", "attention") else 0
     attn_again = attn_fwd if train and remat != "none" else 0
     return {"model_flops": passes * (dense_fwd + attn_fwd),

@@ -298,10 +298,14 @@ def _attention_core(q, k, v, q_seg, k_seg, q_pos, k_pos, dims):
     return _forward(q, k, v, q_seg, k_seg, dims.at(q_pos, k_pos))[0]
 
 
+def keep_for_backward(out, lse):
+    """A kernel's output and log-sum-exp, named for the "attention" remat policy (model.REMAT_POLICIES): kept,
+    a rematerialised backward needs no second forward of the kernel."""
+    return checkpoint_name(out, "attention_out"), checkpoint_name(lse, "attention_lse")
+
+
 def _core_fwd(q, k, v, q_seg, k_seg, q_pos, k_pos, dims):
-    out, lse = _forward(q, k, v, q_seg, k_seg, dims.at(q_pos, k_pos))
-    # named for the "attention" remat policy: kept, the backward needs no second forward (model.REMAT_POLICIES)
-    out, lse = checkpoint_name(out, "attention_out"), checkpoint_name(lse, "attention_lse")
+    out, lse = keep_for_backward(*_forward(q, k, v, q_seg, k_seg, dims.at(q_pos, k_pos)))
     return out, (q, k, v, q_seg, k_seg, q_pos, k_pos, out, lse)
 
 

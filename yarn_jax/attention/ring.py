@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from yarn_jax.attention.blockwise import MASK, _backward, _Dims, _forward
+from yarn_jax.attention.blockwise import MASK, _backward, _Dims, _forward, keep_for_backward
 from yarn_jax.attention.masks import CAUSAL, Mask
 from yarn_jax.shapes import pad_axis
 
@@ -78,7 +78,7 @@ def _ring_core(axis, shards: int, q_table, k_table, dims: _Dims):
         return forward(q, k, v, q_seg, k_seg)[0]
 
     def core_fwd(q, k, v, q_seg, k_seg):
-        out, lse = forward(q, k, v, q_seg, k_seg)
+        out, lse = keep_for_backward(*forward(q, k, v, q_seg, k_seg))  # `attention` remat: no second ring
         return out, (q, k, v, q_seg, k_seg, out, lse)
 
     def core_bwd(res, dout):
