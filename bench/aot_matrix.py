@@ -72,6 +72,12 @@ ROWS = [
     ("cp_7b_64k_v5p-64_seq8_striped", S16, "v5p-64", SEQ(8) + ["--load-balance", "striped"]),
     ("cp_7b_128k_v5p-64_seq8_ring", S32, "v5p-64", SEQ(8) + ["--model-config", "llama-2-7b", "--seq-len",
                                                             "131072", "--accum", "16", "--context-parallel", "ring"]),
+    # ring with `remat: attention`: each layer's attention output kept, the backward runs no second ring
+    ("cp_7b_64k_v5p-64_seq8_ring_attention_remat", S16, "v5p-64",
+     SEQ(8) + ["--context-parallel", "ring", "--remat", "attention"]),
+    ("cp_7b_128k_v5p-64_seq8_ring_attention_remat", S32, "v5p-64",
+     SEQ(8) + ["--model-config", "llama-2-7b", "--seq-len", "131072", "--accum", "16", "--context-parallel", "ring",
+               "--remat", "attention"]),
     ("eval_7b_v5p-32_seq4", EVAL, "v5p-32", []),
     ("eval_7b_v5e-64_seq8", EVAL, "v5e-64", SEQ(8)),
     # one 8-GPU host, compiled through the jax CUDA plugin (needs jax[cuda12]; run this script with that venv)
