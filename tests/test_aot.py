@@ -157,10 +157,12 @@ def test_attention_remat_keeps_the_ring_forward_out_of_the_backward():
         sharder = tcfg.sharder(t.devices())
         r = compile_report(train_program(cfg, tcfg, sharder), cfg, sharder, t, remat=remat, keep_hlo=True)
         assert r["memory"]["fits"]
-        got[remat] = (r["compiler_cost"]["flops_per_chip"], r["hlo_text"].count("collective-permute-start"))
+        got[remat] = (r["compiler_cost"]["flops_per_chip"], r["hlo_text"].count("collective-permute-start"),
+                      r["analytic"]["hardware_flops_per_chip"])
     attention_fwd = roofline.flops(cfg, 1024, 4, train=False)["attention_flops"] / 4  # per chip
     assert got["full"][0] - got["attention"][0] == pytest.approx(attention_fwd, rel=0.1), (got, attention_fwd)
     assert got["attention"][1] < got["full"][1], got
+    assert got["full"][2] - got["attention"][2] == pytest.approx(attention_fwd)  # and the model knows it
 
 
 def test_smollm2_shaped_train_and_eval_compile_for_tpu():

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from yarn_jax.attention import resolve_backend
 from yarn_jax.config import LlamaConfig
 from yarn_jax.evaluation.perplexity import PerplexityScorer
 from yarn_jax.model import abstract_model
@@ -33,6 +34,7 @@ class Program:
     seq_len: int
     sequences: int  # per step
     train: bool
+    attention_kept: bool = False  # the remat policy keeps the attention's output: no second attention forward
 
 
 def target_sharder(cfg, devices) -> Sharder:
@@ -61,9 +63,13 @@ def train_program(cfg: LlamaConfig, tcfg, sharder: Sharder) -> Program:
     jitted = step.program(state, opt_state, {k: shape for k in BATCH_KEYS})
     args = (_abstract(state, tree_shardings(state, sharder)), _abstract(opt_state, tree_shardings(opt_state, sharder)),
             batch)
+    # `attention` remat keeps what blockwise and ring attention name (model.REMAT_POLICIES); splash keeps nothing
+    platform = sharder.mesh.devices.flat[0].platform
+    kept = tcfg.remat == "attention" and (sharder.context_parallel == "ring"
+                                          or resolve_backend(tcfg.attention_backend, platform) == "blockwise")
     return Program(f"train step [{tcfg.batch_size} x {tcfg.seq_len}]" + (f", {tcfg.accum} micro-batches"
                                                                           if tcfg.accum > 1 else ""),
-                   jitted, args, tcfg.seq_len, tcfg.batch_size, True)
+                   jitted, args, tcfg.seq_len, tcfg.batch_size, True, attention_kept=kept)
 
 
 def eval_program(cfg: LlamaConfig, ecfg, sharder: Sharder, length: int) -> Program:

@@ -91,7 +91,8 @@ def compile_report(program: Program, cfg: LlamaConfig, sharder: Sharder, topo: T
     out["collectives"] = [{"kind": s.kind, "axes": list(s.axes), "group_size": s.group_size,
                            "crosses_slices": s.crosses_slices, "count_per_step": round(s.count),
                            "bytes_per_step_per_chip": s.bytes} for s in stats]
-    f = roofline.flops(cfg, program.seq_len, program.sequences, train=program.train, remat=remat)
+    f = roofline.flops(cfg, program.seq_len, program.sequences, train=program.train, remat=remat,
+                       attention_kept=program.attention_kept)
     out["analytic"] = {**f, "model_flops_per_chip": f["model_flops"] / chips,
                        "hardware_flops_per_chip": f["hardware_flops"] / chips}
     imbalance = attention_imbalance(program.seq_len, sharder.sequence_shards(program.seq_len), sharder.load_balance,

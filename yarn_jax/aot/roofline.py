@@ -29,9 +29,11 @@ def matmul_params(cfg: LlamaConfig) -> tuple[int, int]:
     return cfg.num_hidden_layers * layer, e * cfg.vocab_size
 
 
-def flops(cfg: LlamaConfig, seq_len: int, sequences: int, *, train: bool, remat: str = "none") -> dict:
+def flops(cfg: LlamaConfig, seq_len: int, sequences: int, *, train: bool, remat: str = "none",
+          attention_kept: bool = False) -> dict:
     """Model and hardware FLOPs of one step over `sequences` sequences of `seq_len` tokens (whole program,
-    all chips), split into dense (matmul) and attention parts."""
+    all chips), split into dense (matmul) and attention parts. attention_kept: the `attention` policy keeps
+    the attention's output (blockwise or ring attention), so the backward reruns no attention forward."""
     layers, head = matmul_params(cfg)
     tokens = seq_len * sequences
     dense_fwd = 2 * (layers + head) * tokens
@@ -39,10 +41,9 @@ def flops(cfg: LlamaConfig, seq_len: int, sequences: int, *, train: bool, remat:
     passes = 3 if train else 1
     # backward recomputation: "full" reruns the layers' forward; "dots" keeps the projections' outputs
     # and reruns attention (the kernels' forward) and the elementwise work only; "attention" is "full" with
-    # the TPU / GPU kernels (only blockwise and ring attention name their output for the policy to keep:
-    # with those the model counts one attention forward too many)
+    # the TPU / GPU kernels, whose residuals stay inside them (`attention_kept` False)
     dense_again = 2 * layers * tokens if train and remat in ("full", "attention") else 0
-    attn_again = attn_fwd if train and remat != "none" else 0
+    attn_again = attn_fwd if train and remat != "none" and not (remat == "attention" and attention_kept) else 0
     return {"model_flops": passes * (dense_fwd + attn_fwd),
             "hardware_flops": passes * (dense_fwd + attn_fwd) + dense_again + attn_again,
             "dense_flops": passes * dense_fwd + dense_again,
