@@ -191,3 +191,17 @@ def test_another_trial_count_makes_other_cells_not_reused_ones(tiny_model_dir, t
     assert summary["ruler"][0]["trials"] == 3 and summary["passkey"][0]["trials"] == 3
     depths = sorted(r["depth"] for r in recs[4:] if r["kind"] == "ruler")
     assert depths == [0.0, 0.5, 1.0]
+
+
+def test_cells_run_shortest_length_first_across_tasks(tiny_model_dir, tmp_path):
+    """Lengths given longest first still run shortest first, every task at a length before any task at
+    the next: a run stopped part-way holds whole lengths, not whole tasks."""
+    from yarn_jax.evaluation import cli as eval_cli
+
+    out = tmp_path / "run"
+    assert eval_cli.main(["--model", str(tiny_model_dir), "--protocol", "none", "--ruler", "niah_single_1", "vt",
+                          "--ruler-lengths", "768", "512", "--ruler-trials", "2", "--methods", "none",
+                          "--out", str(out)]) == 0
+    recs = [json.loads(x) for x in (out / "cells.jsonl").read_text().splitlines()]
+    assert [(r["length"], r["task"]) for r in recs] == [(512, "niah_single_1")] * 2 + [(512, "vt")] * 2 + \
+        [(768, "niah_single_1")] * 2 + [(768, "vt")] * 2
