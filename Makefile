@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALL := $(PY) -m pip install -q -c requirements.txt
 
-.PHONY: setup assets eval train demo test aot
+.PHONY: setup assets eval train demo test aot fresh-check
 
 # runtime only: evaluate, fine-tune, convert (no torch, no pytest)
 $(VENV)/.installed: pyproject.toml requirements.txt
@@ -40,5 +40,11 @@ demo: assets
 aot: $(VENV)/.tpu-installed
 	$(VENV)/bin/yarn-jax aot --config configs/train/llama2_7b_yarn_s16.yaml --topology v5p-32
 
+# the suite on both cores (pytest-xdist); a single test file runs as usual with `$(PY) -m pytest FILE`
 test: $(VENV)/.test-installed assets
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
+
+# the README's first command as a new user meets it: a runtime-only venv (no torch), an empty asset cache,
+# `yarn-jax assets` and the default evaluation at 2048 checked against the README's table (CI runs it)
+fresh-check:
+	bash .ci/fresh_machine.sh

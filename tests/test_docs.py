@@ -140,3 +140,18 @@ def test_front_page_is_a_front_page_and_links_resolve():
     for page in PAGES:
         for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
             assert (page.parent / target).exists(), f"{page.name}: broken link {target}"
+
+
+def test_the_readme_python_quickstart_runs_as_written(assets, tmp_path):
+    """The README's Python block executed as a user would paste it (a fresh interpreter, an empty directory),
+    within 10 minutes (~30 s here), its perplexity a sane figure and its saved directory there."""
+    import subprocess
+    import sys
+
+    (block,) = [b for b in _blocks(ROOT / "README.md", "python")]
+    code = block + "\nprint('PPL', model.perplexity(hamlet, length=2048))\n"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ppl = float(proc.stdout.split("PPL")[-1])
+    assert 5 < ppl < 100  # SmolLM2 on Hamlet's first 2k tokens: ~25
+    assert (tmp_path / "hf_out" / "config.json").exists()

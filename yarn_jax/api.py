@@ -5,7 +5,7 @@ model it returns — logits, log-probabilities, perplexity, generation, the toke
     model = yarn_jax.from_pretrained("smollm2", rope_scaling={"rope_type": "yarn", "factor": 2.0,
                                                               "original_max_position_embeddings": 8192})
     model.generate("The capital of France is", max_new_tokens=8)
-    model.perplexity(open("hamlet.txt").read(), length=16384)
+    model.perplexity(yarn_jax.assets.play_text("hamlet"), length=16384)
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from yarn_jax.errors import ConfigError
 from yarn_jax.evaluation.methods import Method
 from yarn_jax.evaluation.perplexity import PerplexityScorer
 from yarn_jax.generate import Sampling, eos_ids, generate_ids
+from yarn_jax.progress import Progress
 from yarn_jax.pretrained import LoadedModel, load_pretrained
 
 
@@ -58,19 +59,27 @@ class PretrainedModel(LoadedModel):
         scores = self._scorer().score(Document("input", ids), ids.size, Method("model", None), protocol="truncate")
         return -scores.nll
 
-    def perplexity(self, text_or_ids, length: int | None = None, protocol: str = "sliding", stride: int = 256,
-                   bos: bool = True) -> float:
-        """exp(mean NLL per token) of a text (or ids without BOS), as eval.py computes it: `truncate` scores the
-        first `length` positions in one forward; `sliding` (default) windows of `length` positions every
-        `stride` tokens, each token scored once with as much context as the window gives. Default length:
+    def perplexity(self, text_or_ids, length: int | None = None, protocol: str = "truncate", stride: int = 256,
+                   bos: bool = True, progress: bool = True) -> float:
+        """exp(mean NLL per token) of a text (or ids without BOS), as eval.py computes it: `truncate` (the
+        default, as eval's) scores the first `length` positions in one forward; `sliding` windows of `length`
+        positions every `stride` tokens, each token scored once with as much context as the window gives
+        (about (tokens - length) / stride forwards of `length`: a progress line per window). Default length:
         the whole input in one window. Each window starts with the model's BOS when it has one (and `bos`)."""
+        if protocol not in ("truncate", "sliding"):
+            raise ConfigError(f"protocol={protocol!r}: choose truncate or sliding")
         ids = self._ids(text_or_ids, bos=False)
         first = self.config.bos_token_id if bos else None
         length = length or ids.size + (first is not None)
         if length < 2:
             raise ConfigError(f"length={length}: need at least 2 positions")
         stride = min(stride, length - 1)
-        nll = self._scorer(first).score(Document("input", ids), length, Method("model", None), protocol=protocol, stride=stride).nll
+        scorer, doc = self._scorer(first), Document("input", ids)
+        count = len(scorer.windows(doc, length, stride, protocol))
+        with Progress(count, f"perplexity ({protocol}, length {length})", unit="window",
+                      enabled=progress and count > 1) as bar:
+            nll = scorer.score(doc, length, Method("model", None), protocol=protocol, stride=stride,
+                               progress=bar.update).nll
         return float(np.exp(nll.mean()))
 
     def generate(self, prompt, max_new_tokens: int = 64, *, temperature: float = 0.0, top_k: int | None = None,

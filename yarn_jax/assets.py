@@ -20,6 +20,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from yarn_jax.checkpoint import checkpoint_format, open_checkpoint, write_hf_directory
+from yarn_jax.checkpoint.gguf_tokenizer import save_gguf_tokenizer
 from yarn_jax.errors import AssetError, command
 from yarn_jax.outputs import build_once
 
@@ -135,11 +136,8 @@ def smollm2() -> Path:
         _log(f"converting {gguf_path.name} to an HF directory")
         with open_checkpoint(gguf_path) as source:
             write_hf_directory(tmp, source.config, source.read, source=str(gguf_path))
-        # The tokenizer: transformers' GGUF tokenizer conversion (no torch needed).
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-        tok.save_pretrained(str(tmp))
+        # the tokenizer from the GGUF's metadata (torch-free; the tokenizer.json transformers' GGUF path writes)
+        save_gguf_tokenizer(gguf_path, tmp)
 
     return build_once(target, build)
 
