@@ -71,7 +71,7 @@ def test_sliding_perplexity_scores_each_token_once_with_its_window(tiny):
             break
         prev_end, begin = end, begin + 5
     assert len(nll) == len(doc)
-    assert model.perplexity(TEXT, length=12, stride=5) == pytest.approx(float(np.exp(np.mean(nll))), rel=1e-5)
+    assert model.perplexity(TEXT, length=12, protocol="sliding", stride=5) == pytest.approx(float(np.exp(np.mean(nll))), rel=1e-5)
 
 
 def test_greedy_generation_equals_transformers_generate(tiny):

@@ -131,3 +131,17 @@ def test_the_yarn_jax_command_lists_its_verbs_and_helps_without_side_effects(tmp
     assert not (tmp_path / "cache").exists()  # --help fetched nothing
     wrong = subprocess.run([sys.executable, "-m", "yarn_jax", "evaluate"], capture_output=True, text=True, env=env)
     assert wrong.returncode == 2 and "no verb 'evaluate'" in wrong.stderr
+
+
+def test_no_verb_is_a_usage_error_and_flags_are_never_abbreviated(tmp_path):
+    """`yarn-jax` alone prints the verbs and exits 2; `--length` is not taken for `--lengths` by any command."""
+    env = {"PATH": "/usr/bin:/bin", "YARN_JAX_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
+    bare = subprocess.run([sys.executable, "-m", "yarn_jax"], capture_output=True, text=True, env=env)
+    assert bare.returncode == 2 and "yarn-jax eval" in bare.stderr and not bare.stdout
+    for argv in (["eval", "--length", "2048"], ["train", "--step", "3"], ["convert", "a", "b", "--verify-tok", "8"],
+                 ["sweep", "x.yaml", "--se", "a=1"], ["demo", "--tok", "8"], ["aot", "--topo", "v5e-4"]):
+        out = subprocess.run([sys.executable, "-m", "yarn_jax", *argv], capture_output=True, text=True, env=env)
+        assert out.returncode == 2, (argv, out.stderr[-500:])
+        last = out.stderr.strip().splitlines()[-1]
+        assert last.startswith("error:") and ("unrecognized arguments" in last or "required" in last), (argv, last)
+    assert not (tmp_path / "cache").exists()

@@ -455,3 +455,22 @@ def test_nan_source_is_refused_naming_the_source_parameter(tmp_path):
         assert nothing_left(tmp_path, "out")
     with pytest.raises(YarnJaxError, match=r"parameter layers/v_proj holds 1 NaN/inf"):
         load_checkpoint(src)
+
+
+def test_convert_takes_the_bundled_name_and_a_missing_source_says_where_assets_are(assets, tmp_path, monkeypatch):
+    """`yarn-jax convert smollm2 DST` reads the bundled model as eval and train do (here refused for its
+    existing DST, before any compute); a missing SRC names the bundled name and `yarn-jax assets`; a local
+    path spelled `smollm2` is ambiguous and refused."""
+    def run(*argv):
+        return subprocess.run([sys.executable, "-m", "yarn_jax", "convert", *argv], capture_output=True,
+                              text=True, env=_env(), cwd=tmp_path)
+
+    (tmp_path / "taken").mkdir()
+    out = run("smollm2", "taken")
+    assert out.returncode == 2 and out.stderr.strip() == "error: taken: already exists (pass --overwrite to replace it)"
+    out = run("no_such_model", "new")
+    assert out.returncode == 2 and "`smollm2` names the bundled model" in out.stderr and "yarn-jax assets" in out.stderr
+    (tmp_path / "smollm2").mkdir()
+    out = run("smollm2", "new")
+    assert out.returncode == 2 and "write ./smollm2 for the path" in out.stderr
+    assert not (tmp_path / "new").exists()

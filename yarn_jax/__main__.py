@@ -29,7 +29,10 @@ VERBS = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv:  # no verb: the usage, as an error (exit 2, as argparse does for a missing argument)
+        print(__doc__.strip(), file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0
     if argv[0] in ("-V", "--version"):

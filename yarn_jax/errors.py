@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import errno
 import sys
 
@@ -82,3 +83,15 @@ def command(main):
             return code
 
     return run
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse with its errors (unknown flag, invalid choice, missing value) as one-line ConfigErrors, and
+    no abbreviations: `--length` is not taken for `--lengths` (a typo must not silently pick a setting)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        raise ConfigError(f"{self.prog}: {message} (see --help)")

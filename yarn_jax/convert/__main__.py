@@ -6,8 +6,9 @@ source's logits on a real prompt before it is moved into place).
     yarn-jax convert runs/smollm2_yarn/checkpoints model.gguf --dtype bfloat16    # -> llama.cpp
     yarn-jax convert hf_dir hf_yarn --rope yarn:factor=4,original_max_position_embeddings=8192   # new rope
 
-  SRC: an HF directory (safetensors, single or sharded), a .gguf file, or a yarn_jax checkpoint (train's
-       RUN/checkpoints root — its latest complete step, or --step N — or a ROOT/<step> directory).
+  SRC: an HF directory (safetensors, single or sharded), a .gguf file, a yarn_jax checkpoint (train's
+       RUN/checkpoints root — its latest complete step, or --step N — or a ROOT/<step> directory), or
+       `smollm2`, the bundled model (as eval and train take it; fetched on first use).
   DST: the new HF directory (--to hf), yarn_jax checkpoint root (--to orbax) or llama.cpp file (--to gguf,
        a name ending .gguf; LLaMA, Qwen2, Qwen3, SmolLM3; llama.cpp's rope keys for default/linear/ntk/yarn);
        local or any etils/orbax path (gs://...). Default --to: gguf for a DST named *.gguf, hf for yarn_jax
@@ -21,9 +22,10 @@ import argparse
 import json
 import sys
 
+from yarn_jax.assets import resolve_model
 from yarn_jax.checkpoint.layout import SAFETENSORS_DTYPES
 from yarn_jax.convert import convert
-from yarn_jax.errors import command
+from yarn_jax.errors import CommandParser, command
 from yarn_jax.rope import parse_rope_spec
 
 
@@ -36,9 +38,9 @@ def parse_rope(text: str | None):
 
 @command
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="yarn-jax convert", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("src", help="HF directory, .gguf file or yarn_jax checkpoint to read")
+    ap = CommandParser(prog="yarn-jax convert", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("src", help="HF directory, .gguf file, yarn_jax checkpoint or `smollm2` to read")
     ap.add_argument("dst", help="the new checkpoint (a path that does not exist yet, unless --overwrite)")
     ap.add_argument("--to", choices=["hf", "orbax", "gguf"], default=None, help="output format (default: see above)")
     ap.add_argument("--step", type=int, default=None, help="step of a yarn_jax source (default: latest complete)")
@@ -46,7 +48,9 @@ def main(argv=None) -> int:
                     help="rope configuration written into the result: an HF rope_scaling dict as JSON/YAML, "
                          "e.g. '{rope_type: yarn, factor: 16, original_max_position_embeddings: 4096}', or "
                          "the short form yarn:factor=16,original_max_position_embeddings=4096")
-    ap.add_argument("--dtype", choices=list(SAFETENSORS_DTYPES), default="float32")
+    ap.add_argument("--dtype", choices=list(SAFETENSORS_DTYPES), default="float32",
+                    help="storage dtype of the written weights (GGUF: norms stay float32, as llama.cpp "
+                         "writes them) (default: float32)")
     ap.add_argument("--no-verify", dest="verify", action="store_false", help="skip the logit check")
     ap.add_argument("--verify-tokens", type=int, default=1024, help="prompt length of the logit check")
     ap.add_argument("--reference", choices=["yarn_jax", "transformers"], default="yarn_jax",
@@ -57,7 +61,7 @@ def main(argv=None) -> int:
     ap.add_argument("--overwrite", action="store_true",
                     help="replace an existing DST (only a checkpoint directory or an empty one)")
     args = ap.parse_args(argv)
-    report = convert(args.src, args.dst, to=args.to, step=args.step, rope=parse_rope(args.rope),
+    report = convert(resolve_model(args.src), args.dst, to=args.to, step=args.step, rope=parse_rope(args.rope),
                      dtype=args.dtype, verify_logits=args.verify, verify_tokens=args.verify_tokens,
                      reference=args.reference, max_abs=args.max_abs_logit, max_kl=args.max_kl,
                      overwrite=args.overwrite, max_shard_bytes=int(args.max_shard_gb * 2**30))

@@ -31,7 +31,8 @@ class EvalConfig(ParallelConfig):
         ("run", ("out", "recompute_changed")),
     )
 
-    model: str = Field("smollm2", description="HF directory, .gguf file, or 'smollm2' (the bundled asset)")
+    model: str = Field("smollm2", description="HF directory, .gguf file, yarn_jax checkpoint (train's "
+                       "RUN/checkpoints or one step of it), local or gs://, or 'smollm2' (the bundled asset)")
     methods: list[str] = Field(["none", "linear", "ntk", "yarn", "dynamic_yarn"],
                                description="method names — none | " + " | ".join(NAMED) + " — each scaled by "
                                "every one of `scales`, or full rope specs (yarn:factor=4,beta_fast=16 or a dict)")
@@ -43,7 +44,8 @@ class EvalConfig(ParallelConfig):
     protocol: Literal["truncate", "sliding", "none"] = Field("truncate", description="perplexity protocol")
     stride: PositiveInt = Field(256, description="sliding-window stride S")
     data: str = Field("shakespeare", description="shakespeare | file/dir of .txt/.md | .jsonl | tfds:NAME[:SPLIT]")
-    text_field: str | None = Field(None, description="JSONL/TFDS text field")
+    text_field: str | None = Field(None, description="text field of JSONL lines / TFDS examples (default: `text` for "
+                                      "JSONL; for TFDS the first of text, book_text, content, article present)")
     tfds_data_dir: str | None = Field(None, description="TFDS data_dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
     max_docs: PositiveInt = Field(1, description="documents per length (the first ones long enough)")
     bos: Union[int, Literal["auto", "none"]] = Field("auto", description="BOS prepended to each window: auto (the "

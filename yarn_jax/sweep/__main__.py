@@ -15,14 +15,14 @@ import sys
 
 from rich.console import Console
 
-from yarn_jax.errors import command
+from yarn_jax.errors import CommandParser, command
 from yarn_jax.sweep.config import load_sweep
 from yarn_jax.sweep.runner import Sweep
 
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="yarn-jax sweep", description=__doc__,
+    ap = CommandParser(prog="yarn-jax sweep", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("config", help="sweep YAML (configs/sweeps/*.yaml)")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY.PATH=VALUE",

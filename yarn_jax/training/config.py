@@ -35,7 +35,8 @@ class TrainConfig(ParallelConfig):
                                         "or the short form yarn:factor=16,original_max_position_embeddings=4096 "
                                         "(default: the checkpoint's own)")
     data: str = Field("shakespeare", description="shakespeare | file/dir of .txt/.md | .jsonl | tfds:NAME[:SPLIT]")
-    text_field: str | None = Field(None, description="JSONL/TFDS text field")
+    text_field: str | None = Field(None, description="text field of JSONL lines / TFDS examples (default: `text` for "
+                                      "JSONL; for TFDS the first of text, book_text, content, article present)")
     tfds_data_dir: str | None = Field(None, description="TFDS data_dir")
     max_docs: PositiveInt | None = Field(None, description="use the first N documents (null: all)")
     eval_docs: NonNegativeInt = Field(1, description="documents held out (the last ones) for periodic evaluation")
