@@ -44,3 +44,47 @@ def test_disabled_and_off_print_nothing(monkeypatch):
     monkeypatch.setenv("YARN_JAX_PROGRESS", "loud")
     with pytest.raises(ValueError, match="YARN_JAX_PROGRESS"):
         Progress(3, "x", stream=out)
+
+
+def test_a_slow_unit_still_gets_a_line_every_interval_and_nothing_is_printed_twice():
+    import time
+
+    out = io.StringIO()
+    with Progress(2, "cells", unit="cells", stream=out, every=0.2) as bar:
+        time.sleep(1.1)  # one slow unit: a compile, a 16k forward
+        bar.update(1)
+        bar.update(1)
+        bar.update(0)  # a cell ending with nothing left to count reports nothing new
+    lines = out.getvalue().splitlines()
+    waiting = [x for x in lines if x.startswith("cells: 0/2 cells (0%)")]
+    assert len(waiting) >= 3, lines  # ~5 heartbeats at 0.2 s; 3 leaves room for a loaded machine
+    assert len([x for x in lines if x.startswith("cells: 2/2")]) == 1, lines
+
+
+def test_one_long_step_shows_its_clock_and_its_end():
+    import time
+
+    from yarn_jax.progress import working
+
+    out = io.StringIO()
+    with working("logit check", stream=out, every=0.2):
+        time.sleep(0.7)
+    lines = out.getvalue().splitlines()
+    assert len([x for x in lines if x.startswith("logit check: 0/1 step (0%)")]) >= 2, lines
+    assert lines[-1].startswith("logit check: 1/1 step (100%)")
+
+
+def test_a_real_eval_in_a_pipe_reports_before_its_first_cell_ends(assets, tmp_path):
+    """`yarn-jax eval > log`: with a 1 s interval, lines arrive while the first cell (compile + forward)
+    is still running — the log is never silent for longer than the interval (30 s by default)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "YARN_JAX_PROGRESS_EVERY": "1"}
+    proc = subprocess.run([sys.executable, "-m", "yarn_jax", "eval", "--methods", "none", "--lengths", "2048",
+                           "--position-buckets", "4", "--out", str(tmp_path / "run")], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    beats = re.findall(r"^perplexity 1/1: .*: 0/2048 tokens \(0%\), (\d+)s elapsed", proc.stderr, re.M)
+    assert beats and int(beats[0]) <= 3, proc.stderr[-2000:]

@@ -13,6 +13,7 @@ from yarn_jax.aot.topology import GiB, Topology
 from yarn_jax.config import LlamaConfig
 from yarn_jax.sharding.balance import attention_imbalance
 from yarn_jax.sharding.rules import Sharder
+from yarn_jax.progress import working
 
 _UNITS = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
 _SIZE = r"([\d.]+)([KMGT])"
@@ -46,11 +47,13 @@ def compile_report(program: Program, cfg: LlamaConfig, sharder: Sharder, topo: T
     out: dict = {"program": program.name, "chips": chips, "mesh": dict(mesh.shape),
                  "replicated_where_not_divisible": dict(sharder.fallbacks)}
     t0 = time.perf_counter()
-    lowered = program.jitted.lower(*program.args)
+    with working(f"lower {program.name} for {topo.name}"):
+        lowered = program.jitted.lower(*program.args)
     out["lower_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     try:
-        compiled = lowered.compile()
+        with working(f"compile {program.name} for {topo.name} ({chips} chips)"):
+            compiled = lowered.compile()
     except Exception as e:  # XLA reports an over-budget program as a compile error: that is the verdict
         oom = _oom_numbers(str(e))
         if oom is None:

@@ -21,7 +21,7 @@ from yarn_jax.checkpoint.layout import SAFETENSORS_DTYPES, check_replaceable, np
 from yarn_jax.convert.verify import VerificationError, verify
 from yarn_jax.errors import ConfigError
 from yarn_jax.outputs import Staging, check_disjoint, lock, remove_tree
-from yarn_jax.progress import Progress
+from yarn_jax.progress import Progress, working
 
 REPORT = "conversion.json"
 
@@ -102,9 +102,10 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = 
             if verify_logits:
                 t0 = time.time()
                 src_path = os.path.join(src, str(step)) if step is not None and kind == "orbax" else src
-                report["verify"] = verify(src_path, os.fspath(written), rope=rope, n_tokens=verify_tokens,
-                                          reference=reference, dtype=dtype, max_abs=max_abs, max_kl=max_kl,
-                                          vocab_size=cfg.vocab_size)
+                with working(f"logit check ({verify_tokens} tokens, {reference} vs the result)", enabled=progress):
+                    report["verify"] = verify(src_path, os.fspath(written), rope=rope, n_tokens=verify_tokens,
+                                              reference=reference, dtype=dtype, max_abs=max_abs, max_kl=max_kl,
+                                              vocab_size=cfg.vocab_size)
                 report["seconds_verify"] = round(time.time() - t0, 2)
             if to != "gguf":  # (a GGUF result is a single file: its report is only returned and printed)
                 (tmp / REPORT).write_text(json.dumps(report, indent=2) + "\n")
