@@ -126,7 +126,10 @@ def test_kill_9_then_rerun_reproduces_the_uninterrupted_run(setup, reference_run
         np.testing.assert_allclose(final[k], v, rtol=1e-6, atol=1e-7)
 
 
-def test_sigterm_saves_at_the_step_boundary_and_exits_cleanly(setup, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_a_signal_saves_at_the_step_boundary_and_stops_in_one_line(setup, tmp_path, sig):
+    """SIGTERM (preemption) or a first Ctrl-C: a line saying what will happen, the step in progress saved,
+    then one `error:` line and exit 128 + signal (the run did not finish) — no traceback."""
     work, _ = setup
     out = tmp_path / "run"
     proc = subprocess.Popen(_cmd(work, out, "--steps", "100000", "--save-every", "1000"), env=_env(),
@@ -137,15 +140,19 @@ def test_sigterm_saves_at_the_step_boundary_and_exits_cleanly(setup, tmp_path):
             if (out / "metrics.jsonl").exists() and _metrics(out) and _metrics(out)[-1]["step"] >= 3:
                 break
             time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, err[-2000:]
+    name = signal.Signals(sig).name
+    assert proc.returncode == 128 + sig, err[-2000:]
     last = _metrics(out)[-1]["step"]
     steps = sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
-    assert steps == [last] and "SIGTERM: saved step" in err
+    assert steps == [last] and "Traceback" not in err
+    assert f"{name}: saving a checkpoint when the step in progress ends" in err
+    assert err.strip().splitlines()[-1] == (f"error: {name}: saved step {last} of 100000 to {out}/checkpoints; "
+                                            "stopped (re-run the same command to resume)")
 
 
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(setup, reference_run, tmp_path):
@@ -364,3 +371,22 @@ def test_sharded_run_follows_the_single_device_run(setup, reference_run, tmp_pat
     got = _metrics(out)
     assert [r["step"] for r in got] == list(range(1, 7))
     assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in ref], rel=1e-5)
+
+
+def test_a_sequence_past_the_ropes_designed_context_is_warned_in_one_line(setup, tmp_path):
+    """The documented rule: seq_len above L0 x factor (the model's max_position_embeddings for an unscaled
+    rope) trains, with one warning line naming the ratio and the --rope that would extend it; at the
+    designed context (64 = 32 x 2 here) no warning."""
+    work, _ = setup
+    runs = {}
+    for name, extra in {"at": ("--seq-len", "64"), "past": ("--seq-len", "128"),
+                        "unscaled": ("--seq-len", "64", "--rope", "default")}.items():
+        proc = subprocess.run(_cmd(work, tmp_path / name, "--steps", "1", *extra), env=_env(), capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs[name] = [x for x in proc.stderr.splitlines() if x.startswith("warning: seq_len")]
+    assert runs["at"] == []
+    assert runs["past"] == ["warning: seq_len 128 is 2.0x the 64 positions rope 'yarn' is configured for: positions "
+                            "past 64 are unseen by it — pass --rope (e.g. yarn:factor=4,original_max_position_"
+                            "embeddings=32) to extend it; continuing"]
+    assert len(runs["unscaled"]) == 1 and "the 32 positions rope 'default'" in runs["unscaled"][0]

@@ -33,6 +33,14 @@ class NumericsError(YarnJaxError):
     """A computation produced non-finite values (NaN/inf loss or perplexity)."""
 
 
+class Interrupted(YarnJaxError):
+    """A run stopped by a signal after saving what it could (exit code 128 + the signal's number)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
 def _os_error(e: BaseException) -> OSError | None:
     """The OSError behind e (itself, or a cause/context: orbax's async writers wrap theirs)."""
     seen = set()
@@ -59,6 +67,9 @@ def user_message(e: BaseException) -> str | None:
 
 def report_failure(e: BaseException) -> int | None:
     """Print `error: <one line>` to stderr and return the exit code, or None when e is not a user error."""
+    if isinstance(e, KeyboardInterrupt):  # a Ctrl-C that nothing saved for: one line, the shell's code
+        print("error: interrupted (Ctrl-C); nothing more was saved", file=sys.stderr, flush=True)
+        return 130
     msg = user_message(e)
     if msg is None:
         return None
@@ -68,7 +79,8 @@ def report_failure(e: BaseException) -> int | None:
 
 def command(main):
     """Decorator of a command's main(): user errors and I/O failures become one `error: ...` line and exit
-    code 2 (3 for a failed conversion check); anything else — a bug — propagates with its traceback."""
+    code 2 (3 for a failed conversion check, 128 + signal for a run stopped by one, 130 for Ctrl-C);
+    anything else — a bug — propagates with its traceback."""
     import functools
 
     @functools.wraps(main)

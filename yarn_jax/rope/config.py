@@ -129,6 +129,15 @@ class RopeConfig:
         """The pre-training context L0 the method was configured with, if it reads one."""
         return getattr(self.method, L0, None)
 
+    @property
+    def designed_context(self) -> int:
+        """The context the rope is configured for: L0 x factor for a scaling method (the paper's s = L'/L),
+        else the model's max_position_embeddings."""
+        l0, factor = self.original_max_position_embeddings, getattr(self.method, "factor", None)
+        if l0 is None or factor is None:
+            return self.max_position_embeddings
+        return int(round(l0 * factor))
+
     def frequencies(self, seq_len):
         """(inv_freq [d/2], attention_factor) of the method at this length (host or traced values)."""
         return self.method.frequencies(self, seq_len)

@@ -1,11 +1,13 @@
 """The fine-tuning loop behind train.py: load (sharded if a mesh is configured), resume or start, step,
-log, evaluate, checkpoint; SIGTERM (TPU preemption) saves at the next step boundary and exits cleanly."""
+log, evaluate, checkpoint; SIGTERM (TPU preemption) or Ctrl-C saves at the next step boundary and stops
+(exit 128 + signal: the run is not finished; re-running the same command resumes it)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from yarn_jax.pretrained import load_pretrained
 from yarn_jax.assets import resolve_model
 from yarn_jax.data.corpus import check_source, load_documents
 from yarn_jax.data.packing import BatchStream, build_rows
-from yarn_jax.errors import ConfigError, NumericsError
+from yarn_jax.errors import ConfigError, Interrupted, NumericsError
 from yarn_jax.evaluation.methods import Method
 from yarn_jax.evaluation.perplexity import PerplexityScorer
 from yarn_jax.fingerprint import describe_change, model_identity, short
@@ -35,19 +37,35 @@ from yarn_jax.training.step import TrainStep, batch_sharding, donatable, learnin
 log = logging.getLogger("yarn_jax.train")
 
 
-class _Preemption:
-    """SIGTERM sets a flag; the loop saves at the next step boundary and exits (TPU VMs get SIGTERM before
-    a preemption)."""
+class _Stop:
+    """SIGTERM (a TPU VM's preemption notice) or a first Ctrl-C: one line, then the loop saves when the step
+    in progress ends — the wait is at most one step, whose time the progress line shows — and stops with
+    `Interrupted` (exit 128 + the signal). A second Ctrl-C stops at once, without saving (KeyboardInterrupt)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
-        self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self.signum: int | None = None
+        self.step_seconds: float | None = None  # the last step's time, for the line
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
 
     def _handle(self, signum, frame):
-        self.requested = True
+        if self.signum is not None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
+        self.signum = signum
+        wait = f" (the last step took {self.step_seconds:.1f} s)" if self.step_seconds else ""
+        print(f"{signal.Signals(signum).name}: saving a checkpoint when the step in progress ends{wait}, then "
+              "stopping; Ctrl-C again stops at once without saving", file=sys.stderr, flush=True)
 
     def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
 
 
 def _run_identity(cfg: TrainConfig, model_path: str) -> dict:
@@ -121,6 +139,13 @@ def _train(cfg: TrainConfig, primary: bool, note: str | None) -> dict:
     if cfg.rope is not None:
         pm = pm.with_rope(cfg.rope, where="rope")
     mc = pm.config
+    designed = mc.rope.designed_context
+    if cfg.seq_len > designed:  # allowed (a baseline can want it), never silent
+        l0 = mc.rope.original_max_position_embeddings or mc.max_position_embeddings
+        log.warning("warning: seq_len %d is %.1fx the %d positions rope %r is configured for: positions past "
+                    "%d are unseen by it — pass --rope (e.g. yarn:factor=%d,original_max_position_embeddings=%d) "
+                    "to extend it; continuing", cfg.seq_len, cfg.seq_len / designed, designed, mc.rope.rope_type,
+                    designed, -(-cfg.seq_len // l0), l0)
     bos = mc.bos_token_id
     eos = mc.eos_token_id[0] if isinstance(mc.eos_token_id, tuple) else mc.eos_token_id
     docs = load_documents(cfg.data, pm.tokenizer(), max_docs=cfg.max_docs, text_field=cfg.text_field,
@@ -181,7 +206,7 @@ def _train(cfg: TrainConfig, primary: bool, note: str | None) -> dict:
         scorer = PerplexityScorer(nnx.merge(graphdef, state), bos)
     eval_length = cfg.eval_length or cfg.seq_len
     shape = (cfg.batch_size, cfg.seq_len)
-    preemption = _Preemption()
+    preemption = _Stop()
     record: dict = {}
     bar = Progress(cfg.steps, "train", unit="steps", initial=start, enabled=primary)
     ckpt.quiet_writer_noise()
@@ -220,9 +245,10 @@ def _train(cfg: TrainConfig, primary: bool, note: str | None) -> dict:
                 ckpt.save(step, state, opt_state, mc, stream.state(next_batch), cfg.model_dump(), force=True)
             if preemption.requested:
                 ckpt.wait()
-                log.info("SIGTERM: saved step %d to %s/checkpoints; exiting (re-run the same command to resume)",
-                         step, out)
-                break
+                raise Interrupted(f"{signal.Signals(preemption.signum).name}: saved step {step} of {cfg.steps} to "
+                                  f"{out}/checkpoints; stopped (re-run the same command to resume)",
+                                  preemption.signum)
+            preemption.step_seconds = seconds
         ckpt.wait()
         if writer is not None and record:
             with writing(out / "tb"):  # TensorBoard's hparams tab: the trajectory's settings and where it ended
