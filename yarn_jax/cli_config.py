@@ -137,14 +137,22 @@ def load_config(cls: type[BaseModel], path: str | None = None, overrides: dict |
 
 def config_command(cls: type[BaseModel], run, report, *, prog: str, description: str, where: str):
     """The main(argv) of a command whose settings are `cls`: parse them (`parse_command`), `run(cfg, note=...)`,
-    and print `report(cfg, result)` as one JSON line on stdout (process 0 of a multi-process run)."""
+    and print `report(cfg, result)` as one JSON line on stdout (process 0 of a multi-process run) for the
+    scripts that read it — when stdout is a pipe or file; on a terminal, where a person has read the
+    tables already, one short line saying where the results are."""
     def main(argv=None) -> int:
+        import sys
+
         import jax
 
         cfg, note = parse_command(cls, argv, prog=prog, description=description, where=where)
         result = run(cfg, note=note)
         if jax.process_index() == 0:
-            print(json.dumps(report(cfg, result)))
+            payload = report(cfg, result)
+            if sys.stdout.isatty():
+                print(f"results in {payload['out']} (piped, this command prints them as one JSON line)")
+            else:
+                print(json.dumps(payload))
         return 0
 
     return main

@@ -21,6 +21,7 @@ from yarn_jax import assets
 from yarn_jax.api import from_pretrained
 from yarn_jax.errors import CommandParser, command
 from yarn_jax.rope import HF_ROPE_TYPES, parse_rope_spec
+from yarn_jax.progress import console as log_console
 
 
 def mean_nll(logits: np.ndarray, ids: np.ndarray) -> float:
@@ -32,6 +33,9 @@ def mean_nll(logits: np.ndarray, ids: np.ndarray) -> float:
 def transformers_logits(model_dir: str, rope: dict | None, theta: float, ids: np.ndarray) -> np.ndarray:
     import torch
     from transformers import LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # its loading bars would interleave with our report
 
     kwargs = {} if rope is None else {"rope_parameters": {"rope_theta": theta, **rope}}
     model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa",
@@ -53,7 +57,7 @@ def main(argv=None) -> None:
     specs = args.rope or ["default", "yarn:factor=4,original_max_position_embeddings=8192"]
     ropes = [parse_rope_spec(s) for s in specs]  # fail on a bad spec before any compute
 
-    console = Console(stderr=True)
+    console = log_console()
     reference = not args.no_reference
     if reference and importlib.util.find_spec("torch") is None:
         console.print("torch is not installed (the `test` extra): yarn_jax only, no transformers column")
@@ -67,7 +71,8 @@ def main(argv=None) -> None:
     table = Table(title=f"Perplexity of {ids.shape[1]} tokens of {args.play}")
     for col in ("rope", "yarn_jax ppl", "transformers ppl", "max |Δlogit|", "yarn_jax s (incl. compile)",
                 "transformers s (incl. load)"):
-        table.add_column(col, justify="right" if col != "rope" else "left")
+        table.add_column(col, justify="right" if col != "rope" else "left",
+                         overflow="fold")  # a long rope spec wraps, never cut
     rows = []
     for spec, rope in zip(specs, ropes):
         m = from_pretrained(model_dir, rope_scaling=rope) if rope else model

@@ -147,3 +147,14 @@ class working:
         if exc_type is None:
             self.progress.update(1)
         self.progress.close()
+
+
+def console(*, quiet: bool = False, stream=None):
+    """The rich console a command reports on (stderr): the terminal's width on a terminal; in a log no
+    wrapping at all (one message, one line: grep finds it) and tables at their natural width."""
+    from rich.console import Console
+
+    stream = stream or sys.stderr
+    if _is_terminal(stream):
+        return Console(file=stream, quiet=quiet)
+    return Console(file=stream, quiet=quiet, soft_wrap=True, width=200)

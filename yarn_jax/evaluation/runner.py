@@ -19,7 +19,7 @@ from yarn_jax.evaluation.methods import parse_methods, parse_pairs
 from yarn_jax.evaluation.tasks import TASKS, RunContext, Task
 from yarn_jax.fingerprint import model_identity, short, tokenizer_identity
 from yarn_jax.outputs import lock
-from yarn_jax.progress import Progress
+from yarn_jax.progress import Progress, console as log_console
 from yarn_jax.provenance import Invocation
 from yarn_jax.rundir import RunStore, write_csv_atomic, write_json_atomic
 from yarn_jax.sharding import distributed
@@ -36,7 +36,7 @@ def run(cfg: EvalConfig, console: Console | None = None, note: str | None = None
 
 
 def _run(cfg: EvalConfig, console: Console | None, primary: bool, note: str | None) -> dict:
-    console = console or Console(stderr=True, width=max(100, Console(stderr=True).width), quiet=not primary)
+    console = console or log_console(quiet=not primary)
     sharder = cfg.sharder()
     decoding = [f for f in ("passkey_lengths", "ruler") if getattr(cfg, f)]
     if decoding and jax.process_count() > 1:

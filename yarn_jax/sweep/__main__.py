@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rich.console import Console
 
 from yarn_jax.errors import CommandParser, command
 from yarn_jax.sweep.config import load_sweep
 from yarn_jax.sweep.runner import Sweep
+from yarn_jax.progress import console as log_console
 
 
 @command
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gather", action="store_true", help="only build the tables and plots from finished cells")
     ap.add_argument("--list", action="store_true", help="list the cells and whether they are finished")
     args = ap.parse_args(argv)
-    console = Console(stderr=True)
+    console = log_console()
     cfg = load_sweep(args.config, args.sets)
     sweep = Sweep(cfg, console)
     if args.list:

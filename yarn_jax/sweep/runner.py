@@ -20,6 +20,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+
 from rich.console import Console
 
 from yarn_jax.assets import resolve_model
@@ -37,6 +38,7 @@ from yarn_jax.sweep import report, scratch
 from yarn_jax.sweep.config import SweepConfig
 from yarn_jax.training.config import TrainConfig
 from yarn_jax.training.loop import train
+from yarn_jax.progress import console as log_console
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +100,7 @@ class Sweep:
     def __init__(self, cfg: SweepConfig, console: Console | None = None):
         self.cfg = cfg
         self.out = Path(cfg.out)
-        self.console = console or Console(stderr=True)
+        self.console = console or log_console()
         self.cells = expand(cfg)
         self._setup_done = False
 
