@@ -15,7 +15,7 @@ import json
 from typing import Any
 
 from yarn_jax.errors import ConfigError
-from yarn_jax.rope import NAMED, parse_rope_spec
+from yarn_jax.rope import METHODS, NAMED, parse_rope_spec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +27,17 @@ class Method:
     def key(self) -> str:
         """A stable string for result files (the label plus the exact rope dict)."""
         return f"{self.label} {json.dumps(self.rope, sort_keys=True)}"
+
+
+def display_label(label: str) -> str:
+    """A method's label as a figure shows it: the rope type by the name papers use and `×` for the scale
+    ("yarn x2" -> "YaRN ×2", "linear x4 (beta=1)" -> "PI (linear) ×4 (beta=1)"); `none` and full specs as
+    they are."""
+    head, sep, rest = label.partition(" ")
+    method = METHODS.get(head)
+    if method is None or (sep and not rest.startswith("x")):
+        return label
+    return (method.title or method.name) + (" ×" + rest[1:] if sep else "")
 
 
 def _fmt(x: float) -> str:

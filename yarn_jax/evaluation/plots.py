@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
+from yarn_jax.evaluation.methods import display_label  # noqa: E402
 from yarn_jax.outputs import atomic_write_text  # noqa: E402
 
 WIDTHS = {"": 7.0, "_column": 3.4}  # inches: a two-column paper's text width and column width
@@ -94,6 +95,82 @@ def log_scale_if_positive(ax) -> None:
     ax.yaxis.set_minor_formatter(ticker.NullFormatter())
 
 
+def nice_ticks(lo: float, hi: float, max_ticks: int = 7) -> list[float]:
+    """Round values for a log axis over [lo, hi] (positive): the finest of the mantissa sets 1 | 1, 2, 5 |
+    1, 1.5, 2, 3, 5, 7 | 1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8 (x 10^k) that gives at most `max_ticks` ticks,
+    so a 20-30 range reads 20, 22, 25, 28 ... not just 20 — at the data's scale."""
+    best: list[float] = []
+    for mantissas in ((1,), (1, 2, 5), (1, 1.5, 2, 3, 5, 7), (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8),
+                      (1, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.8, 2, 2.2, 2.5, 2.8, 3, 3.5, 4, 4.5, 5, 6, 7, 8, 9)):
+        ticks = [m * 10.0 ** k for k in range(int(np.floor(np.log10(lo))) - 1, int(np.ceil(np.log10(hi))) + 1)
+                 for m in mantissas if lo <= m * 10.0 ** k <= hi]
+        if len(ticks) > max_ticks:
+            break
+        best = ticks
+    return best
+
+
+def value_axis(ax, lo: float, hi: float) -> None:
+    """The y axis over [lo, hi] with 4 % margins: log with round plain ticks when the data are positive and
+    span 1.5x or more, else linear (matplotlib's own nice ticks)."""
+    if lo > 0 and hi / lo >= 1.5:
+        ax.set_yscale("log")
+        pad = (hi / lo) ** 0.04
+        ax.set_ylim(lo / pad, hi * pad)
+        ticks = nice_ticks(lo / pad, hi * pad)
+        if len(ticks) >= 2:
+            ax.set_yticks(ticks, [_plain(t) for t in ticks])
+            ax.yaxis.set_minor_locator(ticker.NullLocator())
+            return
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(_plain))
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+        return
+    pad = 0.04 * (hi - lo) or 0.04 * abs(hi) or 1.0
+    ax.set_ylim(lo - pad, hi + pad)
+
+
+def dodge(x: float, i: int, n: int, spread: float = 0.03) -> float:
+    """x moved sideways on a log2 axis for the i-th of n methods, so equal values and their intervals stay
+    apart (2^(±spread/2 ... ) of a step)."""
+    return x * 2.0 ** ((i - (n - 1) / 2) * spread)
+
+
+def direct_labels(ax, ends: list[tuple[str, float, float, tuple]], fontsize: float) -> None:
+    """Each line's name beside the axes at the height of its last point, in its colour, joined to it by a
+    thin leader; names are pushed apart so none overlaps (a legend the eye need not travel to)."""
+    if not ends:
+        return
+    lo, hi = ax.get_ylim()
+    log = ax.get_yscale() == "log"
+    frac = [((np.log(y) - np.log(lo)) / (np.log(hi) - np.log(lo))) if log else (y - lo) / (hi - lo)
+            for _, _, y, _ in ends]
+    height_pt = ax.get_position().height * ax.figure.get_figheight() * 72
+    gap = 1.6 * fontsize / height_pt
+    order = sorted(range(len(ends)), key=lambda k: frac[k])
+    placed = [0.0] * len(ends)
+    prev = -np.inf
+    for k in order:
+        placed[k] = max(frac[k], prev + gap)
+        prev = placed[k]
+    overflow = max(placed) - 1.0
+    if overflow > 0:  # the column ran off the top: shift it down, keep the spacing
+        placed = [p - overflow for p in placed]
+    for k, (text, x, y, color) in enumerate(ends):
+        ax.annotate(text, xy=(x, y), xycoords="data", xytext=(1.03, placed[k]), textcoords="axes fraction",
+                    va="center", ha="left", color=color, fontsize=fontsize, annotation_clip=False,
+                    arrowprops={"arrowstyle": "-", "color": color, "linewidth": 0.5, "shrinkA": 0, "shrinkB": 3})
+
+
+def interval_bars(ax, x, y, lo, hi, color) -> None:
+    """95 % intervals as thin capped bars (readable where shaded bands of several methods would merge)."""
+    keep = [(a, b, c, d) for a, b, c, d in zip(x, y, lo, hi)
+            if c is not None and d is not None and np.isfinite([b, c, d]).all()]
+    if keep:
+        xs, ys, ls, hs = (np.asarray(v, float) for v in zip(*keep))
+        ax.errorbar(xs, ys, yerr=[ys - ls, hs - ys], fmt="none", ecolor=color, elinewidth=0.8, capsize=2,
+                    capthick=0.8, alpha=0.85)
+
+
 def mark_context(ax, l0: int | None, scales=()) -> None:
     """Vertical lines at L0 (dashed, labelled "L0") and at each s·L0 (dotted, "s·L0") within the plotted range."""
     if not l0:
@@ -126,33 +203,42 @@ def _height(width: float) -> float:
 
 
 def ppl_vs_length(rows: list[dict], path: Path, title: str, l0: int | None = None, order=None) -> Path:
-    """Perplexity against evaluation length, one line per method (the paper's Figure 1), 95 % intervals shaded
-    where the rows carry them; L0 and s·L0 marked."""
+    """Perplexity against evaluation length, one line per method (the paper's Figure 1): the methods named
+    as papers name them, directly at their lines' ends; 95 % intervals as bars where the rows carry them,
+    the methods nudged apart along x so coinciding curves stay visible; round ticks at the data's scale;
+    L0 and s·L0 marked."""
     methods = list(order or dict.fromkeys(r["method"] for r in rows))
     lengths = sorted({r["length"] for r in rows})
     scales = {r.get("scale", 1.0) for r in rows}
 
     def draw(width):
-        fig, ax = plt.subplots(figsize=(width, _height(width)), layout="constrained")
+        fig, ax = plt.subplots(figsize=(width, _height(width)))
+        fig.subplots_adjust(left=0.1 if width > 5 else 0.17, right=0.76 if width > 5 else 0.62, bottom=0.14,
+                            top=0.9)
+        ends, values = [], []
         for i, method in enumerate(methods):
             pts = sorted((r["length"], r["ppl"], r.get("ppl_ci_low"), r.get("ppl_ci_high")) for r in rows
                          if r["method"] == method)
             x, y = finite_points([p[0] for p in pts], [p[1] for p in pts], method)
             if not x:
                 continue
-            ax.plot(x, y, label=method, markersize=4, linewidth=1.2, **style(i))
-            band = [(p[0], p[2], p[3]) for p in pts if p[2] is not None and np.isfinite([p[2], p[3]]).all()]
-            if band:
-                ax.fill_between([b[0] for b in band], [b[1] for b in band], [b[2] for b in band],
-                                color=style(i)["color"], alpha=0.1, linewidth=0)
+            finite = [p for p in pts if p[1] is not None and np.isfinite(p[1])]
+            xd = [dodge(v, i, len(methods)) for v in x]
+            st = style(i)
+            ax.plot(xd, y, markersize=3.5, linewidth=1.2, **st)
+            interval_bars(ax, xd, y, [p[2] for p in finite], [p[3] for p in finite], st["color"])
+            values += y + [v for p in finite for v in p[2:] if v is not None and np.isfinite(v)]
+            ends.append((display_label(method), xd[-1], y[-1], st["color"]))
         lengths_axis(ax, lengths)
-        log_scale_if_positive(ax)
+        ax.set_xlim(lengths[0] / 2 ** 0.2, lengths[-1] * 2 ** 0.2)
+        if values:
+            value_axis(ax, min(values), max(values))
         mark_context(ax, l0, scales)
         ax.set_xlabel("evaluation length (tokens)")
         ax.set_ylabel("perplexity")
         ax.set_title(title)
         ax.grid(True, which="major", alpha=0.3)
-        _legend(fig, [ax], _ncol(width, len(methods)))
+        direct_labels(ax, ends, fontsize=7 if width > 5 else 6.5)
         return fig
 
     return save_paper(draw, path)
@@ -164,7 +250,8 @@ def nll_vs_position(curves: dict[str, tuple[list[float], list[float]]], path: Pa
     def draw(width):
         fig, ax = plt.subplots(figsize=(width, _height(width)), layout="constrained")
         for i, (method, (x, y)) in enumerate(curves.items()):
-            ax.plot(*finite_points(x, y, method), label=method, markersize=3, linewidth=1.2, **style(i))
+            ax.plot(*finite_points(x, y, method), label=display_label(method), markersize=3, linewidth=1.2,
+                    **style(i))
         mark_context(ax, l0)
         ax.xaxis.set_major_formatter(ticker.FuncFormatter(_plain))
         ax.set_xlabel("position in the window (tokens)")
@@ -203,7 +290,7 @@ def depth_heatmap(acc: dict[str, dict[tuple[int, float], float]], path: Path, la
                         ax.text(c, r, f"{v:.0%}", ha="center", va="center", fontsize="x-small")
             ax.set_xticks(range(len(lengths)), [str(n) for n in lengths], rotation=45, ha="right")
             ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
-            ax.set_title(method, fontsize="medium")
+            ax.set_title(display_label(method), fontsize="medium")
             if k % cols == 0:
                 ax.set_ylabel("depth")
             if k // cols == rows - 1:
@@ -219,7 +306,7 @@ def depth_heatmap(acc: dict[str, dict[tuple[int, float], float]], path: Path, la
 def task_vs_length(rows: list[dict], path: Path, metric: str, title: str, l0: int | None = None,
                    panels: list[str] | None = None, order=None) -> Path:
     """Small multiples: one panel per task (rows' `task`), `metric` against length per method with its 95 %
-    interval shaded; L0 and s·L0 marked."""
+    interval as a bar (drawn at any number of trials; methods nudged apart along x); L0 and s·L0 marked."""
     panels = [p for p in (panels or dict.fromkeys(r["task"] for r in rows)) if any(r["task"] == p for r in rows)]
     methods = list(order or dict.fromkeys(r["method"] for r in rows))
     lengths = sorted({r["length"] for r in rows})
@@ -239,10 +326,11 @@ def task_vs_length(rows: list[dict], path: Path, metric: str, title: str, l0: in
                              if r["task"] == panels[k] and r["method"] == method)
                 if not pts:
                     continue
-                x = [p[0] for p in pts]
-                ax.plot(x, [p[1] for p in pts], label=method, markersize=3, linewidth=1.0, **style(i))
-                ax.fill_between(x, [p[2] for p in pts], [p[3] for p in pts], color=style(i)["color"], alpha=0.12,
-                                linewidth=0)
+                x = [dodge(p[0], i, len(methods)) for p in pts]
+                ax.plot(x, [p[1] for p in pts], label=display_label(method), markersize=3, linewidth=1.0,
+                        **style(i))
+                interval_bars(ax, x, [p[1] for p in pts], [p[2] for p in pts], [p[3] for p in pts],
+                              style(i)["color"])
             lengths_axis(ax, lengths)
             mark_context(ax, l0, scales)
             ax.set_ylim(-0.03, 1.03)

@@ -50,6 +50,7 @@ class RopeMethod:
     in_transformers: ClassVar[bool] = True  # transformers implements it (HF-exact parity applies)
     length_dependent: ClassVar[bool] = False  # its frequencies change with the sequence length
     gguf_type: ClassVar[str | None] = None  # llama.cpp's `rope.scaling.type` for it, if any
+    title: ClassVar[str] = ""  # the name papers and figures use ("YaRN", "PI (linear)"); default: `name`
 
     @classmethod
     def keys(cls) -> frozenset[str]:

@@ -123,6 +123,7 @@ class Default(RopeMethod):
     """Unscaled RoPE: omega_j = b^(-2j/d) (paper Eq. 10)."""
 
     name = "default"
+    title = "RoPE"
 
     def frequencies(self, rope, seq_len):
         return default_inv_freq(rope.theta, rope.rotary_dim), 1.0
@@ -136,6 +137,7 @@ class Linear(RopeMethod):
     """Position Interpolation: omega / s (paper Eq. 12)."""
 
     name = "linear"
+    title = "PI (linear)"
     gguf_type = "linear"
     factor: float = param(scale_factor())
 
@@ -148,6 +150,7 @@ class NTK(RopeMethod):
     """Static NTK-aware: base b' = b * s^(d/(d-2)) (paper Eq. 16)."""
 
     name = "ntk"
+    title = "NTK-aware"
     in_transformers = False
     factor: float = param(scale_factor())
 
@@ -172,6 +175,7 @@ class DynamicNTK(RopeMethod):
     """HF dynamic NTK: b' = b * (s*l/L - (s-1))^(d/(d-2)) for l > L = max_position_embeddings, else b."""
 
     name = "dynamic"
+    title = "Dynamic NTK"
     length_dependent = True
     factor: float = param(scale_factor())
 
@@ -206,6 +210,7 @@ class ByParts(_Ramp):
     """NTK-by-parts: the ramp's frequencies without a temperature."""
 
     name = "ntk_by_parts"
+    title = "NTK-by-parts"
     aliases = ("ntk-by-parts",)
     in_transformers = False
 
@@ -227,6 +232,7 @@ class Yarn(_Ramp):
     key, not HF's) sets sqrt(1/t) = k ln s + 1 — 0.1 is the paper's, 0 is NTK-by-parts."""
 
     name = "yarn"
+    title = "YaRN"
     gguf_type = "yarn"
     factor: float = param(scale_factor(implicit=True))
     attention_factor: float | None = param(optional_number(positive=True))
@@ -280,6 +286,7 @@ class DynamicYarn(_Ramp):
     """Dynamic-YaRN: s = max(s_ft if finetuned else 1, l / L0) from the current length l (paper §3.3)."""
 
     name = "dynamic_yarn"
+    title = "Dynamic-YaRN"
     aliases = ("dynamic-yarn",)
     in_transformers = False
     length_dependent = True
@@ -304,6 +311,7 @@ class Llama3(RopeMethod):
     """Llama-3.1 wavelength bands (HF `_compute_llama3_parameters`, the same float32 operations)."""
 
     name = "llama3"
+    title = "Llama 3"
     original_max_position_embeddings: int = param(pretraining_context(required=False))
     factor: float = param(scale_factor())
     low_freq_factor: float = param(required_number)
@@ -333,6 +341,7 @@ class LongRope(RopeMethod):
     """LongRoPE (Phi-3): per-pair factors, the long set when l > L0; factor sqrt(1 + ln s / ln L0)."""
 
     name = "longrope"
+    title = "LongRoPE"
     aliases = ("su",)
     length_dependent = True
     original_max_position_embeddings: int = param(pretraining_context(required=False))
@@ -361,6 +370,7 @@ class Proportional(RopeMethod):
     span the whole head (head_dim/2 of them), so the rotation pairs j with j + head_dim/2."""
 
     name = "proportional"
+    title = "proportional"
     factor: float = param(scale_factor(default=1.0), 1.0)
 
     def frequencies(self, rope, seq_len):

@@ -39,6 +39,22 @@ class RunContext:
     store: RunStore | None = None  # set once the inputs are known
     ident: str = ""  # identity of the model and tokenizer: part of every cell key
 
+    @property
+    def model_name(self) -> str:
+        """The model as a figure names it: the bundled one by its name, else its directory or file (a
+        training run's checkpoints by the run)."""
+        if self.cfg.model == "smollm2":
+            return "SmolLM2-135M-Instruct"
+        parts = [p for p in self.cfg.model.rstrip("/").split("/") if p]
+        while len(parts) > 1 and (parts[-1].isdigit() or parts[-1] == "checkpoints"):
+            parts.pop()
+        return parts[-1] if parts else self.cfg.model
+
+    @property
+    def data_name(self) -> str:
+        """The corpus as a figure names it."""
+        return "Shakespeare" if self.cfg.data == "shakespeare" else self.cfg.data.rstrip("/").split("/")[-1]
+
     def key(self, *parts) -> str:
         """A cell key: the settings that produced it, then the inputs' identity."""
         return "|".join(map(str, (*parts, self.ident)))

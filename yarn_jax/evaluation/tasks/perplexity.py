@@ -161,8 +161,9 @@ class PerplexityTask(Task):
     def plots(self, ctx, summary, out):
         cfg, paths, order = ctx.cfg, [], [m.label for m in ctx.methods]
         if summary["perplexity"]:
+            how = "first L tokens" if cfg.protocol == "truncate" else f"sliding windows, stride {cfg.stride}"
             paths.append(plots.ppl_vs_length(summary["perplexity"], out / "ppl_vs_length.png",
-                                             f"{cfg.model}: {cfg.protocol} perplexity on {cfg.data}",
+                                             f"{ctx.model_name}: perplexity ({how}) on {ctx.data_name}",
                                              l0=ctx.original_context, order=order))
         if summary["position_curves"]:
             curves = {k: (v["bucket_centres"], v["mean_nll"]) for k, v in summary["position_curves"].items()}
