@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from yarn_jax.checkpoint.gguf import open_gguf, unpermute_rotary_rows
+from yarn_jax.errors import ConfigError
 
 
 def llama_cpp_permute(w, n_heads):
@@ -127,7 +128,6 @@ def test_gguf_export_writes_the_rope_as_llama_cpp_reads_it_and_reads_it_back(rop
 def test_gguf_export_refuses_what_llama_cpp_cannot_hold(tmp_path):
     from test_families import hf_model
     from yarn_jax.convert import convert
-    from yarn_jax.errors import ConfigError
 
     _, phi = hf_model("phi3", None, tmp_path)
     with pytest.raises(ConfigError, match="Phi3ForCausalLM is not written as GGUF here"):
@@ -204,3 +204,56 @@ def test_llama_cpp_runs_the_exported_smollm2_with_yarn_as_yarn_jax_does(assets, 
     print(f"llama.cpp vs yarn_jax, SmolLM2 YaRN x2, {n} tokens: mean |dlogprob| {mean_abs:.2e}, "
           f"perplexity {ppl_theirs:.4f} vs {ppl_ours:.4f} (rel {abs(ppl_theirs / ppl_ours - 1):.2e})")
     assert mean_abs <= 1e-3 and abs(ppl_theirs / ppl_ours - 1) <= 1e-3
+
+
+@pytest.mark.parametrize("dtype", ["q8_0", "q4_0", "q5_1", "bfloat16"])
+@pytest.mark.parametrize("reference", ["yarn_jax", "transformers"])
+def test_quantized_gguf_export_is_checked_like_with_like(dtype, reference, tmp_path):
+    """HF -> quantized GGUF: every tensor stored as `tensor_type` says (2-D weights in the file's type, the
+    embedding and head Q8_0 in a 4/5-bit file, rows not a whole number of blocks F16, norms F32), read
+    back by the gguf package to exactly the quantize -> dequantize of the source tensor; the logit check,
+    against the source with its weights as the file stores them (yarn_jax or transformers), passes at the
+    float32 thresholds, and the report gives what the quantization itself costs."""
+    import gguf
+
+    from test_families import hf_model
+    from yarn_jax.checkpoint.gguf import as_stored, gguf_name, tensor_type
+    from yarn_jax.convert import convert
+
+    # hidden 96 / intermediate 96: rows of whole 32-value blocks, except o_proj's 48 (3 heads x 16): F16
+    model, path = hf_model("llama", None, tmp_path, hidden_size=96, intermediate_size=96, num_attention_heads=3,
+                           num_key_value_heads=1, head_dim=16)
+    report = convert(path, tmp_path / "m.gguf", dtype=dtype, verify_tokens=48, progress=False, reference=reference)
+    v = report["verify"]
+    assert v["passed"] and v["max_abs_logit_diff"] <= 1e-3 and v["mean_kl"] <= 1e-6, v
+    assert v["rounding_vs_float32_source"]["max_abs_logit_diff"] > 1e-3  # the quantization is real
+    reader = gguf.GGUFReader(str(tmp_path / "m.gguf"))
+    stored = {t.name: t for t in reader.tensors}
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    seen = set()
+    for name, w in state.items():
+        g = gguf_name(name)
+        t = stored[g]
+        want_type = tensor_type(dtype, g, w.shape)
+        assert t.tensor_type == want_type, (g, t.tensor_type, want_type)
+        seen.add(want_type.name)
+        back = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), np.float32).reshape(w.shape)
+        if g.endswith(("attn_q.weight", "attn_k.weight")):
+            from yarn_jax.checkpoint.gguf import unpermute_rotary_rows
+
+            back = unpermute_rotary_rows(back, 3 if "attn_q" in g else 1)
+        np.testing.assert_array_equal(back, as_stored(w, dtype, g), err_msg=g)
+    if dtype in ("q4_0", "q5_1"):
+        assert {"Q8_0", "F16", "F32", dtype.upper()} <= seen, seen
+    assert report["gguf"]["tensor_types"] and sum(report["gguf"]["tensor_types"].values()) == len(state)
+
+
+def test_block_quantized_dtypes_are_refused_outside_gguf(tmp_path):
+    from test_families import hf_model
+    from yarn_jax.convert import convert
+
+    _, path = hf_model("llama", None, tmp_path)
+    with pytest.raises(ConfigError, match=r"--dtype 'q8_0': choose float32, bfloat16, float16 for --to hf "
+                                          r"\(block-quantized types are GGUF's\)"):
+        convert(path, tmp_path / "out", to="hf", dtype="q8_0", progress=False)
+    assert not (tmp_path / "out").exists()

@@ -168,11 +168,70 @@ _GGUF_LAYER = {hf: ours for ours, hf in _LAYER_NAMES.items()}
 _GGUF_GLOBAL = {hf: ours for ours, hf in _GLOBAL_NAMES.items()}
 # file types and per-tensor types of the float dtypes written (1-D tensors — norms, biases — stay float32, as
 # llama.cpp's convert script keeps them)
-_FILE_TYPES = {"float32": gguf.LlamaFileType.ALL_F32, "float16": gguf.LlamaFileType.MOSTLY_F16,
-               "bfloat16": gguf.LlamaFileType.MOSTLY_BF16}
-_TENSOR_TYPES = {"float32": (np.float32, gguf.GGMLQuantizationType.F32),
-                 "float16": (np.float16, gguf.GGMLQuantizationType.F16),
-                 "bfloat16": (np.uint16, gguf.GGMLQuantizationType.BF16)}  # bf16 bits, stored raw
+Q = gguf.GGMLQuantizationType
+# a GGUF file's --dtype -> (llama.cpp's file type, the GGML type of its 2-D weights)
+_FILE_TYPES = {"float32": (gguf.LlamaFileType.ALL_F32, Q.F32), "float16": (gguf.LlamaFileType.MOSTLY_F16, Q.F16),
+               "bfloat16": (gguf.LlamaFileType.MOSTLY_BF16, Q.BF16),
+               "q8_0": (gguf.LlamaFileType.MOSTLY_Q8_0, Q.Q8_0), "q5_1": (gguf.LlamaFileType.MOSTLY_Q5_1, Q.Q5_1),
+               "q5_0": (gguf.LlamaFileType.MOSTLY_Q5_0, Q.Q5_0), "q4_1": (gguf.LlamaFileType.MOSTLY_Q4_1, Q.Q4_1),
+               "q4_0": (gguf.LlamaFileType.MOSTLY_Q4_0, Q.Q4_0)}
+GGUF_DTYPES = tuple(_FILE_TYPES)
+GGUF_QUANTIZED = ("q8_0", "q5_1", "q5_0", "q4_1", "q4_0")  # block types the gguf package quantizes
+
+
+def tensor_type(dtype: str, gguf_tensor: str, hf_shape: tuple[int, ...]) -> "gguf.GGMLQuantizationType":
+    """The GGML type a tensor is stored in by a file of `dtype`: 1-D tensors (norms, biases) F32, as
+    llama.cpp keeps them; 2-D weights in the file's type — except, in a 4/5-bit file, the token embedding
+    and the output head, kept at Q8_0 (llama.cpp's quantizer keeps them at 6 bits or more, in a K type the
+    gguf package cannot write), and rows that are not a whole number of 32-value blocks, kept F16."""
+    if len(hf_shape) == 1:
+        return Q.F32
+    ggml = _FILE_TYPES[dtype][1]
+    if dtype not in GGUF_QUANTIZED:
+        return ggml
+    if hf_shape[-1] % gguf.GGML_QUANT_SIZES[ggml][0]:
+        return Q.F16
+    if dtype != "q8_0" and gguf_tensor.split(".")[0] in ("token_embd", "output"):
+        return Q.Q8_0
+    return ggml
+
+
+def encode(hf: np.ndarray, ggml) -> np.ndarray:
+    """A float32 HF-orientation tensor as the bytes GGML type `ggml` stores (quantized blockwise along rows)."""
+    if ggml == Q.F32:
+        return np.ascontiguousarray(hf, np.float32)
+    if ggml == Q.F16:
+        return hf.astype(np.float16)
+    if ggml == Q.BF16:
+        return hf.astype(ml_dtypes.bfloat16).view(np.uint16)
+    return gguf.quants.quantize(np.ascontiguousarray(hf, np.float32), ggml)
+
+
+def as_stored(hf: np.ndarray, dtype: str, gguf_tensor: str) -> np.ndarray:
+    """A float32 HF-orientation tensor with the values a GGUF file of `dtype` holds for it (what its reader
+    gets back): the reference a quantized or 16-bit export is checked against, like with like. (q/k rows
+    are permuted for llama.cpp before quantizing; blocks run along rows, so the order of rows does not
+    change them.)"""
+    ggml = tensor_type(dtype, gguf_tensor, hf.shape)
+    if ggml == Q.F32:
+        return hf
+    if ggml in (Q.F16, Q.BF16):
+        return hf.astype(np.float16 if ggml == Q.F16 else ml_dtypes.bfloat16).astype(np.float32)
+    return np.asarray(gguf.quants.dequantize(encode(hf, ggml), ggml), np.float32).reshape(hf.shape)
+
+
+def stored_source(source, dtype: str):
+    """`source` (an open checkpoint) whose every parameter reads as a GGUF file of `dtype` would hold it."""
+    import dataclasses
+
+    def whole(t, out_dtype) -> np.ndarray:
+        value = source.read(t, dtype=np.float32)
+        if not t.per_layer:
+            return t.to_ours(as_stored(t.to_hf(value), dtype, gguf_name(t.name))).astype(out_dtype)
+        return np.stack([t.to_ours(as_stored(t.to_hf(value[i]), dtype, gguf_name(name)))
+                         for i, name in t.hf_names(len(value))]).astype(out_dtype)
+
+    return dataclasses.replace(source, _whole=whole, _block=None, _restore=None, _cached=(None, None))
 
 
 def gguf_name(hf_name: str) -> str:
@@ -194,14 +253,9 @@ def gguf_arch_of(cfg) -> str:
 
 
 def _tensor_plan(cfg, dtype: str):
-    """[(layout, [(layer or None, GGUF name)], numpy dtype, GGML type)] in file order."""
-    store, ggml = _TENSOR_TYPES[dtype]
-    plan = []
-    for t in tensor_map(cfg):
-        one_d = len(t.hf_shape) == 1
-        plan.append((t, [(layer, gguf_name(name)) for layer, name in t.hf_names(cfg.num_hidden_layers)],
-                     np.float32 if one_d else store, gguf.GGMLQuantizationType.F32 if one_d else ggml))
-    return plan
+    """[(layout, [(layer or None, GGUF name, GGML type)])] in file order."""
+    return [(t, [(layer, gguf_name(name), tensor_type(dtype, gguf_name(name), t.hf_shape))
+                 for layer, name in t.hf_names(cfg.num_hidden_layers)]) for t in tensor_map(cfg)]
 
 
 def _add_tokenizer(w: "gguf.GGUFWriter", tokenizer_dir, cfg) -> str:
@@ -235,16 +289,16 @@ def write_gguf(path, cfg, read, *, dtype: str = "float32", tokenizer_dir=None, s
                progress=iter) -> dict[str, Any]:
     """Write a config's parameters as one GGUF file in llama.cpp's layout for its family's arch: its tensor
     names, q/k rows in its interleaved rotary order where it uses one (llama), the rope as llama.cpp reads
-    it (`rope.scaling.*`, from the method's record), float32/float16/bfloat16 (1-D tensors float32), and
-    the tokenizer. Streams one parameter at a time (`read(layout)` -> ours [L, ...]); returns a summary."""
-    if dtype not in _TENSOR_TYPES:
-        raise ConfigError(f"GGUF export: dtype {dtype!r}: choose {', '.join(_TENSOR_TYPES)}")
+    it (`rope.scaling.*`, from the method's record), float32/float16/bfloat16 or the block-quantized
+    q8_0/q5_1/q5_0/q4_1/q4_0 (per tensor as `tensor_type` says), and the tokenizer. Streams one parameter at a time (`read(layout)` -> ours [L, ...]); returns a summary."""
+    if dtype not in _FILE_TYPES:
+        raise ConfigError(f"GGUF export: dtype {dtype!r}: choose {', '.join(_FILE_TYPES)}")
     arch = gguf_arch_of(cfg)
     rope = cfg.rope.method.gguf_metadata(cfg.rope)  # ConfigError before anything is written
     interleaved = FAMILIES[cfg.model_type].gguf_interleaved
     w = gguf.GGUFWriter(os.fspath(path), arch)
     w.add_name(Path(source).name or "yarn_jax")
-    w.add_file_type(_FILE_TYPES[dtype])
+    w.add_file_type(_FILE_TYPES[dtype][0])
     w.add_block_count(cfg.num_hidden_layers)
     w.add_vocab_size(cfg.vocab_size)
     w.add_context_length(cfg.max_position_embeddings)
@@ -270,24 +324,25 @@ def write_gguf(path, cfg, read, *, dtype: str = "float32", tokenizer_dir=None, s
         if value is not None:
             w.add_uint32(f"tokenizer.ggml.{key}_token_id", int(value))
     plan = _tensor_plan(cfg, dtype)
-    for t, names, store, ggml in plan:
-        for _, name in names:
-            w.add_tensor_info(name, t.hf_shape, np.dtype(store), int(np.prod(t.hf_shape)) * np.dtype(store).itemsize,
-                              raw_dtype=ggml)
+    for t, names in plan:
+        for _, name, ggml in names:
+            nbytes = int(np.prod(gguf.quants.quant_shape_to_byte_shape(t.hf_shape, ggml)))
+            w.add_tensor_info(name, t.hf_shape, np.dtype(np.float32), nbytes, raw_dtype=ggml)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
     heads = {"attn_q": cfg.num_attention_heads, "attn_k": cfg.num_key_value_heads}
-    for t, names, store, _ in progress(plan):
+    types: dict[str, int] = {}
+    for t, names in progress(plan):
         value = read_checked(t, cfg, read, source)  # ours: [L, ...] per layer, else the whole tensor
-        for layer, name in names:
+        for layer, name, ggml in names:
             hf = t.to_hf(value if layer is None else value[layer]).astype(np.float32)
             kind = name.split(".")[2] if name.startswith("blk.") else None
             if interleaved and kind in heads:
                 hf = permute_rotary_rows(hf, heads[kind])
-            if store is np.uint16:
-                hf = hf.astype(ml_dtypes.bfloat16).view(np.uint16)
-            w.write_tensor_data(np.ascontiguousarray(hf.astype(store, copy=False)))
+            w.write_tensor_data(np.ascontiguousarray(encode(hf, ggml)))
+            types[ggml.name] = types.get(ggml.name, 0) + 1
         del value
     w.close()
-    return {"arch": arch, "tokenizer": tokenizer, "rope": rope, "tensors": sum(len(names) for _, names, *_ in plan)}
+    return {"arch": arch, "tokenizer": tokenizer, "rope": rope, "tensors": sum(len(names) for _, names in plan),
+            "tensor_types": types}

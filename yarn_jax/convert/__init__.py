@@ -17,6 +17,7 @@ from etils import epath
 
 from yarn_jax.checkpoint import checkpoint_format, open_checkpoint, write_hf_directory, write_orbax_streamed
 from yarn_jax.checkpoint.gguf import write_gguf
+from yarn_jax.checkpoint.gguf import GGUF_DTYPES
 from yarn_jax.checkpoint.layout import SAFETENSORS_DTYPES, check_replaceable, np_dtype
 from yarn_jax.convert.verify import VerificationError, verify
 from yarn_jax.errors import ConfigError
@@ -59,8 +60,10 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = 
         raise ConfigError(f"--to {to!r}: choose hf, orbax or gguf")
     if to == "gguf" and not dst.endswith(".gguf"):
         raise ConfigError(f"{dst}: a GGUF destination is a file named *.gguf")
-    if dtype not in SAFETENSORS_DTYPES:
-        raise ConfigError(f"--dtype {dtype!r}: choose {', '.join(SAFETENSORS_DTYPES)}")
+    dtypes = GGUF_DTYPES if to == "gguf" else tuple(SAFETENSORS_DTYPES)
+    if dtype not in dtypes:
+        raise ConfigError(f"--dtype {dtype!r}: choose {', '.join(dtypes)} for --to {to}"
+                          + (" (block-quantized types are GGUF's)" if dtype in GGUF_DTYPES else ""))
     if reference not in ("yarn_jax", "transformers"):
         raise ConfigError(f"--reference {reference!r}: choose yarn_jax or transformers")
     if verify_tokens < 1:
@@ -105,7 +108,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = 
                 with working(f"logit check ({verify_tokens} tokens, {reference} vs the result)", enabled=progress):
                     report["verify"] = verify(src_path, os.fspath(written), rope=rope, n_tokens=verify_tokens,
                                               reference=reference, dtype=dtype, max_abs=max_abs, max_kl=max_kl,
-                                              vocab_size=cfg.vocab_size)
+                                              vocab_size=cfg.vocab_size, gguf=to == "gguf")
                 report["seconds_verify"] = round(time.time() - t0, 2)
             if to != "gguf":  # (a GGUF result is a single file: its report is only returned and printed)
                 (tmp / REPORT).write_text(json.dumps(report, indent=2) + "\n")

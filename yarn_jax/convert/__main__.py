@@ -23,7 +23,7 @@ import json
 import sys
 
 from yarn_jax.assets import resolve_model
-from yarn_jax.checkpoint.layout import SAFETENSORS_DTYPES
+from yarn_jax.checkpoint.gguf import GGUF_DTYPES
 from yarn_jax.convert import convert
 from yarn_jax.errors import CommandParser, command
 from yarn_jax.rope import parse_rope_spec
@@ -48,9 +48,10 @@ def main(argv=None) -> int:
                     help="rope configuration written into the result: an HF rope_scaling dict as JSON/YAML, "
                          "e.g. '{rope_type: yarn, factor: 16, original_max_position_embeddings: 4096}', or "
                          "the short form yarn:factor=16,original_max_position_embeddings=4096")
-    ap.add_argument("--dtype", choices=list(SAFETENSORS_DTYPES), default="float32",
-                    help="storage dtype of the written weights (GGUF: norms stay float32, as llama.cpp "
-                         "writes them) (default: float32)")
+    ap.add_argument("--dtype", choices=list(GGUF_DTYPES), default="float32",
+                    help="storage dtype of the written weights: float32, float16, bfloat16; for --to gguf also "
+                         "the block-quantized q8_0, q5_1, q5_0, q4_1, q4_0 (norms stay float32, as llama.cpp "
+                         "writes them; docs/conversion.md) (default: float32)")
     ap.add_argument("--no-verify", dest="verify", action="store_false", help="skip the logit check")
     ap.add_argument("--verify-tokens", type=int, default=1024, help="prompt length of the logit check")
     ap.add_argument("--reference", choices=["yarn_jax", "transformers"], default="yarn_jax",
