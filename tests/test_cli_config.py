@@ -145,3 +145,24 @@ def test_no_verb_is_a_usage_error_and_flags_are_never_abbreviated(tmp_path):
         last = out.stderr.strip().splitlines()[-1]
         assert last.startswith("error:") and ("unrecognized arguments" in last or "required" in last), (argv, last)
     assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("verb", ["convert", "sweep", "aot", "demo", "assets"])
+def test_every_valued_flag_of_the_other_verbs_shows_its_default(verb, tmp_path):
+    """Besides eval and train (above), each verb's --help gives every flag that takes a value its default
+    (or says in its text what happens when it is unset)."""
+    env = {"PATH": "/usr/bin:/bin", "YARN_JAX_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT),
+           "COLUMNS": "1000"}  # one line per flag
+    out = subprocess.run([sys.executable, "-m", "yarn_jax", verb, "--help"], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-1000:]
+    entries: list[str] = []  # one per flag: its line and the help text continued below it
+    for line in out.stdout.splitlines():
+        if re.match(r"^  -", line):
+            entries.append(line)
+        elif entries and line.startswith("    ") and not line.startswith("  -"):
+            entries[-1] += " " + line.strip()
+        else:
+            entries.append("")
+    valued = [x for x in entries if re.match(r"^  --[\w-]+ [A-Z{]", x)]
+    assert [x for x in valued if "default" not in x] == []
+    assert valued or verb == "assets"

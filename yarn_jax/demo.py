@@ -6,7 +6,6 @@ PyTorch LlamaForCausalLM on the same tokens (needs torch: the `test` extra; --no
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import sys
@@ -19,7 +18,7 @@ from rich.table import Table
 
 from yarn_jax import assets
 from yarn_jax.api import from_pretrained
-from yarn_jax.errors import CommandParser, command
+from yarn_jax.errors import CommandHelp, CommandParser, command
 from yarn_jax.rope import HF_ROPE_TYPES, parse_rope_spec
 from yarn_jax.progress import console as log_console
 
@@ -47,11 +46,12 @@ def transformers_logits(model_dir: str, rope: dict | None, theta: float, ids: np
 @command
 def main(argv=None) -> None:
     parser = CommandParser(prog="yarn-jax demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=CommandHelp)
     parser.add_argument("--play", default="hamlet", help="play (file stem) from the Shakespeare corpus")
     parser.add_argument("--tokens", type=int, default=2048, help="excerpt length in tokens")
     parser.add_argument("--rope", action="append", default=None,
-                        help="rope configuration(s) to compare (JSON or short form); repeatable")
+                        help="rope configuration(s) to compare (JSON or short form); repeatable (default: "
+                             "default and yarn:factor=4,original_max_position_embeddings=8192)")
     parser.add_argument("--no-reference", action="store_true", help="skip the transformers comparison")
     args = parser.parse_args(argv)
     specs = args.rope or ["default", "yarn:factor=4,original_max_position_embeddings=8192"]

@@ -97,6 +97,18 @@ def command(main):
     return run
 
 
+class CommandHelp(argparse.RawDescriptionHelpFormatter):
+    """--help with the description as written and each valued flag's default after its text (not for
+    on/off switches, nor where the text says itself what happens when it is unset)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.option_strings and action.nargs != 0 and action.default not in (None, argparse.SUPPRESS)
+                and "default" not in text):
+            text += " (default: %(default)s)"
+        return text
+
+
 class CommandParser(argparse.ArgumentParser):
     """argparse with its errors (unknown flag, invalid choice, missing value) as one-line ConfigErrors, and
     no abbreviations: `--length` is not taken for `--lengths` (a typo must not silently pick a setting)."""

@@ -12,7 +12,6 @@ the same as JSON in --out. Exit code 0 when every program fits, 1 when one does 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -28,7 +27,7 @@ from yarn_jax.aot.models import model_config
 from yarn_jax.aot.programs import eval_program, target_sharder, train_program
 from yarn_jax.aot.report import compile_report
 from yarn_jax.aot.topology import topology
-from yarn_jax.errors import ConfigError, command
+from yarn_jax.errors import CommandHelp, ConfigError, command
 from yarn_jax.evaluation.config import EvalConfig
 from yarn_jax.rundir import write_json_atomic
 from yarn_jax.training.config import TrainConfig
@@ -108,10 +107,12 @@ def _summary(r: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     jax.config.update("jax_platforms", "cpu")  # compile for the target; never initialise a local TPU
     ap = cli_config.CommandParser(prog="yarn-jax aot", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", help="train or eval YAML (configs/train/*.yaml, configs/eval/*.yaml)")
+                                 formatter_class=CommandHelp)
+    ap.add_argument("--config", help="train or eval YAML (configs/train/*.yaml, configs/eval/*.yaml) (default: "
+                    "none: the job's default settings, --job needed)")
     ap.add_argument("--topology", required=True, help="TPU slice type: v4-8 ... v4-1024, v5e-4 ... v5e-256, "
-                    "v5p-8 ... v5p-1024, v6e-4 ... v6e-256; or an H100 host: h100-1 ... h100-8 (needs jax[cuda12])")
+                    "v5p-8 ... v5p-1024, v6e-4 ... v6e-256; or an H100 host: h100-1 ... h100-8 (needs jax[cuda12]) "
+                    "(required, no default)")
     ap.add_argument("--num-slices", type=int, default=1, help="slices joined over DCN (multi-slice)")
     ap.add_argument("--job", choices=["auto", "train", "eval"], default="auto",
                     help="the program: train step or eval scorer (auto: from the config's fields)")

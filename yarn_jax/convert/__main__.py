@@ -18,14 +18,13 @@ source's logits on a real prompt before it is moved into place).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 from yarn_jax.assets import resolve_model
 from yarn_jax.checkpoint.gguf import GGUF_DTYPES
 from yarn_jax.convert import convert
-from yarn_jax.errors import CommandParser, command
+from yarn_jax.errors import CommandHelp, CommandParser, command
 from yarn_jax.rope import parse_rope_spec
 
 
@@ -39,25 +38,28 @@ def parse_rope(text: str | None):
 @command
 def main(argv=None) -> int:
     ap = CommandParser(prog="yarn-jax convert", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=CommandHelp)
     ap.add_argument("src", help="HF directory, .gguf file, yarn_jax checkpoint or `smollm2` to read")
     ap.add_argument("dst", help="the new checkpoint (a path that does not exist yet, unless --overwrite)")
-    ap.add_argument("--to", choices=["hf", "orbax", "gguf"], default=None, help="output format (default: see above)")
-    ap.add_argument("--step", type=int, default=None, help="step of a yarn_jax source (default: latest complete)")
+    ap.add_argument("--to", choices=["hf", "orbax", "gguf"], default=None,
+                    help="output format (default: gguf for a DST named *.gguf, hf for a yarn_jax SRC, else orbax)")
+    ap.add_argument("--step", type=int, default=None,
+                    help="step of a yarn_jax source (default: the latest complete one)")
     ap.add_argument("--rope", default=None,
                     help="rope configuration written into the result: an HF rope_scaling dict as JSON/YAML, "
                          "e.g. '{rope_type: yarn, factor: 16, original_max_position_embeddings: 4096}', or "
-                         "the short form yarn:factor=16,original_max_position_embeddings=4096")
+                         "the short form yarn:factor=16,original_max_position_embeddings=4096 (default: the "
+                         "source's own)")
     ap.add_argument("--dtype", choices=list(GGUF_DTYPES), default="float32",
                     help="storage dtype of the written weights: float32, float16, bfloat16; for --to gguf also "
                          "the block-quantized q8_0, q5_1, q5_0, q4_1, q4_0 (norms stay float32, as llama.cpp "
-                         "writes them; docs/conversion.md) (default: float32)")
+                         "writes them; docs/conversion.md)")
     ap.add_argument("--no-verify", dest="verify", action="store_false", help="skip the logit check")
     ap.add_argument("--verify-tokens", type=int, default=1024, help="prompt length of the logit check")
     ap.add_argument("--reference", choices=["yarn_jax", "transformers"], default="yarn_jax",
                     help="run the source in yarn_jax, or in transformers (HF sources, needs torch)")
-    ap.add_argument("--max-abs-logit", type=float, default=None, help="threshold (default 1e-3)")
-    ap.add_argument("--max-kl", type=float, default=None, help="threshold in nats/token (default 1e-6)")
+    ap.add_argument("--max-abs-logit", type=float, default=None, help="threshold in |logit| (default: 1e-3)")
+    ap.add_argument("--max-kl", type=float, default=None, help="threshold in nats/token (default: 1e-6)")
     ap.add_argument("--max-shard-gb", type=float, default=5.0, help="HF output: safetensors shard size")
     ap.add_argument("--overwrite", action="store_true",
                     help="replace an existing DST (only a checkpoint directory or an empty one)")

@@ -10,11 +10,10 @@ per cell and the gather command; run the setup once, the cells anywhere that see
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 
-from yarn_jax.errors import CommandParser, command
+from yarn_jax.errors import CommandHelp, CommandParser, command
 from yarn_jax.sweep.config import load_sweep
 from yarn_jax.sweep.runner import Sweep
 from yarn_jax.progress import console as log_console
@@ -23,7 +22,7 @@ from yarn_jax.progress import console as log_console
 @command
 def main(argv: list[str] | None = None) -> int:
     ap = CommandParser(prog="yarn-jax sweep", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=CommandHelp)
     ap.add_argument("config", help="sweep YAML (configs/sweeps/*.yaml)")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY.PATH=VALUE",
                     help="override a config entry (value parsed as YAML), e.g. --set train.batch_size=2")
