@@ -263,3 +263,46 @@ def test_model_sweep_on_the_exported_base_matches_and_reads_l0(swept, tmp_path):
     header = (tmp_path / "sweep" / "table.md").read_text().splitlines()[2]
     assert "64 (2·L0)" in header and "128 (4·L0)" in header
     assert (tmp_path / "sweep" / "nll_vs_position.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_ctrl_c_in_a_sweep_saves_the_fine_tune_and_records_no_result(swept, tmp_path):
+    """Ctrl-C while a cell fine-tunes: one line saying a checkpoint will be saved, the step saved, one
+    `error:` line and exit 130 — and the cell has no result.json (an interrupted fine-tune is never read as
+    finished); the re-run would resume it."""
+    import os
+    import re
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "repro"
+    shutil.copytree(swept[0] / "setup", out / "setup")  # the pretrained base: no pretraining again
+    sets = [s for s in ci_sets(out) if not s.startswith("grids=")]
+    sets.append("grids=[{methods: [yarn], scales: [2], finetune_steps: [100000], seeds: [0], train: {batch_size: 2}}]")
+    cmd = [sys.executable, "-m", "yarn_jax", "sweep", CONFIG] + [a for s in sets for a in ("--set", s)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        metrics = []
+        while time.time() < deadline and proc.poll() is None:
+            metrics = list((out / "cells").glob("*/train/metrics.jsonl"))
+            if metrics and len(metrics[0].read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.1)
+        assert metrics, "no cell started fine-tuning"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "SIGINT: saving a checkpoint when the step in progress ends" in err
+    last = err.strip().splitlines()[-1]
+    assert re.fullmatch(r"error: SIGINT: saved step \d+ of 100000 to .*/checkpoints; stopped \(re-run the same "
+                        r"command to resume\)", last), last
+    cell = metrics[0].parent.parent
+    assert not (cell / "result.json").exists()
+    assert [p for p in (cell / "train" / "checkpoints").iterdir() if p.name.isdigit()]

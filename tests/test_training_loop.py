@@ -390,3 +390,25 @@ def test_a_sequence_past_the_ropes_designed_context_is_warned_in_one_line(setup,
                             "past 64 are unseen by it — pass --rope (e.g. yarn:factor=4,original_max_position_"
                             "embeddings=32) to extend it; continuing"]
     assert len(runs["unscaled"]) == 1 and "the 32 positions rope 'default'" in runs["unscaled"][0]
+
+
+def test_a_run_killed_before_its_first_checkpoint_leaves_no_checkpoints_directory(setup, tmp_path):
+    """The checkpoints directory (and the tokenizer files beside the steps) appear with the first saved
+    step: kill -9 before it leaves nothing that looks like a checkpoint root."""
+    work, _ = setup
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_cmd(work, out, "--steps", "100000", "--save-every", "1000"), env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if (out / "metrics.jsonl").exists() and _metrics(out) and _metrics(out)[-1]["step"] >= 2:
+                break
+            time.sleep(0.05)
+        proc.kill()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert _metrics(out)[-1]["step"] >= 2 and (out / "train_config.json").exists()
+    assert not (out / "checkpoints").exists()

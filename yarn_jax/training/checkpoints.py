@@ -40,9 +40,10 @@ class TrainCheckpointer:
         self.keep = keep
         self._previous_hook = None
         self._failed = False
+        self._tokenizer_dir: str | None = None  # copied with the first saved step
         self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, save_interval_steps=save_every, enable_async_checkpointing=async_save,
-            create=True))
+            create=False))  # the directory appears with the first saved step: a run killed before it leaves none
 
     def check_space(self, state, opt_state) -> None:
         """OutputError now when the directory's disk cannot hold the checkpoints this run will keep (one
@@ -53,7 +54,10 @@ class TrainCheckpointer:
 
         step_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves((state, opt_state))) + 2**20
         need = step_bytes * max(1, self.keep + 1 - len(self.steps()))
-        free = shutil.disk_usage(self.directory).free
+        existing = self.directory
+        while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+            existing = os.path.dirname(existing)  # (not created until the first save)
+        free = shutil.disk_usage(existing).free
         if free < need:
             raise OutputError(f"{self.directory}: {free / 2**20:.1f} MiB free, but keeping {self.keep} checkpoint(s) "
                               f"of {step_bytes / 2**20:.1f} MiB each needs about {need / 2**20:.1f} MiB more; free "
@@ -73,12 +77,15 @@ class TrainCheckpointer:
         """Save step `step` if it is due (every `save_every`) or forced; returns whether it saved."""
         ocp = self._ocp
         with self._reported(f"saving checkpoint step {step}"):
-            return self.manager.save(step, force=force, args=ocp.args.Composite(**{
+            saved = self.manager.save(step, force=force, args=ocp.args.Composite(**{
                 PARAMS: ocp.args.StandardSave(nest(flat_params(state))),
                 OPT_STATE: ocp.args.StandardSave(list(jax.tree.leaves(opt_state))),
                 MODEL_CONFIG: ocp.args.JsonSave(cfg.to_hf_dict()),
                 DATA: ocp.args.JsonSave(data),
                 TRAIN_CONFIG: ocp.args.JsonSave(train_config)}))
+        if saved:
+            self._copy_tokenizer()
+        return saved
 
     @contextlib.contextmanager
     def _reported(self, what: str):
@@ -180,8 +187,16 @@ class TrainCheckpointer:
         return dst.name
 
     def copy_tokenizer(self, tokenizer_dir: str | None) -> None:
-        if jax.process_index() == 0:
-            copy_tokenizer_files(tokenizer_dir, self.directory, overwrite=False)
+        """The tokenizer files go beside the steps (readers of the root find them there) — with the first
+        saved step, or now when steps exist (a resumed run)."""
+        self._tokenizer_dir = tokenizer_dir
+        if self.steps():
+            self._copy_tokenizer()
+
+    def _copy_tokenizer(self) -> None:
+        if jax.process_index() == 0 and self._tokenizer_dir is not None:
+            copy_tokenizer_files(self._tokenizer_dir, self.directory, overwrite=False)
+        self._tokenizer_dir = None
 
     def wait(self) -> None:
         with self._reported("writing a checkpoint"):
