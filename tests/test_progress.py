@@ -88,3 +88,12 @@ def test_a_real_eval_in_a_pipe_reports_before_its_first_cell_ends(assets, tmp_pa
     assert proc.returncode == 0, proc.stderr[-2000:]
     beats = re.findall(r"^perplexity 1/1: .*: 0/2048 tokens \(0%\), (\d+)s elapsed", proc.stderr, re.M)
     assert beats and int(beats[0]) <= 3, proc.stderr[-2000:]
+
+
+def test_a_short_step_adds_nothing_to_a_log():
+    from yarn_jax.progress import working
+
+    out = io.StringIO()
+    with working("compile", stream=out, every=30.0):
+        pass
+    assert out.getvalue() == ""

@@ -135,7 +135,8 @@ def _is_terminal(stream) -> bool:
 
 class working:
     """One long step with no units to count (a logit check, a compile): `with working("logit check"):` shows
-    its clock — a bar on a terminal, a line every `every` seconds in a log — and a last line when it ends."""
+    its clock — a bar on a terminal, a line every `every` seconds in a log, and there a last line when it
+    ends if it reported at all (a step shorter than the interval adds nothing to a log)."""
 
     def __init__(self, desc: str, *, enabled: bool = True, stream=None, every: float | None = None):
         self.progress = Progress(1, desc, unit="step", enabled=enabled, stream=stream, every=every)
@@ -144,9 +145,14 @@ class working:
         return self.progress
 
     def __exit__(self, exc_type, *exc):
-        if exc_type is None:
-            self.progress.update(1)
-        self.progress.close()
+        p = self.progress
+        p._stop.set()  # no heartbeat from here on
+        reported = p.mode == "bar" or p._last_line is not None
+        if exc_type is None and reported:
+            p.update(1)
+        elif p.mode == "lines":
+            p._last_line = None  # nothing more to say
+        p.close()
 
 
 def console(*, quiet: bool = False, stream=None):
