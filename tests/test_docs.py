@@ -155,3 +155,22 @@ def test_the_readme_python_quickstart_runs_as_written(assets, tmp_path):
     ppl = float(proc.stdout.split("PPL")[-1])
     assert 5 < ppl < 100  # SmolLM2 on Hamlet's first 2k tokens: ~25
     assert (tmp_path / "hf_out" / "config.json").exists()
+
+
+def test_the_pods_summary_first_row_is_what_make_aot_compiles():
+    """docs/pods.md's headline row (`make aot`: the config as it is on v5p-32) carries the compiler's record
+    for exactly that command (results/aot/json), so the page cannot drift from what the command prints."""
+    import json
+
+    record = json.loads((ROOT / "results/aot/json/cp_7b_64k_v5p-32_seq4_dual_chunk.json").read_text())
+    assert record["config"].endswith("configs/train/llama2_7b_yarn_s16.yaml") and record["topology"] == "v5p-32"
+    cfg = TrainConfig(**cli_config.read_yaml(str(ROOT / "configs/train/llama2_7b_yarn_s16.yaml")))
+    assert (cfg.mesh, cfg.mesh_axes, cfg.load_balance) == ("fsdp_sequence", {"sequence": 4}, "dual_chunk")
+    make = (ROOT / "Makefile").read_text()
+    assert "yarn-jax aot --config configs/train/llama2_7b_yarn_s16.yaml --topology v5p-32" in make
+    p = record["programs"][0]
+    want = (f"{p['memory']['total_bytes'] / 2**30:.1f} of 95 GiB",
+            f"{p['modeled']['step_s']:.1f} s / {100 * p['modeled']['mfu']:.1f} %")
+    row = next(x for x in (ROOT / "docs/pods.md").read_text().splitlines() if "(`make aot`" in x)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert (cells[2], cells[3]) == want, (cells, want)
