@@ -126,25 +126,33 @@ def test_kill_9_then_rerun_reproduces_the_uninterrupted_run(setup, reference_run
         np.testing.assert_allclose(final[k], v, rtol=1e-6, atol=1e-7)
 
 
+def _stopped_at(work, out, *extra, step: int, stop, stderr=subprocess.DEVNULL):
+    """Start train.py, wait until `step` is logged, then `stop(proc)`; returns the finished process and its
+    stderr (when piped)."""
+    proc = subprocess.Popen(_cmd(work, out, *extra), env=_env(), stdout=subprocess.DEVNULL, stderr=stderr,
+                            text=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if (out / "metrics.jsonl").exists() and _metrics(out) and _metrics(out)[-1]["step"] >= step:
+                break
+            time.sleep(0.05)
+        stop(proc)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc, err
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
 def test_a_signal_saves_at_the_step_boundary_and_stops_in_one_line(setup, tmp_path, sig):
     """SIGTERM (preemption) or a first Ctrl-C: a line saying what will happen, the step in progress saved,
     then one `error:` line and exit 128 + signal (the run did not finish) — no traceback."""
     work, _ = setup
     out = tmp_path / "run"
-    proc = subprocess.Popen(_cmd(work, out, "--steps", "100000", "--save-every", "1000"), env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None:
-            if (out / "metrics.jsonl").exists() and _metrics(out) and _metrics(out)[-1]["step"] >= 3:
-                break
-            time.sleep(0.05)
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc, err = _stopped_at(work, out, "--steps", "100000", "--save-every", "1000", step=3,
+                            stop=lambda p: p.send_signal(sig), stderr=subprocess.PIPE)
     name = signal.Signals(sig).name
     assert proc.returncode == 128 + sig, err[-2000:]
     last = _metrics(out)[-1]["step"]
@@ -397,18 +405,6 @@ def test_a_run_killed_before_its_first_checkpoint_leaves_no_checkpoints_director
     step: kill -9 before it leaves nothing that looks like a checkpoint root."""
     work, _ = setup
     out = tmp_path / "run"
-    proc = subprocess.Popen(_cmd(work, out, "--steps", "100000", "--save-every", "1000"), env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None:
-            if (out / "metrics.jsonl").exists() and _metrics(out) and _metrics(out)[-1]["step"] >= 2:
-                break
-            time.sleep(0.05)
-        proc.kill()
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    _stopped_at(work, out, "--steps", "100000", "--save-every", "1000", step=2, stop=lambda p: p.kill())
     assert _metrics(out)[-1]["step"] >= 2 and (out / "train_config.json").exists()
     assert not (out / "checkpoints").exists()

@@ -62,6 +62,17 @@ def _field(reader, key: str, default: Any = None) -> Any:
     return value
 
 
+def gguf_reader(path: Path) -> "gguf.GGUFReader":
+    """The `gguf` package's reader of a file (memory-mapped); CheckpointError naming it when it is missing
+    or not GGUF."""
+    try:
+        return gguf.GGUFReader(str(path))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: GGUF file not found") from None
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable GGUF file ({' '.join(str(e).split())[:200]})") from None
+
+
 def open_gguf(path: str | os.PathLike):
     """GGUF file -> (HF config.json dict, {HF tensor name: shape}, {HF tensor name: a function returning it
     as float32}).
@@ -69,12 +80,7 @@ def open_gguf(path: str | os.PathLike):
     The file is memory-mapped; each tensor is dequantized (and q/k un-permuted) only when its function is
     called, so a caller that takes one tensor at a time holds one tensor at a time."""
     path = Path(path)
-    try:
-        reader = gguf.GGUFReader(str(path))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: GGUF file not found") from None
-    except Exception as e:
-        raise CheckpointError(f"{path}: not a readable GGUF file ({e})") from None
+    reader = gguf_reader(path)
     arch = _field(reader, "general.architecture")
     if arch not in GGUF_ARCHS:
         raise CheckpointError(f"{path}: general.architecture={arch!r} is not supported (supported: "

@@ -12,8 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import gguf
-
+from yarn_jax.checkpoint.gguf import gguf_reader
 from yarn_jax.errors import CheckpointError
 
 # tokenizer_config.json entry -> the GGUF metadata key of its token id (as transformers names them)
@@ -23,12 +22,7 @@ _SPECIAL_TOKEN_IDS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id",
 
 def _metadata(path: Path) -> dict:
     """Every metadata key of the file as a Python value (strings, ints, floats, lists)."""
-    try:
-        reader = gguf.GGUFReader(str(path))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: GGUF file not found") from None
-    except Exception as e:
-        raise CheckpointError(f"{path}: not a readable GGUF file ({' '.join(str(e).split())[:200]})") from None
+    reader = gguf_reader(path)
     return {key: field.contents() for key, field in reader.fields.items() if not key.startswith("GGUF.")}
 
 
