@@ -24,8 +24,10 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from report import report  # noqa: E402
+from test_gguf import llama_cpp_llama  # noqa: E402
 
 import yarn_jax  # noqa: E402
 from yarn_jax import assets  # noqa: E402
@@ -35,10 +37,7 @@ from yarn_jax.model import next_token_log_probs  # noqa: E402
 
 def llama_cpp_log_probs(path: Path, ids: list[int]) -> np.ndarray:
     """[n - 1] log p of each next token by llama.cpp (logits of every position, float32 KV cache)."""
-    import llama_cpp
-
-    llm = llama_cpp.Llama(str(path), n_ctx=max(512, len(ids)), n_batch=512, logits_all=True, type_k=0, type_v=0,
-                          flash_attn=False, verbose=False)
+    llm = llama_cpp_llama(path, n_ctx=max(512, len(ids)))
     llm.eval(ids)
     scores = np.asarray(llm.scores[:len(ids)], np.float64)
     lp = scores - np.logaddexp.reduce(scores, axis=-1, keepdims=True)

@@ -10,6 +10,28 @@ from yarn_jax.checkpoint.gguf import open_gguf, unpermute_rotary_rows
 from yarn_jax.errors import ConfigError
 
 
+def llama_cpp_llama(path, n_ctx: int):
+    """llama.cpp (llama-cpp-python) on a GGUF file: logits of every position, float32 KV cache, no flash
+    attention — and no "extra buffer types" (llama.cpp's repacked CPU/AMX weight layouts for quantized
+    tensors, which crash with a segmentation fault in this sandbox's VM)."""
+    import llama_cpp
+    import llama_cpp.llama as llama_module
+
+    default = llama_cpp.llama_model_default_params
+
+    def plain_buffers():
+        params = default()
+        params.use_extra_bufts = False
+        return params
+
+    llama_module.llama_cpp.llama_model_default_params = plain_buffers
+    try:
+        return llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=512, logits_all=True, type_k=0, type_v=0,
+                               flash_attn=False, verbose=False)
+    finally:
+        llama_module.llama_cpp.llama_model_default_params = default
+
+
 def llama_cpp_permute(w, n_heads):
     """What llama.cpp's convert_hf_to_gguf.py does to q/k rows (half-split -> interleaved pairs)."""
     rows, cols = w.shape
@@ -158,7 +180,7 @@ def test_llama_cpp_runs_each_exported_family_as_transformers_does(family, tmp_pa
     """Tiny random models of each family llama.cpp has (4 layers: SmolLM3's 4th is NoPE, as llama.cpp fixes
     it), YaRN x4, exported by `convert` (no tokenizer: token ids in), run by llama.cpp at 80 tokens (2.5x
     L0) with a float32 KV cache: its logits equal transformers'. Opt-in, as below."""
-    llama_cpp = pytest.importorskip("llama_cpp", reason="opt-in: pip install llama-cpp-python (README, GGUF export)")
+    pytest.importorskip("llama_cpp", reason="opt-in: pip install llama-cpp-python (README, GGUF export)")
     from test_families import YARN, hf_model, logits
     from yarn_jax.convert import convert
 
@@ -166,8 +188,7 @@ def test_llama_cpp_runs_each_exported_family_as_transformers_does(family, tmp_pa
     model, path = hf_model(family, YARN, tmp_path, num_hidden_layers=4, **extra)
     convert(path, tmp_path / "m.gguf", progress=False, verify_tokens=48)
     ids = [int(x) for x in np.random.default_rng(0).integers(3, 97, 80)]
-    llm = llama_cpp.Llama(str(tmp_path / "m.gguf"), n_ctx=128, n_batch=128, logits_all=True, type_k=0, type_v=0,
-                          flash_attn=False, verbose=False)
+    llm = llama_cpp_llama(tmp_path / "m.gguf", n_ctx=128)
     llm.eval(ids)
     ref = logits(model, np.asarray([ids]))[0]
     err = np.abs(np.asarray(llm.scores[:80]) - ref).max()
@@ -179,7 +200,7 @@ def test_llama_cpp_runs_the_exported_smollm2_with_yarn_as_yarn_jax_does(assets, 
     """The real client: llama.cpp (llama-cpp-python) loads SmolLM2 exported with YaRN x2 as a float32 GGUF and
     scores 9,000 tokens of Hamlet (past the 8,192-token pre-training context); its per-token log-probabilities
     and perplexity equal yarn_jax's. Opt-in: llama-cpp-python is built from source (see the README)."""
-    llama_cpp = pytest.importorskip("llama_cpp", reason="opt-in: pip install llama-cpp-python (README, GGUF export)")
+    pytest.importorskip("llama_cpp", reason="opt-in: pip install llama-cpp-python (README, GGUF export)")
     import jax
 
     import yarn_jax
@@ -194,8 +215,7 @@ def test_llama_cpp_runs_the_exported_smollm2_with_yarn_as_yarn_jax_does(assets, 
     ids = model.tokenizer().encode(assets_module.play_text("hamlet")).ids[:n]
     assert len(ids) == n
     ours = np.asarray(jax.jit(next_token_log_probs)(model.module, np.asarray([ids])))[0]  # [n - 1]
-    llm = llama_cpp.Llama(str(tmp_path / "smollm2-yarn2.gguf"), n_ctx=16384, n_batch=512, logits_all=True,
-                          type_k=0, type_v=0, flash_attn=False, verbose=False)  # float32 KV cache
+    llm = llama_cpp_llama(tmp_path / "smollm2-yarn2.gguf", n_ctx=16384)  # float32 KV cache
     llm.eval(ids)
     scores = np.asarray(llm.scores[:n], np.float64)  # [n, V] logits
     theirs = (scores - np.logaddexp.reduce(scores, axis=-1, keepdims=True))[np.arange(n - 1), ids[1:]]
@@ -257,3 +277,33 @@ def test_block_quantized_dtypes_are_refused_outside_gguf(tmp_path):
                                           r"\(block-quantized types are GGUF's\)"):
         convert(path, tmp_path / "out", to="hf", dtype="q8_0", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("dtype", ["q8_0", "q4_0"])
+def test_llama_cpp_reads_the_quantized_smollm2_as_yarn_jax_does(dtype, assets, tmp_path):
+    """Opt-in (llama-cpp-python). SmolLM2 exported as a quantized GGUF: llama.cpp's perplexity of 2,048
+    tokens of Hamlet equals yarn_jax's reading of the same file within 1e-2 relative. llama.cpp multiplies
+    the quantized blocks by activations it rounds to 8 bits itself (measured: 6.7e-3 for q8_0 and 5.6e-3 for
+    q4_0 here; 3.2e-3 to 5.1e-3 over 4,096 tokens, bench/results/gguf_quantized_perplexity.json), while a
+    layout mistake — rows, blocks, the q/k order — moves perplexity by orders of magnitude."""
+    pytest.importorskip("llama_cpp", reason="opt-in: pip install llama-cpp-python (README, GGUF export)")
+    import jax
+
+    import yarn_jax
+    from yarn_jax import assets as assets_module
+    from yarn_jax.convert import convert
+    from yarn_jax.model import next_token_log_probs
+
+    path = tmp_path / f"smollm2-{dtype}.gguf"
+    convert(assets["smollm2"], path, dtype=dtype, verify_tokens=128, progress=False)
+    model = yarn_jax.from_pretrained(path)
+    ids = [model.config.bos_token_id] + model.tokenizer().encode(
+        assets_module.play_text("hamlet"), add_special_tokens=False).ids[:2047]
+    ours = np.asarray(jax.jit(next_token_log_probs)(model.module, np.asarray([ids])))[0]
+    llm = llama_cpp_llama(path, n_ctx=2048)
+    llm.eval(ids)
+    scores = np.asarray(llm.scores[:len(ids)], np.float64)
+    theirs = (scores - np.logaddexp.reduce(scores, axis=-1, keepdims=True))[np.arange(len(ids) - 1), ids[1:]]
+    ppl_ours, ppl_theirs = float(np.exp(-ours.mean())), float(np.exp(-theirs.mean()))
+    print(f"{dtype}: llama.cpp {ppl_theirs:.4f} vs yarn_jax {ppl_ours:.4f} (rel {ppl_theirs / ppl_ours - 1:+.2e})")
+    assert abs(ppl_theirs / ppl_ours - 1) <= 1e-2 and ppl_ours < 40

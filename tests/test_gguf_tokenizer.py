@@ -110,3 +110,20 @@ def test_the_tokenizer_is_built_without_importing_torch(assets, tmp_path):
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_gguf_file_alone_brings_its_own_tokenizer(assets, tmp_path):
+    """A .gguf with no tokenizer.json beside it (as llama.cpp users share them): the model's tokenizer is the
+    one its metadata carries, encoding as the bundled tokenizer.json does."""
+    import shutil
+
+    import yarn_jax
+
+    alone = tmp_path / "alone" / "model.gguf"
+    alone.parent.mkdir()
+    shutil.copy(assets["smollm2_gguf"], alone)
+    text = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer"
+    model = yarn_jax.from_pretrained(alone)
+    bundled = yarn_jax.from_pretrained(assets["smollm2"])
+    assert model.encode(text).tolist() == bundled.encode(text).tolist()
+    assert model.decode(model.encode(text)) == text

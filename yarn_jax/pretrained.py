@@ -66,12 +66,20 @@ class LoadedModel:
         return type(self)(module, source=self.source, tokenizer_dir=self.tokenizer_dir)
 
     def tokenizer(self):
-        """The HF fast tokenizer (tokenizers library) saved next to the weights, if any."""
+        """The HF fast tokenizer (tokenizers library) saved next to the weights — or, for a GGUF file with
+        none beside it, the one its metadata carries (built as transformers builds it)."""
         from tokenizers import Tokenizer
 
         if self._tokenizer is not None:
             return self._tokenizer
         path = Path(self.tokenizer_dir or "") / "tokenizer.json"
+        if (self.tokenizer_dir is None or not path.exists()) and str(self.source or "").endswith(".gguf"):
+            from yarn_jax.checkpoint.gguf_tokenizer import gguf_tokenizer
+
+            tok = gguf_tokenizer(self.source).backend_tokenizer
+            check_tokenizer_vocab(tok, self.config.vocab_size, str(self.source))
+            self._tokenizer = tok
+            return tok
         if self.tokenizer_dir is None or not path.exists():
             raise ConfigError(f"{self.source}: no tokenizer.json next to the checkpoint")
         try:
