@@ -408,3 +408,33 @@ def test_a_run_killed_before_its_first_checkpoint_leaves_no_checkpoints_director
     _stopped_at(work, out, "--steps", "100000", "--save-every", "1000", step=2, stop=lambda p: p.kill())
     assert _metrics(out)[-1]["step"] >= 2 and (out / "train_config.json").exists()
     assert not (out / "checkpoints").exists()
+
+
+def test_weights_only_checkpoints_are_smaller_read_as_models_and_refuse_to_resume(setup, tmp_path, capsys):
+    """--no-save-optimizer: each step holds the weights (+ config, data position) but no AdamW moments; the
+    checkpoint loads as a model; re-running the command to resume it is
+    refused in one line naming the way forward, and nothing in the run directory is renamed or removed."""
+    work, _ = setup
+
+    def size(run):
+        return sum(f.stat().st_size for f in (run / "checkpoints" / "2").rglob("*") if f.is_file())
+
+    runs = {}
+    for name, extra in (("full", ()), ("weights", ("--no-save-optimizer",))):
+        runs[name] = tmp_path / name
+        assert train_cli.main(["--config", str(work / "tiny.yaml"), "--out", str(runs[name]), "--steps", "2",
+                               "--save-every", "2", *extra]) == 0
+    assert not (runs["weights"] / "checkpoints" / "2" / "opt_state").exists()
+    assert size(runs["weights"]) / size(runs["full"]) < 0.6  # (the moments of unseen embedding rows compress)
+    cfg, params = load_checkpoint(runs["weights"] / "checkpoints")
+    ref = load_checkpoint(runs["full"] / "checkpoints")[1]
+    for k in ref:
+        np.testing.assert_array_equal(params[k], ref[k])
+    before = snapshot(runs["weights"])
+    capsys.readouterr()
+    code = train_cli.main(["--config", str(work / "tiny.yaml"), "--out", str(runs["weights"]), "--steps", "4",
+                           "--save-every", "2", "--no-save-optimizer"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("error: ") and "holds no optimizer state" in err[-1]
+    assert f"--model {runs['weights'] / 'checkpoints'} --out NEW_DIR" in err[-1]
+    assert snapshot(runs["weights"]) == before

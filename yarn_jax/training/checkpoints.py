@@ -30,7 +30,8 @@ OPT_STATE, DATA, TRAIN_CONFIG = "opt_state", "data", "train_config"
 
 
 class TrainCheckpointer:
-    def __init__(self, directory: str | os.PathLike, *, keep: int, save_every: int, async_save: bool = True):
+    def __init__(self, directory: str | os.PathLike, *, keep: int, save_every: int, async_save: bool = True,
+                 save_optimizer: bool = True):
         import orbax.checkpoint as ocp
 
         directory = os.fspath(directory)
@@ -38,6 +39,7 @@ class TrainCheckpointer:
         self.directory = directory if "://" in directory else os.path.abspath(directory)
         self._ocp = ocp
         self.keep = keep
+        self.save_optimizer = save_optimizer  # False: steps hold the weights only (not resumable)
         self._previous_hook = None
         self._failed = False
         self._tokenizer_dir: str | None = None  # copied with the first saved step
@@ -52,7 +54,8 @@ class TrainCheckpointer:
             return
         import shutil
 
-        step_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves((state, opt_state))) + 2**20
+        saved = (state, opt_state) if self.save_optimizer else state
+        step_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(saved)) + 2**20
         need = step_bytes * max(1, self.keep + 1 - len(self.steps()))
         existing = self.directory
         while not os.path.exists(existing) and os.path.dirname(existing) != existing:
@@ -77,12 +80,12 @@ class TrainCheckpointer:
         """Save step `step` if it is due (every `save_every`) or forced; returns whether it saved."""
         ocp = self._ocp
         with self._reported(f"saving checkpoint step {step}"):
-            saved = self.manager.save(step, force=force, args=ocp.args.Composite(**{
-                PARAMS: ocp.args.StandardSave(nest(flat_params(state))),
-                OPT_STATE: ocp.args.StandardSave(list(jax.tree.leaves(opt_state))),
-                MODEL_CONFIG: ocp.args.JsonSave(cfg.to_hf_dict()),
-                DATA: ocp.args.JsonSave(data),
-                TRAIN_CONFIG: ocp.args.JsonSave(train_config)}))
+            items = {PARAMS: ocp.args.StandardSave(nest(flat_params(state))),
+                     MODEL_CONFIG: ocp.args.JsonSave(cfg.to_hf_dict()), DATA: ocp.args.JsonSave(data),
+                     TRAIN_CONFIG: ocp.args.JsonSave(train_config)}
+            if self.save_optimizer:
+                items[OPT_STATE] = ocp.args.StandardSave(list(jax.tree.leaves(opt_state)))
+            saved = self.manager.save(step, force=force, args=ocp.args.Composite(**items))
         if saved:
             self._copy_tokenizer()
         return saved
@@ -116,6 +119,11 @@ class TrainCheckpointer:
                       for x, s in zip(jax.tree.leaves(abstract_opt), jax.tree.leaves(shardings[1]))]
         errors = []
         for step in reversed(steps):
+            if not self._has_optimizer_state(step):  # saved with save_optimizer: false — not damaged, not resumable
+                raise CheckpointError(f"{self.directory}/{step} holds no optimizer state (saved with save_optimizer: "
+                                      "false), so this run cannot be resumed exactly; its weights can start a new "
+                                      f"run: --model {self.directory} --out NEW_DIR (its checkpoints were left as "
+                                      "they are)")
             mismatch = self._structure_mismatch(step, target_state, opt_leaves)
             if mismatch:  # the command is wrong, not the checkpoint: refuse, touch nothing
                 raise CheckpointError(f"{self.directory}/{step} holds another model or optimizer ({mismatch}); "
@@ -142,6 +150,11 @@ class TrainCheckpointer:
                                   f"({'; '.join(errors)}); refusing to restart from step 0 — move the directory "
                                   "away to start over")
         return None
+
+    def _has_optimizer_state(self, step: int) -> bool:
+        from etils import epath
+
+        return (epath.Path(self.directory) / str(step) / OPT_STATE).exists()
 
     def _structure_mismatch(self, step: int, target_state: dict, opt_leaves: list) -> str | None:
         """How a step's saved parameter and optimizer trees differ from this run's (names, shapes), read from

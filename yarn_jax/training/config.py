@@ -25,7 +25,8 @@ class TrainConfig(ParallelConfig):
         ("data", ("data", "text_field", "tfds_data_dir", "max_docs", "eval_docs", "seq_len", "packing", "seed")),
         ("optimization", ("batch_size", "accum", "steps", "learning_rate", "warmup_steps", "lr_decay", "b1", "b2",
                           "eps", "weight_decay", "clip_norm")),
-        ("run", ("out", "save_every", "keep", "async_checkpoint", "log_every", "eval_every", "eval_length")),
+        ("run", ("out", "save_every", "keep", "save_optimizer", "async_checkpoint", "log_every", "eval_every",
+                 "eval_length")),
     )
 
     model: str = Field("smollm2", description="initial weights: HF directory, .gguf file, yarn_jax checkpoint "
@@ -65,6 +66,9 @@ class TrainConfig(ParallelConfig):
     out: str = Field("runs/train", description="run directory: checkpoints/, metrics.jsonl, tb/")
     save_every: PositiveInt = Field(50, description="checkpoint every N steps (and at the end / on SIGTERM)")
     keep: PositiveInt = Field(3, description="checkpoints kept")
+    save_optimizer: bool = Field(True, description="keep the AdamW moments in each checkpoint (2/3 of its size; "
+                                 "needed to resume exactly); false: weights only — 1/3 of the disk, and such a run "
+                                 "is not resumed but only fine-tuned further from its weights (--model)")
     async_checkpoint: bool = Field(True, description="write checkpoints in the background")
     log_every: PositiveInt = Field(1, description="metrics every N steps")
     eval_every: NonNegativeInt = Field(0, description="held-out perplexity every N steps (0: never)")

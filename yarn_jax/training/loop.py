@@ -171,7 +171,7 @@ def _train(cfg: TrainConfig, primary: bool, note: str | None) -> dict:
     graphdef, state = nnx.split(pm.module)
     step_fn = TrainStep(pm.module, optimizer, accum=cfg.accum)
     ckpt = TrainCheckpointer(out / "checkpoints", keep=cfg.keep, save_every=cfg.save_every,
-                             async_save=cfg.async_checkpoint)
+                             async_save=cfg.async_checkpoint, save_optimizer=cfg.save_optimizer)
     abstract_opt = jax.eval_shape(optimizer.init, state)
     shardings = None if sharder is None else (tree_shardings(state, sharder), tree_shardings(abstract_opt, sharder))
     restored = ckpt.restore_latest(state, abstract_opt, shardings)
