@@ -75,19 +75,38 @@ def test_one_long_step_shows_its_clock_and_its_end():
 
 
 def test_a_real_eval_in_a_pipe_reports_before_its_first_cell_ends(assets, tmp_path):
-    """`yarn-jax eval > log`: with a 1 s interval, lines arrive while the first cell (compile + forward)
-    is still running — the log is never silent for longer than the interval (30 s by default)."""
+    """`yarn-jax eval 2> log` with stdout on a terminal: with a 1 s interval, lines arrive while the first
+    cell (compile + forward) is still running — a log is never silent for longer than the interval (30 s
+    by default); no message is wrapped across lines in the log; and the terminal gets one short line
+    saying where the results are, not the JSON record."""
     import os
+    import pty
     import subprocess
     import sys
 
     env = {**os.environ, "YARN_JAX_PROGRESS_EVERY": "1"}
-    proc = subprocess.run([sys.executable, "-m", "yarn_jax", "eval", "--methods", "none", "--lengths", "2048",
-                           "--position-buckets", "4", "--out", str(tmp_path / "run")], env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    beats = re.findall(r"^perplexity 1/1: .*: 0/2048 tokens \(0%\), (\d+)s elapsed", proc.stderr, re.M)
-    assert beats and int(beats[0]) <= 3, proc.stderr[-2000:]
+    out = tmp_path / ("a-long-directory-name-" * 4) / "run"  # a path that a 100-column console would wrap
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "yarn_jax", "eval", "--methods", "none", "--lengths", "2048",
+                             "--position-buckets", "4", "--out", str(out)], env=env, stdout=slave,
+                            stderr=subprocess.PIPE, text=True)
+    os.close(slave)
+    _, err = proc.communicate(timeout=600)
+    terminal = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the other end closed
+            break
+        if not chunk:
+            break
+        terminal += chunk
+    os.close(master)
+    assert proc.returncode == 0, err[-2000:]
+    beats = re.findall(r"^perplexity 1/1: .*: 0/2048 tokens \(0%\), (\d+)s elapsed", err, re.M)
+    assert beats and int(beats[0]) <= 3, err[-2000:]
+    assert f"results in {out}" in err.splitlines()[0]  # the run's first line, whole
+    assert terminal.decode().strip() == f"results in {out} (piped, this command prints them as one JSON line)"
 
 
 def test_a_short_step_adds_nothing_to_a_log():
