@@ -5,6 +5,7 @@ configs/eval/default.yaml, and the `yarn-jax` verbs."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -166,3 +167,17 @@ def test_every_valued_flag_of_the_other_verbs_shows_its_default(verb, tmp_path):
     valued = [x for x in entries if re.match(r"^  --[\w-]+ [A-Z{]", x)]
     assert [x for x in valued if "default" not in x] == []
     assert valued or verb == "assets"
+
+
+def test_the_demo_shows_whole_rope_specs_and_no_loading_bars(assets, tmp_path):
+    """`yarn-jax demo` in a pipe: the transformers reference loads without its progress bars in the report,
+    and a long rope spec stands whole in the table (not cut to fit)."""
+    spec = "yarn:factor=4,original_max_position_embeddings=8192,beta_fast=16"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-m", "yarn_jax", "demo", "--tokens", "64", "--rope", spec],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Loading weights" not in out.stderr and "it/s]" not in out.stderr, out.stderr[-2000:]
+    row = next(x for x in out.stdout.splitlines() if spec in x)
+    cells = [c.strip() for c in row.strip("│ ").split("│")]
+    assert cells[0] == spec and float(cells[1]) == pytest.approx(float(cells[2]), rel=1e-3)

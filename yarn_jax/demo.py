@@ -13,7 +13,6 @@ import time
 
 import jax
 import numpy as np
-from rich.console import Console
 from rich.table import Table
 
 from yarn_jax import assets
@@ -94,7 +93,7 @@ def main(argv=None) -> None:
         table.add_row(spec, fmt("yarn_jax_ppl", "{:.4f}"), fmt("transformers_ppl", "{:.4f}"),
                       fmt("max_abs_logit_diff", "{:.2e}"), fmt("yarn_jax_seconds", "{:.1f}"),
                       fmt("transformers_seconds", "{:.1f}"))
-    Console(width=160).print(table)
+    log_console(stream=sys.stdout).print(table)  # a terminal's width, or unwrapped in a file
     print(json.dumps({"play": args.play, "tokens": int(ids.shape[1]), "results": rows}))
 
 
