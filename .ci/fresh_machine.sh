@@ -9,8 +9,9 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/yarn_jax-fresh.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 start=$SECONDS
 python3 -m venv "$work/venv"
-"$work/venv/bin/python" -m pip install -q -c requirements.txt -e . 2>&1 | grep -v "^WARNING: Location" || true
-"$work/venv/bin/python" -c "import yarn_jax"  # the install above succeeded
+# (pip's exit status stands; only the index-location warnings of this machine's pip config are dropped)
+"$work/venv/bin/python" -m pip install -q -c requirements.txt -e . 2> >(grep -v "^WARNING: Location" >&2)
+"$work/venv/bin/python" -c "import yarn_jax"
 if "$work/venv/bin/python" -c "import torch" 2>/dev/null; then
     echo "fresh machine check: torch is importable in the runtime venv; it must not be" >&2
     exit 1

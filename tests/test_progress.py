@@ -104,7 +104,7 @@ def test_a_real_eval_in_a_pipe_reports_before_its_first_cell_ends(assets, tmp_pa
     os.close(master)
     assert proc.returncode == 0, err[-2000:]
     beats = re.findall(r"^perplexity 1/1: .*: 0/2048 tokens \(0%\), (\d+)s elapsed", err, re.M)
-    assert beats and int(beats[0]) <= 3, err[-2000:]
+    assert beats and int(beats[0]) <= 5, err[-2000:]  # the first line at ~1 s (5: room for a loaded machine)
     assert f"results in {out}" in err.splitlines()[0]  # the run's first line, whole
     assert terminal.decode().strip() == f"results in {out} (piped, this command prints them as one JSON line)"
 
