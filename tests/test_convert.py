@@ -435,8 +435,11 @@ def test_save_pretrained_never_replaces_unrelated_content(tmp_path):
     with pytest.raises(YarnJaxError, match="not a checkpoint yarn_jax recognises"):
         model.save_pretrained(tmp_path / "docs")
     assert snapshot(tmp_path) == before
-    model.save_pretrained(src)  # its own kind of directory: replaced
-    assert hf_tensors(src).keys() == hf_tensors(tmp_path / "src").keys()
+    with pytest.raises(YarnJaxError, match="save_pretrained destination .* is the source itself"):
+        model.save_pretrained(src)  # its own source: refused as convert refuses DST == SRC (issue 37)
+    assert snapshot(tmp_path) == before
+    model.save_pretrained(tmp_path / "copy")  # a checkpoint elsewhere: written
+    assert hf_tensors(tmp_path / "copy").keys() == hf_tensors(src).keys()
 
 
 def test_nan_source_is_refused_naming_the_source_parameter(tmp_path):

@@ -92,6 +92,14 @@ class PretrainedModel(LoadedModel):
         sampling = Sampling(temperature, top_k, top_p, seed)
         ids = self._ids(prompt)
         stops = list(stop) if isinstance(stop, (list, tuple)) else [] if stop is None else [stop]
+        for x in stops:
+            if isinstance(x, str) and not x:
+                raise ConfigError("stop: an empty string is found at once and would cut the whole completion; "
+                                  "give non-empty strings or token ids")
+            if isinstance(x, bool) or not isinstance(x, (str, int, np.integer)):
+                raise ConfigError(f"stop: {x!r} is neither a string nor a token id")
+            if not isinstance(x, str) and not 0 <= int(x) < self.config.vocab_size:
+                raise ConfigError(f"stop: token id {x} is outside [0, vocab_size={self.config.vocab_size})")
         stop_ids = [x for x in stops if isinstance(x, (int, np.integer))]
         stop_texts = [x for x in stops if isinstance(x, str)]
         if stop is None:

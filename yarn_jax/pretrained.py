@@ -24,6 +24,7 @@ from yarn_jax.loading import load_model
 from yarn_jax.model import Llama, model_params
 from yarn_jax.platforms import skip_absent_tpu
 from yarn_jax.sharding.rules import Sharder
+from yarn_jax.outputs import check_disjoint
 
 
 class LoadedModel:
@@ -105,7 +106,11 @@ class LoadedModel:
         return {k: np.asarray(v) for k, v in model_params(self.module).items()}
 
     def save_pretrained(self, path: str | os.PathLike, dtype: str = "float32") -> Path:
-        """Write an HF directory (config.json with this model's rope configuration, safetensors)."""
+        """Write an HF directory (config.json with this model's rope configuration, safetensors). The
+        directory the model was loaded from (or one inside or around it) is refused, as `convert` refuses
+        DST == SRC: rewriting a checkpoint with its own (possibly rounded) weights would lose the original."""
+        if self.source is not None:
+            check_disjoint(self.source, path, "save_pretrained destination")
         return save_hf_checkpoint(path, self.config, self.params(), dtype=dtype, tokenizer_dir=self.tokenizer_dir)
 
 

@@ -21,7 +21,7 @@ from yarn_jax.checkpoint.layout import (SAFETENSORS_DTYPES, HFTensors, Layout, P
                                         check_tensor_names, copy_tokenizer_files, np_dtype, read_checked, tensor_map)
 from yarn_jax.checkpoint.memory import aligned_empty, release_host_memory
 from yarn_jax.config import LlamaConfig
-from yarn_jax.errors import CheckpointError
+from yarn_jax.errors import CheckpointError, ConfigError
 from yarn_jax.outputs import Staging, lock
 
 def safetensors_files(directory: Path) -> list[Path]:
@@ -246,6 +246,8 @@ def save_hf_checkpoint(
 ) -> Path:
     """Write params (in memory) as an HF directory at `path`, atomically: built in a staging sibling, then
     moved into place. An existing `path` is replaced only if it is a checkpoint directory (or empty)."""
+    if dtype not in SAFETENSORS_DTYPES:
+        raise ConfigError(f"dtype {dtype!r}: choose {', '.join(SAFETENSORS_DTYPES)}")
     target = Path(path)
     with lock(target, f"destination {target}"):
         if target.exists():

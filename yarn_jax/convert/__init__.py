@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import time
 from typing import Any, Mapping
@@ -68,6 +69,10 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, to: str | None = 
         raise ConfigError(f"--reference {reference!r}: choose yarn_jax or transformers")
     if verify_tokens < 1:
         raise ConfigError(f"--verify-tokens must be positive, got {verify_tokens}")
+    for flag, value in (("--max-abs-logit", max_abs), ("--max-kl", max_kl), ("--max-shard-gb", max_shard_bytes)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            shown = value / 2**30 if flag == "--max-shard-gb" else value
+            raise ConfigError(f"{flag} must be a finite number > 0, got {shown}")
     final = epath.Path(dst)
     check_disjoint(src, dst, "destination")
     with lock(dst, f"destination {dst}"):

@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     report = convert(resolve_model(args.src), args.dst, to=args.to, step=args.step, rope=parse_rope(args.rope),
                      dtype=args.dtype, verify_logits=args.verify, verify_tokens=args.verify_tokens,
                      reference=args.reference, max_abs=args.max_abs_logit, max_kl=args.max_kl,
-                     overwrite=args.overwrite, max_shard_bytes=int(args.max_shard_gb * 2**30))
+                     overwrite=args.overwrite, max_shard_bytes=args.max_shard_gb * 2**30)
     print(json.dumps(report, indent=2))
     return 0
 

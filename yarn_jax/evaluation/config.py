@@ -58,7 +58,7 @@ class EvalConfig(ParallelConfig):
     passkey_max_new_tokens: PositiveInt = Field(10, description="greedy tokens generated per passkey trial")
     passkey_dynamic_cache: bool = Field(False, description="decode length-dependent ropes from the cache "
                                         "(fast, approximate) instead of recomputing (passkey and ruler)")
-    seed: int = Field(0, description="passkey keys, ruler trials and bootstrap resampling")
+    seed: int = Field(0, ge=0, description="passkey keys, ruler trials and bootstrap resampling")
     ruler: list[str] = Field([], description="RULER-style tasks: all | " + " | ".join(RULER_TASKS) +
                              " (empty: none)")
     ruler_lengths: list[int] = Field([], description="prompt + answer lengths of the ruler tasks (empty: `lengths`)")

@@ -62,7 +62,7 @@ class TrainConfig(ParallelConfig):
     remat: Literal[tuple(REMAT_POLICIES)] = Field("full", description="rematerialization "
                                                                    "policy of the scanned layer")
     attention_backend: Literal[BACKEND_CHOICES] = Field("auto", description=" | ".join(BACKEND_CHOICES))
-    seed: int = Field(0, description="data order")
+    seed: int = Field(0, ge=0, description="data order")
     out: str = Field("runs/train", description="run directory: checkpoints/, metrics.jsonl, tb/")
     save_every: PositiveInt = Field(50, description="checkpoint every N steps (and at the end / on SIGTERM)")
     keep: PositiveInt = Field(3, description="checkpoints kept")
