@@ -105,13 +105,19 @@ class Progress:
         self._last_line, self._shown = now, shown
         print(self.line(), file=self.stream, flush=True)
 
-    def close(self) -> None:
-        """End the report (the bar's line ends, so what is printed next starts on its own; in plain lines the
-        last state, if not yet reported)."""
+    def _stop_heartbeat(self) -> None:
         self._stop.set()
         if self._clock is not None and self._clock is not threading.current_thread():
             self._clock.join()
             self._clock = None
+
+    def close(self, *, finished: bool = False) -> None:
+        """End the report (the bar's line ends, so what is printed next starts on its own; in plain lines the
+        last state, if not yet reported). `finished`: count the remaining units done first — in plain lines
+        only when the report said anything yet (a short step adds nothing to a log)."""
+        self._stop_heartbeat()
+        if finished and (self._bar is not None or self._last_line is not None):
+            self.update(self.total - self.done)
         with self._lock:
             if self._bar is not None:
                 self._bar.close()
@@ -145,14 +151,7 @@ class working:
         return self.progress
 
     def __exit__(self, exc_type, *exc):
-        p = self.progress
-        p._stop.set()  # no heartbeat from here on
-        reported = p.mode == "bar" or p._last_line is not None
-        if exc_type is None and reported:
-            p.update(1)
-        elif p.mode == "lines":
-            p._last_line = None  # nothing more to say
-        p.close()
+        self.progress.close(finished=exc_type is None)
 
 
 def console(*, quiet: bool = False, stream=None):
